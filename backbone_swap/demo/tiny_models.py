@@ -1,0 +1,275 @@
+"""Tiny, offline-built checkpoints of the same kinds users pass to backbone-swap.
+
+Everything here is made from configs with random weights and tokenizers trained on a few sentences with
+the ``tokenizers`` library, so the tests and the demo never need a model hub. The folders written are
+ordinary Hugging Face checkpoints (safetensors, tokenizer, chat template, processor), loaded by the
+product through the same ``from_pretrained`` path as a user's 7B model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# A LLaVA-1.5 style template that understands the processor's typed message contents.
+LLAVA_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'user' %}USER: "
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image>\n{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %} "
+    "{% else %}ASSISTANT: "
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}{{ part['text'] }}{% endfor %}{% endif %}"
+    "{{ eos_token }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+# Qwen2-style ChatML: the end of turn is a special token of its own, not the eos of pre-training.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Mistral-style instruction template: no system role, no pad token in the tokenizer.
+MISTRAL_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'user' %}[INST] {{ message['content'] }} [/INST]"
+    "{% else %}{{ message['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
+)
+
+DEFAULT_CORPUS = (
+    "what colour is the shape in the picture",
+    "the red circle is left of the blue square",
+    "answer with one word",
+    "there are three green triangles and two yellow stars",
+    "give the coordinates of the object as json",
+    '{"x": 12, "y": 30}',
+    "how many shapes are there",
+    "which one is bigger, the circle or the square",
+    "a picture of a purple ring on a white background",
+)
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """What makes one tiny tokenizer different from another (vocabulary, specials, template)."""
+
+    vocab_size: int = 320
+    bos: str | None = "<s>"
+    eos: str = "</s>"
+    unk: str | None = "<unk>"
+    pad: str | None = None
+    extra_special: tuple[str, ...] = ()
+    chat_template: str | None = None
+    corpus: tuple[str, ...] = DEFAULT_CORPUS
+    model_max_length: int = 512
+
+
+def train_tokenizer(spec: TokenizerSpec):
+    """Train a byte-level BPE tokenizer offline and wrap it as a transformers fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = [t for t in (spec.unk, spec.bos, spec.eos, spec.pad) if t] + list(spec.extra_special)
+    tokenizer = Tokenizer(models.BPE(unk_token=spec.unk))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=spec.vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_repeat(spec.corpus, 20), trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token=spec.bos,
+        eos_token=spec.eos,
+        unk_token=spec.unk,
+        pad_token=spec.pad,
+        model_max_length=spec.model_max_length,
+    )
+    if spec.extra_special:
+        fast.add_special_tokens({"additional_special_tokens": list(spec.extra_special)})
+    if spec.chat_template:
+        fast.chat_template = spec.chat_template
+    return fast
+
+
+def _repeat(lines: Sequence[str], times: int) -> Iterable[str]:
+    for _ in range(times):
+        yield from lines
+
+
+@dataclass(frozen=True)
+class LLMSpec:
+    """A tiny causal LM of one family, with its own tokenizer."""
+
+    family: str
+    hidden_size: int = 48
+    layers: int = 2
+    heads: int = 4
+    kv_heads: int = 2
+    intermediate_size: int = 96
+    tie_word_embeddings: bool = False
+    dtype: str = "float32"
+    tokenizer: TokenizerSpec = field(default_factory=TokenizerSpec)
+    seed: int = 0
+
+
+_CONFIG_CLASSES = {
+    "llama": "LlamaConfig",
+    "qwen2": "Qwen2Config",
+    "mistral": "MistralConfig",
+    "phi3": "Phi3Config",
+    "gemma2": "Gemma2Config",
+    "qwen3": "Qwen3Config",
+}
+
+
+def text_config(spec: LLMSpec, tokenizer):
+    """The transformers config of a tiny LLM whose special-token ids match its tokenizer."""
+    import transformers
+
+    cls = getattr(transformers, _CONFIG_CLASSES[spec.family])
+    kwargs = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        num_key_value_heads=spec.kv_heads,
+        max_position_embeddings=512,
+        tie_word_embeddings=spec.tie_word_embeddings,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    if spec.family in {"gemma2", "qwen3"}:
+        kwargs["head_dim"] = spec.hidden_size // spec.heads
+    return cls(**kwargs)
+
+
+def build_llm(path: str | Path, spec: LLMSpec) -> Path:
+    """Write a tiny ``AutoModelForCausalLM`` checkpoint (safetensors + tokenizer) to ``path``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    tokenizer = train_tokenizer(spec.tokenizer)
+    config = text_config(spec, tokenizer)
+    torch.manual_seed(spec.seed)
+    model = AutoModelForCausalLM.from_config(config).to(getattr(torch, spec.dtype))
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@dataclass(frozen=True)
+class VisionSpec:
+    """A tiny vision tower (CLIP by default) and how LLaVA reads its features."""
+
+    model_type: str = "clip_vision_model"
+    hidden_size: int = 32
+    layers: int = 2
+    heads: int = 2
+    image_size: int = 32
+    patch_size: int = 8
+    feature_layer: int | list[int] = -2
+    select_strategy: str = "default"
+
+
+def vision_config(spec: VisionSpec):
+    from transformers import CLIPVisionConfig, SiglipVisionConfig
+
+    cls = {"clip_vision_model": CLIPVisionConfig, "siglip_vision_model": SiglipVisionConfig}[spec.model_type]
+    return cls(
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.hidden_size * 2,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        image_size=spec.image_size,
+        patch_size=spec.patch_size,
+    )
+
+
+def image_processor(spec: VisionSpec):
+    """The vision side's preprocessing; the PIL backend keeps torchvision optional."""
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    size = spec.image_size
+    return CLIPImageProcessorPil(
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size}, do_center_crop=True
+    )
+
+
+def build_llava(
+    path: str | Path,
+    llm: LLMSpec | None = None,
+    vision: VisionSpec | None = None,
+    *,
+    image_token: str = "<image>",
+    seed: int = 0,
+) -> Path:
+    """Write a tiny ``LlavaForConditionalGeneration`` checkpoint with its processor to ``path``."""
+    import torch
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    path = Path(path)
+    llm = llm or LLMSpec(family="llama", tokenizer=TokenizerSpec(chat_template=LLAVA_TEMPLATE, pad="<pad>"))
+    vision = vision or VisionSpec()
+    tokenizer = train_tokenizer(llm.tokenizer)
+    tokenizer.add_special_tokens({"additional_special_tokens": [image_token]})
+    config = LlavaConfig(
+        vision_config=vision_config(vision),
+        text_config=text_config(llm, tokenizer),
+        image_token_index=tokenizer.convert_tokens_to_ids(image_token),
+        image_seq_length=(vision.image_size // vision.patch_size) ** 2,
+        vision_feature_layer=vision.feature_layer,
+        vision_feature_select_strategy=vision.select_strategy,
+        tie_word_embeddings=llm.tie_word_embeddings,
+    )
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config).to(getattr(torch, llm.dtype))
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    additional = 1 if vision.model_type == "clip_vision_model" else 0
+    processor = LlavaProcessor(
+        image_processor=image_processor(vision),
+        tokenizer=tokenizer,
+        patch_size=vision.patch_size,
+        vision_feature_select_strategy=vision.select_strategy,
+        num_additional_image_tokens=additional,
+        image_token=image_token,
+        chat_template=llm.tokenizer.chat_template,
+    )
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def qwen2_spec(**overrides) -> LLMSpec:
+    """A Qwen2-like LLM: ChatML template, ``<|im_end|>`` end of turn, tied embeddings."""
+    tok = TokenizerSpec(
+        vocab_size=360,
+        bos=None,
+        eos="<|endoftext|>",
+        unk=None,
+        pad="<|endoftext|>",
+        extra_special=("<|im_start|>", "<|im_end|>"),
+        chat_template=CHATML_TEMPLATE,
+    )
+    base = dict(family="qwen2", hidden_size=64, intermediate_size=128, tie_word_embeddings=True, tokenizer=tok)
+    base.update(overrides)
+    return LLMSpec(**base)
+
+
+def mistral_spec(**overrides) -> LLMSpec:
+    """A Mistral-like LLM: ``[INST]`` template and no pad token at all."""
+    tok = TokenizerSpec(vocab_size=300, chat_template=MISTRAL_TEMPLATE, pad=None)
+    base = dict(family="mistral", hidden_size=40, intermediate_size=80, heads=4, kv_heads=1, tokenizer=tok)
+    base.update(overrides)
+    return LLMSpec(**base)

@@ -1,0 +1,66 @@
+"""Writing results so that a crash or a full disk never leaves a half-written output in place.
+
+Every output folder is built in a hidden sibling folder and renamed into place only when complete; a
+previous output of the same name survives until the new one is whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from backbone_swap.errors import BackboneSwapError
+
+
+def check_output_dir(output: Path, inputs: Iterable[Path], *, overwrite: bool) -> Path:
+    """Refuse an output that exists (without ``overwrite``) or that lies inside or over an input."""
+    output = Path(output).expanduser().resolve()
+    for item in inputs:
+        item = Path(item).expanduser().resolve()
+        if output == item or item in output.parents or output in item.parents:
+            raise BackboneSwapError(
+                f"the output folder {output} overlaps the input {item}",
+                "Choose an output folder outside the input folders",
+            )
+    if output.exists() and not overwrite:
+        raise BackboneSwapError(f"{output} already exists", "Choose another --output, or pass --overwrite")
+    if output.exists() and not output.is_dir():
+        raise BackboneSwapError(f"{output} exists and is not a folder", "Choose another --output")
+    return output
+
+
+@contextlib.contextmanager
+def staged_dir(output: Path) -> Iterator[Path]:
+    """Yield an empty folder next to ``output``; on success it replaces ``output`` in one rename."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+    try:
+        yield stage
+        if output.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
+            os.replace(output, old / output.name)
+            os.replace(stage, output)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(stage, output)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON through a temporary file and a rename, so readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=False, default=str)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,420 @@
+"""Build a new VLM from an old VLM's vision side and a newer LLM.
+
+The vision tower is copied byte for byte (the new backbone must see exactly the features the old one
+saw), the projector is created for the new hidden size, the LLM's tensors are copied unchanged except the
+embedding rows of added tokens. Tensors are streamed one at a time from the input files into the output
+files, so memory stays near the largest single tensor whatever the model's size. The result is an
+ordinary ``LlavaForConditionalGeneration`` checkpoint with its processor.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from backbone_swap import safetensors_io as st
+from backbone_swap.anatomy import (
+    VISION_TOWERS,
+    Anatomy,
+    Compatibility,
+    compatibility,
+    component_of,
+    read_anatomy,
+)
+from backbone_swap.checkpoint import Checkpoint, open_checkpoint
+from backbone_swap.errors import BackboneSwapError
+from backbone_swap.manifest import step_record
+from backbone_swap.outputs import check_output_dir, staged_dir, write_json
+from backbone_swap.progress import progress_bar
+
+# Turns typed message contents ({"type": "image"} / {"type": "text"}) into the plain strings that a text
+# LLM's template expects, then hands over to that template unchanged: the LLM keeps its own format and
+# the processor can still be given images.
+TEMPLATE_PREAMBLE = (
+    "{%- set ns = namespace(messages=[]) -%}"
+    "{%- for message in messages -%}"
+    "{%- if message['content'] is string or message['content'] is none -%}"
+    "{%- set ns.messages = ns.messages + [message] -%}"
+    "{%- else -%}"
+    "{%- set text = namespace(value='') -%}"
+    "{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' -%}{%- set text.value = text.value + '<<IMAGE>>\n' -%}"
+    "{%- elif part['type'] == 'text' -%}{%- set text.value = text.value + part['text'] -%}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- set ns.messages = ns.messages + [{'role': message['role'], 'content': text.value}] -%}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- set messages = ns.messages -%}"
+)
+
+
+def processor_template(llm_template: str, image_token: str) -> str:
+    """The LLM's chat template, made able to render messages that contain images."""
+    if "{%- set ns = namespace(messages=[]) -%}" in llm_template:
+        return llm_template  # already carries the preamble (a transplanted model transplanted again)
+    return TEMPLATE_PREAMBLE.replace("<<IMAGE>>", image_token) + llm_template
+
+
+def parse_size(text: str | int) -> int:
+    """``"5GB"``, ``"500MB"`` or a byte count, as bytes."""
+    if isinstance(text, int):
+        return text
+    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "B": 1}
+    s = text.strip().upper()
+    for unit, factor in units.items():
+        if s.endswith(unit):
+            try:
+                return int(float(s[: -len(unit)]) * factor)
+            except ValueError:
+                break
+    try:
+        return int(s)
+    except ValueError:
+        raise BackboneSwapError(f"{text!r} is not a size", "Write it like 5GB or 500MB") from None
+
+
+@dataclass
+class TransplantResult:
+    output: Path
+    manifest: dict[str, Any]
+
+
+def transplant(
+    vlm: str | Path,
+    llm: str | Path,
+    output: str | Path,
+    *,
+    seed: int = 0,
+    projector: str = "new",
+    chat_template: str | Path | None = None,
+    overwrite: bool = False,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    max_shard_size: str | int = "5GB",
+    hash_inputs: bool = True,
+) -> TransplantResult:
+    """Put ``vlm``'s vision tower in front of ``llm`` with a new projector and write it to ``output``.
+
+    ``projector`` is ``"new"`` (fresh init from ``seed``) or ``"reuse"`` (copy the old projector, only
+    when its shapes fit the new hidden size).
+    """
+    started = time.time()
+    if projector not in {"new", "reuse"}:
+        raise BackboneSwapError(f"--projector must be 'new' or 'reuse', not {projector!r}", "Use new or reuse")
+    old = open_checkpoint(vlm, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    new = open_checkpoint(llm, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    old_anatomy, new_anatomy = read_anatomy(old), read_anatomy(new)
+    if old_anatomy.kind != "vlm":
+        raise BackboneSwapError(f"{old.path} is a text-only LLM, not a VLM", "Pass a LLaVA checkpoint as --vlm")
+    template_text = _read_template(chat_template)
+    compat = compatibility(old_anatomy, new_anatomy, new, template_override=template_text is not None)
+    if compat.problems:
+        raise BackboneSwapError(compat.problems[0], "")
+    if projector == "reuse" and not compat.reuse_projector_possible:
+        raise BackboneSwapError(
+            f"the old projector outputs {old_anatomy.projector.out_features} features but {new.path} has "
+            f"hidden size {new_anatomy.hidden_size}, so it cannot be reused",
+            "Use --projector new (the default)",
+        )
+    output = check_output_dir(Path(output), [old.path, new.path], overwrite=overwrite)
+    shard_bytes = parse_size(max_shard_size)
+
+    build = _Build(old, new, old_anatomy, new_anatomy, compat, trust_remote_code)
+    build.prepare_tokenizer(template_text)
+    build.prepare_config()
+    planned = build.plan_tensors(projector=projector, seed=seed)
+
+    inputs = {
+        "vlm": {"path": str(old.path), "weights": _hashes(old) if hash_inputs else {}},
+        "llm": {"path": str(new.path), "weights": _hashes(new) if hash_inputs else {}},
+    }
+    with staged_dir(output) as stage:
+        build.save_metadata(stage)
+        total = sum(t.nbytes for t in planned)
+        with progress_bar("writing weights", total, as_bytes=True) as advance:
+            files = st.write_checkpoint(stage, planned, shard_bytes, on_tensor=lambda t: advance(t.nbytes))
+        manifest = step_record(
+            "transplant",
+            inputs=inputs,
+            output={"path": str(output), "weight_files": files, "tensors": len(planned), "bytes": total},
+            changes=build.changes(projector=projector, seed=seed),
+            seconds=round(time.time() - started, 3),
+        )
+        write_json(stage / "manifest.json", manifest)
+    return TransplantResult(output, manifest)
+
+
+def _read_template(chat_template: str | Path | None) -> str | None:
+    if chat_template is None:
+        return None
+    path = Path(chat_template).expanduser()
+    if not path.is_file():
+        raise BackboneSwapError(f"chat template file {path} does not exist", "Pass a Jinja template file")
+    return path.read_text(encoding="utf-8")
+
+
+def _hashes(ckpt: Checkpoint) -> dict[str, str]:
+    with progress_bar(f"hashing {ckpt.path.name}", ckpt.weights.total_bytes(), as_bytes=True) as advance:
+        return ckpt.sha256(advance)
+
+
+class _Build:
+    """The state of one transplant between planning and writing."""
+
+    def __init__(self, old: Checkpoint, new: Checkpoint, old_anatomy: Anatomy, new_anatomy: Anatomy,
+                 compat: Compatibility, trust_remote_code: bool) -> None:
+        self.old, self.new = old, new
+        self.old_anatomy, self.new_anatomy = old_anatomy, new_anatomy
+        self.compat = compat
+        self.trust_remote_code = trust_remote_code
+        self.image_token = old_anatomy.image_token or "<image>"
+
+    # -- tokenizer and template -------------------------------------------------------------------
+    def prepare_tokenizer(self, template_override: str | None) -> None:
+        from tokenizers import AddedToken
+        from transformers import AutoTokenizer
+
+        try:
+            tok = AutoTokenizer.from_pretrained(self.new.path, trust_remote_code=self.trust_remote_code)
+        except (OSError, ValueError) as e:
+            raise BackboneSwapError(
+                f"the tokenizer of {self.new.path} could not be loaded ({str(e).splitlines()[0]})",
+                "Make sure the folder holds tokenizer.json or the tokenizer files of its family",
+            ) from None
+        self.original_len = len(tok)
+        self.added: list[str] = []
+        if self.image_token not in tok.get_vocab():
+            tok.add_tokens([AddedToken(self.image_token, special=True, normalized=False)], special_tokens=True)
+            self.added.append(self.image_token)
+        if tok.pad_token is None:
+            pad = self.compat.pad_token or "<pad>"
+            tok.add_special_tokens({"pad_token": pad})
+            self.added.append(pad)
+        ids = tok.encode(self.image_token, add_special_tokens=False)
+        if len(ids) != 1:
+            raise BackboneSwapError(
+                f"the image token {self.image_token!r} is split into {len(ids)} tokens by {self.new.path}'s tokenizer",
+                "Pass a tokenizer in which it is one token",
+            )
+        self.image_token_id = ids[0]
+        template = template_override if template_override is not None else tok.chat_template
+        if not template:
+            raise BackboneSwapError(f"{self.new.path} has no chat template", "Pass --chat-template FILE")
+        self.llm_template = template
+        tok.chat_template = processor_template(template, self.image_token)
+        self.tokenizer = tok
+        self.added_ids = [tok.convert_tokens_to_ids(t) for t in self.added]
+        self.rows = max(self.new_anatomy.embedding_rows, len(tok))
+
+    # -- config -----------------------------------------------------------------------------------
+    def prepare_config(self) -> None:
+        from transformers import AutoConfig, LlavaConfig
+
+        text = AutoConfig.from_pretrained(self.new.path, trust_remote_code=self.trust_remote_code)
+        text.vocab_size = self.rows
+        text.pad_token_id = self.tokenizer.pad_token_id
+        old = self.old.config
+        vision = self.old_anatomy.vision
+        assert vision is not None and self.old_anatomy.projector is not None
+        self.config = LlavaConfig(
+            vision_config=dict(old["vision_config"]),
+            text_config=text,
+            image_token_index=self.image_token_id,
+            image_seq_length=vision.image_tokens,
+            projector_hidden_act=self.old_anatomy.projector.activation,
+            vision_feature_layer=vision.feature_layer,
+            vision_feature_select_strategy=vision.select_strategy,
+            multimodal_projector_bias=self.old_anatomy.projector.bias,
+            tie_word_embeddings=self.new_anatomy.tie_word_embeddings,
+        )
+        self.config.architectures = ["LlavaForConditionalGeneration"]
+        self.config.dtype = self.new_anatomy.dtypes.get("language_model", "float32")
+        self.config.dtype = st.TORCH_DTYPES.get(self.config.dtype, self.config.dtype)
+        self.expected = self._expected_shapes()
+
+    def _expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Names and shapes of the tensors LlavaForConditionalGeneration will ask for, from a meta model."""
+        import torch
+        from transformers import LlavaForConditionalGeneration
+
+        try:
+            with torch.device("meta"):
+                model = LlavaForConditionalGeneration(self.config)
+        except (ValueError, KeyError) as e:
+            raise BackboneSwapError(
+                f"transformers cannot build a LLaVA model around {self.new.path} ({str(e).splitlines()[0]})",
+                "Use an LLM family that transformers supports natively",
+            ) from None
+        shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        if self.new_anatomy.tie_word_embeddings:
+            shapes.pop("lm_head.weight", None)
+        return shapes
+
+    # -- tensors ----------------------------------------------------------------------------------
+    def plan_tensors(self, *, projector: str, seed: int) -> list[st.PlannedTensor]:
+        planned = self._vision_tensors()
+        if projector == "reuse":
+            planned += self._reused_projector()
+        else:
+            planned += self._new_projector(seed)
+        planned += self._language_tensors()
+        self._check_against_model(planned)
+        return planned
+
+    def _vision_tensors(self) -> list[st.PlannedTensor]:
+        targets = {k for k in self.expected if k.startswith("model.vision_tower.")}
+        planned = []
+        for name in self.old.weights.names():
+            if component_of(name, "vlm") != "vision_tower":
+                continue
+            rest = name.split("vision_tower.", 1)[1]
+            candidates = [rest, rest.removeprefix("vision_model."), "vision_model." + rest]
+            target = next((f"model.vision_tower.{c}" for c in candidates if f"model.vision_tower.{c}" in targets),
+                          None)
+            if target is None:
+                if "position_ids" in rest:
+                    continue  # a buffer some old checkpoints saved; transformers rebuilds it
+                raise BackboneSwapError(
+                    f"{self.old.path} has vision tensor {name}, which a {self.old_anatomy.vision.model_type} "
+                    "tower does not have",
+                    "The checkpoint's vision weights do not match its config",
+                )
+            planned.append(self.old.weights.copy(name, target))
+        return planned
+
+    def _reused_projector(self) -> list[st.PlannedTensor]:
+        planned = []
+        for name in self.old.weights.names():
+            if component_of(name, "vlm") == "projector":
+                rest = name.split("multi_modal_projector.", 1)[1]
+                planned.append(self.old.weights.copy(name, f"model.multi_modal_projector.{rest}"))
+        return planned
+
+    def _new_projector(self, seed: int) -> list[st.PlannedTensor]:
+        """LLaVA's mlp2x_gelu projector with PyTorch's default Linear init, drawn from ``seed`` alone."""
+        import torch
+
+        dtype_name = self.config.dtype if isinstance(self.config.dtype, str) else "float32"
+        dtype = getattr(torch, dtype_name)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            first = torch.nn.Linear(self.compat.projector_in, self.compat.projector_out,
+                                    bias=self.old_anatomy.projector.bias)
+            second = torch.nn.Linear(self.compat.projector_out, self.compat.projector_out,
+                                     bias=self.old_anatomy.projector.bias)
+        planned = []
+        for layer_name, layer in (("linear_1", first), ("linear_2", second)):
+            for param_name, param in layer.named_parameters():
+                tensor = param.detach().to(dtype)
+                planned.append(st.PlannedTensor(
+                    f"model.multi_modal_projector.{layer_name}.{param_name}",
+                    st.safetensors_dtype(dtype), tuple(tensor.shape),
+                    lambda t=tensor: st.tensor_to_bytes(t),
+                ))
+        return planned
+
+    def _language_tensors(self) -> list[st.PlannedTensor]:
+        planned = []
+        weights = self.new.weights
+        for name in weights.names():
+            if name.startswith("model."):
+                target = "model.language_model." + name.removeprefix("model.")
+            elif name == "lm_head.weight":
+                if self.new_anatomy.tie_word_embeddings:
+                    continue
+                target = name
+            else:
+                target = name  # reported by the check against the model below
+            if target.endswith("embed_tokens.weight") or target == "lm_head.weight":
+                planned.append(self._resized(name, target))
+            else:
+                planned.append(weights.copy(name, target))
+        return planned
+
+    def _resized(self, name: str, target: str) -> st.PlannedTensor:
+        """The embedding (or output) matrix with rows for added tokens set to the mean of the original rows."""
+        weights = self.new.weights
+        old_rows, hidden = weights.shape(name)
+        if self.rows == old_rows and not self.added_ids:
+            return weights.copy(name, target)
+        mean_rows = min(old_rows, self.original_len)
+        rows, added_ids = self.rows, list(self.added_ids)
+
+        def produce() -> bytes:
+            import torch
+
+            matrix = weights.read_tensor(name)
+            out = torch.empty((rows, hidden), dtype=matrix.dtype)
+            out[:old_rows] = matrix
+            mean = matrix[:mean_rows].float().mean(dim=0).to(matrix.dtype)
+            out[old_rows:] = mean
+            for i in added_ids:
+                out[i] = mean
+            return st.tensor_to_bytes(out)
+
+        return st.PlannedTensor(target, weights.dtype(name), (rows, hidden), produce)
+
+    def _check_against_model(self, planned: list[st.PlannedTensor]) -> None:
+        have = {t.name: t.shape for t in planned}
+        unexpected = sorted(set(have) - set(self.expected))
+        missing = sorted(set(self.expected) - set(have))
+        wrong = sorted(k for k in set(have) & set(self.expected) if have[k] != self.expected[k])
+        if unexpected or missing or wrong:
+            detail = (
+                f"unexpected {unexpected[0]}" if unexpected
+                else f"missing {missing[0]}" if missing
+                else f"{wrong[0]} has shape {list(have[wrong[0]])}, expected {list(self.expected[wrong[0]])}"
+            )
+            count = len(unexpected) + len(missing) + len(wrong)
+            raise BackboneSwapError(
+                f"the weights do not fit a LLaVA model built from these configs ({count} tensors differ, first: "
+                f"{detail})",
+                "Check that each checkpoint's config.json belongs to its weights",
+            )
+
+    # -- metadata ---------------------------------------------------------------------------------
+    def save_metadata(self, stage: Path) -> None:
+        from transformers import AutoImageProcessor, GenerationConfig, LlavaProcessor
+
+        self.config.save_pretrained(stage)
+        try:
+            generation = GenerationConfig.from_pretrained(self.new.path)
+        except OSError:
+            generation = GenerationConfig.from_model_config(self.config.text_config)
+        generation.pad_token_id = self.tokenizer.pad_token_id
+        generation.save_pretrained(stage)
+        try:
+            image_processor = AutoImageProcessor.from_pretrained(self.old.path)
+        except (OSError, ValueError) as e:
+            raise BackboneSwapError(
+                f"the image processor of {self.old.path} could not be loaded ({str(e).splitlines()[0]})",
+                "The VLM folder needs its preprocessor_config.json or processor_config.json",
+            ) from None
+        vision = self.old_anatomy.vision
+        processor = LlavaProcessor(
+            image_processor=image_processor,
+            tokenizer=self.tokenizer,
+            patch_size=vision.patch_size,
+            vision_feature_select_strategy=vision.select_strategy,
+            num_additional_image_tokens=VISION_TOWERS[vision.model_type],
+            image_token=self.image_token,
+            chat_template=self.tokenizer.chat_template,
+        )
+        processor.save_pretrained(stage)
+
+    def changes(self, *, projector: str, seed: int) -> dict[str, Any]:
+        return {
+            "added_tokens": {t: i for t, i in zip(self.added, self.added_ids, strict=True)},
+            "pad_token": self.tokenizer.pad_token,
+            "image_token": {"text": self.image_token, "id": self.image_token_id},
+            "embedding_rows": {"before": self.new_anatomy.embedding_rows, "after": self.rows,
+                               "new_rows_init": "mean of the existing rows"},
+            "projector": {"init": "pytorch default Linear init" if projector == "new" else "reused from the VLM",
+                          "seed": seed if projector == "new" else None,
+                          "shape": [self.compat.projector_in, self.compat.projector_out]},
+            "chat_template": self.compat.chat_template,
+            "vision_tower": "copied unchanged from the VLM",
+            "image_processor": "copied from the VLM",
+        }

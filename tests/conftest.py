@@ -1,0 +1,86 @@
+"""The offline test kit: tiny checkpoints of the kinds users pass, built once per test session.
+
+- ``kit.vlm``: a LLaVA checkpoint (CLIP tower, Llama text model, processor, LLaVA-1.5 style template).
+- ``kit.qwen2``: a Qwen2-like LLM, ChatML template, tied embeddings, bfloat16 weights.
+- ``kit.mistral``: a Mistral-like LLM without a pad token, ``[INST]`` template, untied embeddings.
+- ``kit.llama48``: a Llama LLM with the VLM's hidden size, so the old projector could be reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from backbone_swap.demo import tiny_models as tm
+
+
+@dataclass(frozen=True)
+class Kit:
+    vlm: Path
+    qwen2: Path
+    mistral: Path
+    llama48: Path
+
+
+@pytest.fixture(scope="session")
+def kit(tmp_path_factory: pytest.TempPathFactory) -> Kit:
+    root = tmp_path_factory.mktemp("kit")
+    return Kit(
+        vlm=tm.build_llava(root / "llava"),
+        qwen2=tm.build_llm(root / "qwen2", tm.qwen2_spec(dtype="bfloat16", seed=1)),
+        mistral=tm.build_llm(root / "mistral", tm.mistral_spec(seed=2)),
+        llama48=tm.build_llm(
+            root / "llama48",
+            tm.LLMSpec(family="llama", hidden_size=48, tokenizer=tm.TokenizerSpec(
+                vocab_size=280, chat_template=tm.LLAVA_TEMPLATE, pad="<pad>"), seed=3),
+        ),
+    )
+
+
+def folder_digest(path: Path) -> dict[str, str]:
+    """sha256 of every file below ``path``, to prove that inputs are never modified."""
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture
+def copy_of(tmp_path: Path):
+    """Copy a kit checkpoint into the test's own folder so the test may damage it."""
+
+    def make(source: Path, name: str | None = None) -> Path:
+        target = tmp_path / (name or source.name)
+        shutil.copytree(source, target)
+        return target
+
+    return make
+
+
+@dataclass(frozen=True)
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]):
+    """Run ``backbone-swap ARGS`` in this process through the same entry point as the console script."""
+    from backbone_swap.cli import main
+
+    def run(*args: object) -> CliResult:
+        capsys.readouterr()
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+
+    return run
