@@ -93,7 +93,9 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BackboneSwapError(f"{path} is not readable JSON ({e.__class__.__name__})", "Fix or replace the file") from None
+        raise BackboneSwapError(
+            f"{path} is not readable JSON ({e.__class__.__name__})", "Fix or replace the file"
+        ) from None
     if not isinstance(data, dict):
         raise BackboneSwapError(f"{path} does not hold a JSON object", "Fix or replace the file")
     return data

@@ -28,33 +28,7 @@ from backbone_swap.errors import BackboneSwapError
 from backbone_swap.manifest import step_record
 from backbone_swap.outputs import check_output_dir, staged_dir, write_json
 from backbone_swap.progress import progress_bar
-
-# Turns typed message contents ({"type": "image"} / {"type": "text"}) into the plain strings that a text
-# LLM's template expects, then hands over to that template unchanged: the LLM keeps its own format and
-# the processor can still be given images.
-TEMPLATE_PREAMBLE = (
-    "{%- set ns = namespace(messages=[]) -%}"
-    "{%- for message in messages -%}"
-    "{%- if message['content'] is string or message['content'] is none -%}"
-    "{%- set ns.messages = ns.messages + [message] -%}"
-    "{%- else -%}"
-    "{%- set text = namespace(value='') -%}"
-    "{%- for part in message['content'] -%}"
-    "{%- if part['type'] == 'image' -%}{%- set text.value = text.value + '<<IMAGE>>\n' -%}"
-    "{%- elif part['type'] == 'text' -%}{%- set text.value = text.value + part['text'] -%}{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- set ns.messages = ns.messages + [{'role': message['role'], 'content': text.value}] -%}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- set messages = ns.messages -%}"
-)
-
-
-def processor_template(llm_template: str, image_token: str) -> str:
-    """The LLM's chat template, made able to render messages that contain images."""
-    if "{%- set ns = namespace(messages=[]) -%}" in llm_template:
-        return llm_template  # already carries the preamble (a transplanted model transplanted again)
-    return TEMPLATE_PREAMBLE.replace("<<IMAGE>>", image_token) + llm_template
+from backbone_swap.templates import end_of_turn, processor_template
 
 
 def parse_size(text: str | int) -> int:
@@ -130,19 +104,25 @@ def transplant(
         "vlm": {"path": str(old.path), "weights": _hashes(old) if hash_inputs else {}},
         "llm": {"path": str(new.path), "weights": _hashes(new) if hash_inputs else {}},
     }
-    with staged_dir(output) as stage:
-        build.save_metadata(stage)
-        total = sum(t.nbytes for t in planned)
-        with progress_bar("writing weights", total, as_bytes=True) as advance:
-            files = st.write_checkpoint(stage, planned, shard_bytes, on_tensor=lambda t: advance(t.nbytes))
-        manifest = step_record(
-            "transplant",
-            inputs=inputs,
-            output={"path": str(output), "weight_files": files, "tensors": len(planned), "bytes": total},
-            changes=build.changes(projector=projector, seed=seed),
-            seconds=round(time.time() - started, 3),
-        )
-        write_json(stage / "manifest.json", manifest)
+    total = sum(t.nbytes for t in planned)
+    try:
+        with staged_dir(output) as stage:
+            build.save_metadata(stage)
+            with progress_bar("writing weights", total, as_bytes=True) as advance:
+                files = st.write_checkpoint(stage, planned, shard_bytes, on_tensor=lambda t: advance(t.nbytes))
+            manifest = step_record(
+                "transplant",
+                inputs=inputs,
+                output={"path": str(output), "weight_files": files, "tensors": len(planned), "bytes": total},
+                changes=build.changes(projector=projector, seed=seed),
+                seconds=round(time.time() - started, 3),
+            )
+            write_json(stage / "manifest.json", manifest)
+    except OSError as e:
+        raise BackboneSwapError(
+            f"writing {output} failed ({e.strerror or e}); nothing was changed there",
+            f"Free space or choose another --output (it needs about {total / 1e9:.2f} GB)",
+        ) from None
     return TransplantResult(output, manifest)
 
 
@@ -188,8 +168,13 @@ class _Build:
         if self.image_token not in tok.get_vocab():
             tok.add_tokens([AddedToken(self.image_token, special=True, normalized=False)], special_tokens=True)
             self.added.append(self.image_token)
-        if tok.pad_token is None:
-            pad = self.compat.pad_token or "<pad>"
+        template = template_override if template_override is not None else tok.chat_template
+        if not template:
+            raise BackboneSwapError(f"{self.new.path} has no chat template", "Pass --chat-template FILE")
+        self.end_of_turn = end_of_turn(tok, template)
+        if tok.pad_token is None or tok.pad_token == self.end_of_turn:
+            # padding is masked from the loss, so a pad that doubles as end of turn is never learned
+            pad = next(p for p in ("<pad>", "<|backbone_swap_pad|>") if p not in tok.get_vocab())
             tok.add_special_tokens({"pad_token": pad})
             self.added.append(pad)
         ids = tok.encode(self.image_token, add_special_tokens=False)
@@ -199,9 +184,6 @@ class _Build:
                 "Pass a tokenizer in which it is one token",
             )
         self.image_token_id = ids[0]
-        template = template_override if template_override is not None else tok.chat_template
-        if not template:
-            raise BackboneSwapError(f"{self.new.path} has no chat template", "Pass --chat-template FILE")
         self.llm_template = template
         tok.chat_template = processor_template(template, self.image_token)
         self.tokenizer = tok
@@ -408,6 +390,7 @@ class _Build:
         return {
             "added_tokens": {t: i for t, i in zip(self.added, self.added_ids, strict=True)},
             "pad_token": self.tokenizer.pad_token,
+            "end_of_turn": self.end_of_turn,
             "image_token": {"text": self.image_token, "id": self.image_token_id},
             "embedding_rows": {"before": self.new_anatomy.embedding_rows, "after": self.rows,
                                "new_rows_init": "mean of the existing rows"},

@@ -50,6 +50,11 @@ def folder_digest(path: Path) -> dict[str, str]:
     }
 
 
+@pytest.fixture(scope="session")
+def digest():
+    return folder_digest
+
+
 @pytest.fixture
 def copy_of(tmp_path: Path):
     """Copy a kit checkpoint into the test's own folder so the test may damage it."""

@@ -1,0 +1,60 @@
+"""Chat-template facts that decide whether a model can learn to take turns.
+
+The end-of-turn token is read from what the template actually renders after an assistant reply, not
+from a table of names: that is the token training must supervise, and the one padding must never be.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Turns typed message contents ({"type": "image"} / {"type": "text"}) into the plain strings that a text
+# LLM's template expects, then hands over to that template unchanged: the LLM keeps its own format and
+# the processor can still be given images.
+TEMPLATE_PREAMBLE = (
+    "{%- set ns = namespace(messages=[]) -%}"
+    "{%- for message in messages -%}"
+    "{%- if message['content'] is string or message['content'] is none -%}"
+    "{%- set ns.messages = ns.messages + [message] -%}"
+    "{%- else -%}"
+    "{%- set text = namespace(value='') -%}"
+    "{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' -%}{%- set text.value = text.value + '<<IMAGE>>\n' -%}"
+    "{%- elif part['type'] == 'text' -%}{%- set text.value = text.value + part['text'] -%}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- set ns.messages = ns.messages + [{'role': message['role'], 'content': text.value}] -%}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- set messages = ns.messages -%}"
+)
+_PREAMBLE_START = TEMPLATE_PREAMBLE[: TEMPLATE_PREAMBLE.index("{%- for")]
+
+
+def processor_template(llm_template: str, image_token: str) -> str:
+    """The LLM's chat template, made able to render messages that contain images."""
+    if llm_template.startswith(_PREAMBLE_START):
+        return llm_template  # already carries the preamble (a transplanted model transplanted again)
+    return TEMPLATE_PREAMBLE.replace("<<IMAGE>>", image_token) + llm_template
+
+
+_MARKER = "zq7 reply zq7"
+
+
+def end_of_turn(tokenizer: Any, template: str | None = None) -> str | None:
+    """The special token the template puts right after an assistant reply (``<|im_end|>``, ``</s>``, ...)."""
+    chat = [{"role": "user", "content": "question"}, {"role": "assistant", "content": _MARKER}]
+    try:
+        text = tokenizer.apply_chat_template(chat, tokenize=False, chat_template=template)
+    except Exception:  # a template may refuse this minimal conversation; then nothing is known
+        return None
+    if _MARKER not in text:
+        return None
+    after = text.split(_MARKER, 1)[1]
+    specials = sorted(
+        (t for t in tokenizer.all_special_tokens + list(tokenizer.get_added_vocab()) if t), key=len, reverse=True
+    )
+    stripped = after.lstrip(" ")
+    for token in specials:
+        if stripped.startswith(token):
+            return token
+    return None

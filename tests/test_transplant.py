@@ -1,0 +1,200 @@
+"""``backbone-swap transplant``: what is copied stays bit-identical, what is new is what the docs say."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from transformers import AutoProcessor, AutoTokenizer, LlavaForConditionalGeneration
+
+from backbone_swap import safetensors_io as st
+from backbone_swap.transplant import transplant
+
+
+def _tensors(folder: Path) -> dict[str, torch.Tensor]:
+    out = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(file, "pt") as f:
+            out.update({k: f.get_tensor(k) for k in f.keys()})  # noqa: SIM118 (safe_open is not a dict)
+    return out
+
+
+@pytest.fixture(scope="module")
+def made(kit, tmp_path_factory, digest):
+    """Transplants onto the untied, pad-less Mistral and the tied bfloat16 Qwen2, inputs hashed around them."""
+    root = tmp_path_factory.mktemp("transplants")
+    before = {p: digest(p) for p in (kit.vlm, kit.mistral, kit.qwen2)}
+    outputs = {
+        "mistral": transplant(kit.vlm, kit.mistral, root / "mistral", seed=7).output,
+        "qwen2": transplant(kit.vlm, kit.qwen2, root / "qwen2", seed=7).output,
+    }
+    after = {p: digest(p) for p in before}
+    return outputs, before, after
+
+
+def test_inputs_are_not_modified(made):
+    _, before, after = made
+    assert before == after
+
+
+@pytest.mark.parametrize("llm", ["mistral", "qwen2"])
+def test_vision_tower_is_bit_identical(kit, made, llm):
+    old = {k.removeprefix("model."): v for k, v in _tensors(kit.vlm).items()}
+    new = {k.removeprefix("model."): v for k, v in _tensors(made[0][llm]).items()}
+    vision = [k for k in old if k.startswith("vision_tower.")]
+    assert vision
+    for k in vision:
+        assert new[k].dtype == old[k].dtype
+        assert torch.equal(new[k], old[k]), k
+
+
+@pytest.mark.parametrize("llm", ["mistral", "qwen2"])
+def test_language_model_is_the_new_llm_except_added_rows(kit, made, llm):
+    source = getattr(kit, llm)
+    src = _tensors(source)
+    out = _tensors(made[0][llm])
+    tok = AutoTokenizer.from_pretrained(source)
+    n = len(tok)
+    added = AutoTokenizer.from_pretrained(made[0][llm])
+    assert len(added) > n
+    for name, tensor in src.items():
+        target = "lm_head.weight" if name == "lm_head.weight" else "model.language_model." + name[len("model."):]
+        got = out[target]
+        assert got.dtype == tensor.dtype
+        if name.endswith("embed_tokens.weight") or name == "lm_head.weight":
+            assert torch.equal(got[:n], tensor)
+            mean = tensor.float().mean(dim=0).to(tensor.dtype)
+            for row in range(n, len(added)):
+                assert torch.equal(got[row], mean)
+        else:
+            assert torch.equal(got, tensor), name
+    if llm == "qwen2":
+        assert "lm_head.weight" not in out  # tied: transformers rebuilds it from the embedding
+
+
+def test_projector_is_seeded_and_sized_for_the_new_llm(kit, made, tmp_path):
+    out = _tensors(made[0]["mistral"])
+    assert out["model.multi_modal_projector.linear_1.weight"].shape == (40, 32)
+    assert out["model.multi_modal_projector.linear_2.weight"].shape == (40, 40)
+    again = _tensors(transplant(kit.vlm, kit.mistral, tmp_path / "same", seed=7, hash_inputs=False).output)
+    other = _tensors(transplant(kit.vlm, kit.mistral, tmp_path / "other", seed=8, hash_inputs=False).output)
+    name = "model.multi_modal_projector.linear_1.weight"
+    assert torch.equal(again[name], out[name])
+    assert not torch.equal(other[name], out[name])
+    with torch.random.fork_rng():
+        torch.manual_seed(7)
+        reference = torch.nn.Linear(32, 40)
+    assert torch.equal(out[name], reference.weight.detach())
+
+
+@pytest.mark.parametrize("llm", ["mistral", "qwen2"])
+def test_loads_without_missing_weights_and_generates_through_the_processor(kit, made, llm):
+    folder = made[0][llm]
+    model, info = LlavaForConditionalGeneration.from_pretrained(folder, output_loading_info=True)
+    assert not any(info.values()), info
+    processor = AutoProcessor.from_pretrained(folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    eot = {"mistral": "</s>", "qwen2": "<|im_end|>"}[llm]
+    assert manifest["changes"]["end_of_turn"] == eot
+    assert processor.tokenizer.pad_token not in {eot, None}
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what colour is it"}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    llm_prompt = AutoTokenizer.from_pretrained(getattr(kit, llm)).apply_chat_template(
+        [{"role": "user", "content": "<image>\nwhat colour is it"}], tokenize=False, add_generation_prompt=True)
+    assert prompt == llm_prompt  # the new LLM's own format, with the image first
+    image = Image.new("RGB", (48, 40), (20, 200, 20))
+    inputs = processor(images=image, text=prompt, return_tensors="pt")
+    assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == model.config.image_seq_length
+    out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 3
+    if llm == "qwen2":
+        assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+        assert model.model.language_model.dtype == torch.bfloat16
+
+
+def test_vision_side_is_configured_as_before(kit, made):
+    old = LlavaForConditionalGeneration.from_pretrained(kit.vlm)
+    new = LlavaForConditionalGeneration.from_pretrained(made[0]["mistral"])
+    old_proc, new_proc = AutoProcessor.from_pretrained(kit.vlm), AutoProcessor.from_pretrained(made[0]["mistral"])
+    image = Image.new("RGB", (50, 36), (10, 20, 200))
+    assert torch.equal(old_proc.image_processor(image, return_tensors="pt")["pixel_values"],
+                       new_proc.image_processor(image, return_tensors="pt")["pixel_values"])
+    for key in ("vision_feature_layer", "vision_feature_select_strategy", "image_seq_length"):
+        assert getattr(new.config, key) == getattr(old.config, key)
+    pixels = old_proc.image_processor(image, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        assert torch.equal(old.model.vision_tower(pixels).last_hidden_state,
+                           new.model.vision_tower(pixels).last_hidden_state)
+
+
+def test_manifest_records_inputs_changes_and_versions(kit, made):
+    manifest = json.loads((made[0]["mistral"] / "manifest.json").read_text())
+    assert manifest["step"] == "transplant"
+    for role, folder in (("vlm", kit.vlm), ("llm", kit.mistral)):
+        expected = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+        assert manifest["inputs"][role]["weights"] == {"model.safetensors": expected}
+    tok = AutoTokenizer.from_pretrained(made[0]["mistral"])
+    assert manifest["changes"]["added_tokens"] == {"<image>": tok.convert_tokens_to_ids("<image>"),
+                                                   "<pad>": tok.pad_token_id}
+    assert manifest["changes"]["projector"]["seed"] == 7
+    assert manifest["versions"]["torch"] == torch.__version__.split("+")[0] or manifest["versions"]["torch"]
+    assert manifest["versions"]["transformers"]
+    assert manifest["seconds"] > 0
+
+
+def test_reuse_copies_the_old_projector_when_shapes_allow(kit, cli, tmp_path):
+    result = cli("transplant", "--vlm", kit.vlm, "--llm", kit.llama48, "-o", tmp_path / "reuse", "--projector", "reuse")
+    assert result.code == 0, result.err
+    old, new = _tensors(kit.vlm), _tensors(tmp_path / "reuse")
+    for name in [k for k in old if "multi_modal_projector" in k]:
+        assert torch.equal(new["model." + name.removeprefix("model.")], old[name])
+    refused = cli("transplant", "--vlm", kit.vlm, "--llm", kit.mistral, "-o", tmp_path / "no", "--projector", "reuse")
+    assert refused.code == 1 and "cannot be reused" in refused.err
+    assert not (tmp_path / "no").exists()
+
+
+def test_small_shards_are_indexed_and_load(kit, cli, tmp_path):
+    result = cli("transplant", "--vlm", kit.vlm, "--llm", kit.mistral, "-o", tmp_path / "sharded",
+                 "--max-shard-size", "60KB")
+    assert result.code == 0, result.err
+    index = json.loads((tmp_path / "sharded" / "model.safetensors.index.json").read_text())
+    files = set(index["weight_map"].values())
+    assert len(files) > 2 and all((tmp_path / "sharded" / f).stat().st_size <= 60_000 + 40_000 for f in files)
+    _, info = LlavaForConditionalGeneration.from_pretrained(tmp_path / "sharded", output_loading_info=True)
+    assert not any(info.values())
+
+
+def test_chat_template_override(kit, cli, tmp_path):
+    template = tmp_path / "t.jinja"
+    template.write_text("{% for m in messages %}<<{{ m['role'] }}>>{{ m['content'] }}{% endfor %}")
+    result = cli("transplant", "--vlm", kit.vlm, "--llm", kit.mistral, "-o", tmp_path / "o",
+                 "--chat-template", template)
+    assert result.code == 0, result.err
+    processor = AutoProcessor.from_pretrained(tmp_path / "o")
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}]
+    assert processor.apply_chat_template(messages) == "<<user>><image>\nhi"
+
+
+def test_overwrite_replaces_only_a_complete_output(kit, cli, tmp_path, monkeypatch, digest):
+    out = tmp_path / "o"
+    assert cli("transplant", "--vlm", kit.vlm, "--llm", kit.mistral, "-o", out).code == 0
+    before = digest(out)
+    refused = cli("transplant", "--vlm", kit.vlm, "--llm", kit.qwen2, "-o", out)
+    assert refused.code == 1 and "--overwrite" in refused.err
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(st, "write_file", disk_full)
+    failed = cli("transplant", "--vlm", kit.vlm, "--llm", kit.qwen2, "-o", out, "--overwrite")
+    assert failed.code == 1 and "No space left on device" in failed.err
+    assert digest(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]  # no partial folder left behind
+    monkeypatch.undo()
+    assert cli("transplant", "--vlm", kit.vlm, "--llm", kit.qwen2, "-o", out, "--overwrite").code == 0
+    assert json.loads((out / "manifest.json").read_text())["inputs"]["llm"]["path"] == str(kit.qwen2)
