@@ -10,6 +10,7 @@ and ``from_pretrained`` in the tests.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import struct
@@ -34,6 +35,7 @@ TORCH_DTYPES = {
 
 _MAX_HEADER = 100 * 1024 * 1024
 _COPY_CHUNK = 64 * 1024 * 1024
+_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF, errno.EPERM}
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,7 @@ class PlannedTensor:
     dtype: str
     shape: tuple[int, ...]
     produce: Callable[[], bytes]
+    source: TensorEntry | None = None  # set for unchanged copies: copied file to file by the kernel
 
     @property
     def nbytes(self) -> int:
@@ -168,7 +171,7 @@ class PlannedTensor:
 
 def copy_of(entry: TensorEntry, name: str | None = None) -> PlannedTensor:
     """An output tensor that is a byte-for-byte copy of an input tensor."""
-    return PlannedTensor(name or entry.name, entry.dtype, entry.shape, lambda: read_bytes(entry))
+    return PlannedTensor(name or entry.name, entry.dtype, entry.shape, lambda: read_bytes(entry), entry)
 
 
 def shard(planned: Iterable[PlannedTensor], max_shard_bytes: int) -> list[list[PlannedTensor]]:
@@ -197,14 +200,44 @@ def write_file(path: Path, tensors: list[PlannedTensor], metadata: dict[str, str
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)
         for t in tensors:
-            data = t.produce()
-            if len(data) != t.nbytes:
-                raise RuntimeError(f"tensor {t.name} produced {len(data)} bytes, expected {t.nbytes}")
-            f.write(data)
+            if t.source is not None:
+                f.flush()
+                _copy_range(t.source, f.fileno())
+            else:
+                data = t.produce()
+                if len(data) != t.nbytes:
+                    raise RuntimeError(f"tensor {t.name} produced {len(data)} bytes, expected {t.nbytes}")
+                f.write(data)
             if on_tensor:
                 on_tensor(t)
         f.flush()
         os.fsync(f.fileno())
+
+
+def _copy_range(entry: TensorEntry, out_fd: int) -> None:
+    """Append ``entry``'s bytes to ``out_fd`` without passing them through Python (copy_file_range)."""
+    kernel_copy = hasattr(os, "copy_file_range")
+    with open(entry.file, "rb") as src:
+        offset, left = entry.start, entry.nbytes
+        while left > 0:
+            n = 0
+            if kernel_copy:
+                try:
+                    n = os.copy_file_range(src.fileno(), out_fd, min(left, _COPY_CHUNK), offset)
+                except OSError as e:
+                    if e.errno not in _NO_KERNEL_COPY:
+                        raise
+                    kernel_copy = False  # e.g. across file systems on older kernels: copy through memory
+            if not kernel_copy:
+                src.seek(offset)
+                data = src.read(min(left, _COPY_CHUNK))
+                n = os.write(out_fd, data) if data else 0
+            if n <= 0:
+                raise BackboneSwapError(
+                    f"{entry.file} ended while copying tensor {entry.name}", "The file is truncated"
+                )
+            offset += n
+            left -= n
 
 
 def write_checkpoint(folder: Path, tensors: list[PlannedTensor], max_shard_bytes: int,

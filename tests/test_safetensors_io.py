@@ -85,3 +85,22 @@ def test_damaged_files_are_refused(tmp_path, damage):
     path.write_bytes(damaged)
     with pytest.raises(BackboneSwapError, match="not a valid safetensors file"):
         st.read_header(path)
+
+
+def test_copies_without_kernel_copy_give_the_same_file(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    tensors = _tensors()
+    save_file(tensors, tmp_path / "lib.safetensors")
+    entries, _ = st.read_header(tmp_path / "lib.safetensors")
+    st.write_file(tmp_path / "kernel.safetensors", [st.copy_of(e) for e in entries.values()])
+
+    def unsupported(*args, **kwargs):
+        raise OSError(errno.EXDEV, "cross-device")
+
+    monkeypatch.setattr(os, "copy_file_range", unsupported)
+    st.write_file(tmp_path / "python.safetensors", [st.copy_of(e) for e in entries.values()])
+    assert (tmp_path / "kernel.safetensors").read_bytes() == (tmp_path / "python.safetensors").read_bytes()
+    copied = load_file(tmp_path / "python.safetensors")
+    assert all(torch.equal(copied[k], v) for k, v in tensors.items())
