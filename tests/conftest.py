@@ -89,3 +89,29 @@ def cli(capsys: pytest.CaptureFixture[str]):
         return CliResult(code, out, err)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def transplanted(kit, tmp_path_factory) -> dict[str, Path]:
+    """The kit's VLM moved onto each kit LLM (untrained projector), shared by the tests that read them."""
+    from backbone_swap.transplant import transplant
+
+    root = tmp_path_factory.mktemp("transplanted")
+    return {
+        name: transplant(kit.vlm, getattr(kit, name), root / name, seed=0, hash_inputs=False).output
+        for name in ("mistral", "qwen2")
+    }
+
+
+@pytest.fixture(scope="session")
+def colour_data(tmp_path_factory) -> dict[str, Path]:
+    """A small drawn image QA set (colour naming) split into training and held-out records."""
+    from backbone_swap.demo import scenes
+
+    root = tmp_path_factory.mktemp("colour-data")
+    records = scenes.colour_questions(root / "images", 160, seed=0)
+    return {
+        "root": root / "images",
+        "train": scenes.write_jsonl(records[:128], root / "train.jsonl"),
+        "heldout": scenes.write_jsonl(records[128:], root / "heldout.jsonl"),
+    }

@@ -1,0 +1,314 @@
+"""LLaVA-format conversations turned into token ids and labels with the *target* model's own chat template.
+
+The assistant mask is derived from the template itself (what it renders before and after each reply),
+not from hand-written separators at fixed offsets: that is the mistake behind most "tokenization
+mismatch" runs that train on nothing. Every sample is audited before training: it must supervise at least
+one token, its supervised tokens must decode back to its replies, and the end-of-turn token must be among
+them so the model learns to stop.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from backbone_swap.errors import BackboneSwapError
+
+IGNORE = -100
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+IMAGE_PLACEHOLDER = "<image>"
+MAX_IMAGE_PIXELS = 64 * 1024 * 1024  # beyond this PIL treats the file as a decompression bomb
+
+
+@dataclass
+class Sample:
+    id: str
+    line: int
+    image: Path | None
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def length(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def supervised(self) -> int:
+        return sum(1 for label in self.labels if label != IGNORE)
+
+
+@dataclass
+class BadSample:
+    id: str
+    line: int
+    reason: str
+
+    def describe(self) -> str:
+        return f"sample {self.id!r} (line {self.line}): {self.reason}"
+
+
+@dataclass
+class Dataset:
+    samples: list[Sample]
+    bad: list[BadSample] = field(default_factory=list)
+
+    def stats(self) -> dict[str, Any]:
+        supervised = [s.supervised for s in self.samples]
+        return {
+            "samples": len(self.samples),
+            "skipped": len(self.bad),
+            "skipped_ids": [b.id for b in self.bad][:100],
+            "with_image": sum(1 for s in self.samples if s.image is not None),
+            "supervised_tokens_mean": round(sum(supervised) / max(len(supervised), 1), 2),
+            "supervised_tokens_min": min(supervised, default=0),
+            "tokens": sum(s.length for s in self.samples),
+        }
+
+
+class _Bad(Exception):
+    """A reason why one record cannot be trained on; collected, not raised to the user directly."""
+
+
+def read_records(path: Path) -> Iterator[tuple[int, Any]]:
+    """Yield (line number, record) from a JSON list or a JSONL file; a malformed line yields an exception."""
+    path = Path(path)
+    if not path.is_file():
+        raise BackboneSwapError(f"data file {path} does not exist", "Pass a LLaVA-format .json or .jsonl file")
+    text = path.read_text(encoding="utf-8")
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise BackboneSwapError(f"{path} is not valid JSON (line {e.lineno}: {e.msg})", "Fix the file") from None
+        # a JSON list carries no line numbers per record: report the position in the list, from 1
+        yield from enumerate(records, start=1)
+        return
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as e:
+            yield number, _Bad(f"malformed JSON ({e.msg})")
+
+
+def resolve_image(name: Any, image_root: Path | None) -> Path:
+    """The image file of a record, refusing paths that leave the image root."""
+    if not isinstance(name, str) or not name:
+        raise _Bad("'image' must be a relative path")
+    if image_root is None:
+        raise _Bad("the record has an image but no --image-root was given")
+    relative = Path(name)
+    if relative.is_absolute():
+        raise _Bad(f"image path {name!r} is absolute; paths must be relative to the image root")
+    root = image_root.resolve()
+    path = (root / relative).resolve()
+    if root not in path.parents:
+        raise _Bad(f"image path {name!r} leaves the image root")
+    if not path.is_file():
+        raise _Bad(f"image {name!r} not found under {image_root}")
+    return path
+
+
+def open_image(path: Path):
+    """Load an image fully (so a truncated file fails here, not mid-training), as RGB."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.convert("RGB")
+    except Image.DecompressionBombError:
+        raise _Bad(f"image {path.name!r} is larger than {MAX_IMAGE_PIXELS} pixels") from None
+    except (OSError, SyntaxError, ValueError) as e:  # PIL signals bad files with these
+        raise _Bad(f"image {path.name!r} cannot be read ({str(e).splitlines()[0] if str(e) else 'not an image'})") \
+            from None
+
+
+def to_messages(conversations: Any, has_image: bool) -> list[dict[str, Any]]:
+    """LLaVA turns (``from``/``value``) as chat messages, the image placed first in the first user turn."""
+    if not isinstance(conversations, list) or not conversations:
+        raise _Bad("'conversations' must be a non-empty list")
+    messages = []
+    for turn in conversations:
+        if not isinstance(turn, dict) or turn.get("from") not in ROLES or not isinstance(turn.get("value"), str):
+            raise _Bad("each turn needs 'from' (human/gpt/system) and a string 'value'")
+        messages.append({"role": ROLES[turn["from"]], "content": turn["value"]})
+    if not any(m["role"] == "assistant" for m in messages):
+        raise _Bad("the conversation has no assistant (gpt) turn")
+    placeholders = sum(m["content"].count(IMAGE_PLACEHOLDER) for m in messages)
+    if has_image:
+        first_user = next((m for m in messages if m["role"] == "user"), None)
+        if first_user is None:
+            raise _Bad("the conversation has no human turn")
+        if placeholders > 1:
+            raise _Bad("more than one <image> placeholder")
+        for m in messages:
+            m["content"] = m["content"].replace(IMAGE_PLACEHOLDER, "").strip()
+        first_user["content"] = [{"type": "image"}, {"type": "text", "text": first_user["content"]}]
+    elif placeholders:
+        raise _Bad("the text has an <image> placeholder but the record has no image")
+    return messages
+
+
+def _render(tokenizer, messages: list[dict[str, Any]], generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def _reply_text(message: dict[str, Any]) -> str:
+    content = message["content"]
+    return content if isinstance(content, str) else "".join(p.get("text", "") for p in content)
+
+
+def supervised_spans(tokenizer, messages: list[dict[str, Any]], end_of_turn: str | None) -> tuple[str, list[tuple]]:
+    """The rendered conversation and the character spans of each assistant reply (with its end of turn).
+
+    A reply's span starts where the template's generation prompt ends and runs through the end-of-turn
+    token the template writes after it; anything the template adds after that (a newline) is not learned.
+    """
+    text = _render(tokenizer, messages, False)
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = _render(tokenizer, messages[:i], True)
+        through = _render(tokenizer, messages[: i + 1], False)
+        if not (through.startswith(prompt) and text.startswith(through)):
+            raise _Bad("the chat template does not render this conversation incrementally, so replies cannot be "
+                       "located")
+        start, end = len(prompt), len(through)
+        tail = through[start:]
+        if end_of_turn and end_of_turn in tail:
+            end = start + tail.rindex(end_of_turn) + len(end_of_turn)
+        else:
+            end = start + len(tail.rstrip())
+        spans.append((start, end))
+    return text, spans
+
+
+def tokenize(tokenizer, messages: list[dict[str, Any]], *, image_token_id: int | None, image_tokens: int,
+             end_of_turn: str | None) -> tuple[list[int], list[int], str]:
+    """Token ids and labels (IGNORE outside assistant replies); the image token expanded to its features."""
+    text, spans = supervised_spans(tokenizer, messages, end_of_turn)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, labels = [], []
+    for token, (begin, _end) in zip(encoded["input_ids"], encoded["offset_mapping"], strict=True):
+        learn = any(start <= begin < stop for start, stop in spans)
+        if image_token_id is not None and token == image_token_id:
+            ids.extend([token] * image_tokens)
+            labels.extend([IGNORE] * image_tokens)
+            continue
+        ids.append(token)
+        labels.append(token if learn else IGNORE)
+    return ids, labels, text
+
+
+def audit(tokenizer, messages: list[dict[str, Any]], labels: Sequence[int], end_of_turn: str | None) -> None:
+    """Refuse a sample whose labels would not teach its replies (and the end of turn)."""
+    supervised = [t for t in labels if t != IGNORE]
+    if not supervised:
+        raise _Bad("no token is supervised (the assistant mask is empty)")
+    decoded = tokenizer.decode(supervised, skip_special_tokens=False)
+    for message in messages:
+        if message["role"] == "assistant" and _reply_text(message).strip() not in decoded:
+            raise _Bad("the supervised tokens do not decode back to the assistant's reply")
+    if end_of_turn is not None:
+        eot_id = tokenizer.convert_tokens_to_ids(end_of_turn)
+        replies = sum(1 for m in messages if m["role"] == "assistant")
+        if supervised.count(eot_id) < replies:
+            raise _Bad(f"the end-of-turn token {end_of_turn!r} is not supervised after every reply")
+
+
+def build_dataset(
+    path: str | Path,
+    tokenizer,
+    *,
+    image_root: str | Path | None,
+    image_token: str,
+    image_tokens: int,
+    max_length: int,
+    end_of_turn: str | None,
+    on_bad_sample: str = "fail",
+    check_images: bool = True,
+) -> Dataset:
+    """Read, tokenise and audit every record; bad ones fail the run or are skipped and counted."""
+    if on_bad_sample not in {"fail", "skip"}:
+        raise BackboneSwapError(f"--on-bad-sample must be 'fail' or 'skip', not {on_bad_sample!r}", "Use fail or skip")
+    root = Path(image_root).expanduser() if image_root is not None else None
+    if root is not None and not root.is_dir():
+        raise BackboneSwapError(f"image root {root} is not a folder", "Pass the folder the image paths start from")
+    image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+    samples: list[Sample] = []
+    bad: list[BadSample] = []
+    seen: set[str] = set()
+    for line, record in read_records(Path(path)):
+        sample_id = str(record.get("id", f"line-{line}")) if isinstance(record, dict) else f"line-{line}"
+        try:
+            if isinstance(record, _Bad):
+                raise record
+            if not isinstance(record, dict):
+                raise _Bad("a record must be a JSON object")
+            if "id" not in record:
+                raise _Bad("the record has no 'id'")
+            if sample_id in seen:
+                raise _Bad("the id is used by an earlier record")
+            image = None
+            if record.get("image") is not None:
+                image = resolve_image(record["image"], root)
+                if check_images:
+                    open_image(image)
+            messages = to_messages(record.get("conversations"), image is not None)
+            ids, labels, _ = tokenize(tokenizer, messages, image_token_id=image_token_id,
+                                      image_tokens=image_tokens, end_of_turn=end_of_turn)
+            if len(ids) > max_length:
+                raise _Bad(f"{len(ids)} tokens (image included) is longer than max_length {max_length}")
+            audit(tokenizer, messages, labels, end_of_turn)
+        except _Bad as reason:
+            problem = BadSample(sample_id, line, str(reason))
+            if on_bad_sample == "fail":
+                raise BackboneSwapError(
+                    f"{path}: {problem.describe()}",
+                    "Fix the record, or pass --on-bad-sample skip to leave such samples out",
+                ) from None
+            bad.append(problem)
+            continue
+        seen.add(sample_id)
+        samples.append(Sample(sample_id, line, image, ids, labels))
+    if not samples:
+        raise BackboneSwapError(f"{path} has no usable sample", "Check the data file and --image-root")
+    return Dataset(samples, bad)
+
+
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, *, seed: int, group: bool = True,
+                           megabatch: int = 8) -> list[list[int]]:
+    """Shuffled batches of indices in which samples of similar length sit together (less padding).
+
+    Samples are shuffled, cut into mega-batches of ``megabatch`` batches, sorted by length inside each,
+    then cut into batches, and the batches are shuffled: random order, little padding, and the same seed
+    always gives the same batches.
+    """
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if not group:
+        return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+    size = batch_size * megabatch
+    batches = []
+    for i in range(0, len(order), size):
+        chunk = sorted(order[i: i + size], key=lambda k: -lengths[k])
+        batches += [chunk[j: j + batch_size] for j in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def padding_fraction(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> float:
+    """Share of the tokens in padded batches that are padding."""
+    total = sum(max(lengths[i] for i in b) * len(b) for b in batches if b)
+    real = sum(lengths[i] for b in batches for i in b)
+    return 0.0 if total == 0 else 1 - real / total

@@ -1,0 +1,138 @@
+"""The frozen vision tower's features, computed once per image and kept on disk.
+
+The vision tower never trains in the recipe, so its output for an image is a pure function of (tower
+weights, preprocessing, feature layer and strategy, image bytes). Caching it under that key means both
+stages, every epoch and every backbone trained on the same data reuse one forward pass per image: the
+tower is the same for the old and the new VLM by construction of the transplant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from backbone_swap import safetensors_io as st
+from backbone_swap.anatomy import component_of
+from backbone_swap.checkpoint import open_checkpoint
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "backbone-swap" / "features"
+
+
+def tower_fingerprint(model_dir: Path) -> str:
+    """sha256 of the vision tower's tensors (names, dtypes, shapes and bytes) in a LLaVA checkpoint."""
+    ckpt = open_checkpoint(model_dir)
+    h = hashlib.sha256()
+    for name in sorted(ckpt.weights.names()):
+        if component_of(name, "vlm") != "vision_tower":
+            continue
+        h.update(f"{name.split('vision_tower.', 1)[1]}|{ckpt.weights.dtype(name)}|{ckpt.weights.shape(name)}".encode())
+        entry = ckpt.weights.entries.get(name)
+        h.update(st.read_bytes(entry) if entry else st.tensor_to_bytes(ckpt.weights.read_tensor(name)))
+    return h.hexdigest()
+
+
+def expand_to_square(image, fill: tuple[int, int, int]):
+    """LLaVA-1.5's padding: the image centred on a square of the mean colour, so nothing is cropped."""
+    from PIL import Image
+
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    square = Image.new(image.mode, (side, side), fill)
+    square.paste(image, ((side - width) // 2, (side - height) // 2))
+    return square
+
+
+def preprocess(images: Sequence[Any], image_processor, image_aspect: str):
+    """Pixel values for a list of PIL images, padded to square first when the recipe says so."""
+    if image_aspect == "pad":
+        mean = getattr(image_processor, "image_mean", None) or [0.5, 0.5, 0.5]
+        fill = tuple(int(round(m * 255)) for m in mean)
+        images = [expand_to_square(im, fill) for im in images]
+    return image_processor(images=list(images), return_tensors="pt")["pixel_values"]
+
+
+def select_features(hidden_states: Sequence[Any], layer: int | list[int], strategy: str):
+    """The features LLaVA feeds its projector: the chosen layer(s), CLS dropped for the default strategy."""
+    import torch
+
+    layers = [layer] if isinstance(layer, int) else list(layer)
+    chosen = [hidden_states[i] for i in layers]
+    if strategy == "default":
+        chosen = [h[:, 1:] for h in chosen]
+    return chosen[0] if len(chosen) == 1 else torch.cat(chosen, dim=-1)
+
+
+def image_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    for chunk in st.iter_chunks(path, 1 << 20):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+class FeatureCache:
+    """Vision features by image, stored as one safetensors file per image under a key folder."""
+
+    def __init__(self, root: Path, model_dir: Path, image_processor, *, image_aspect: str,
+                 layer: int | list[int], strategy: str) -> None:
+        preprocessing = json.dumps(
+            {"processor": json.loads(image_processor.to_json_string()), "aspect": image_aspect,
+             "layer": layer, "strategy": strategy}, sort_keys=True)
+        key = hashlib.sha256(preprocessing.encode()).hexdigest()[:16]
+        self.folder = Path(root) / tower_fingerprint(model_dir)[:16] / key
+        self.image_processor = image_processor
+        self.image_aspect, self.layer, self.strategy = image_aspect, layer, strategy
+        self._digests: dict[Path, str] = {}
+
+    def path_for(self, image: Path) -> Path:
+        if image not in self._digests:
+            self._digests[image] = image_digest(image)
+        return self.folder / f"{self._digests[image]}.safetensors"
+
+    def missing(self, images: Sequence[Path]) -> list[Path]:
+        seen, out = set(), []
+        for image in images:
+            target = self.path_for(image)
+            if target not in seen and not target.is_file():
+                out.append(image)
+            seen.add(target)
+        return out
+
+    def fill(self, vision_tower, images: Sequence[Path], *, batch_size: int, device: Any,
+             on_batch: Callable[[int], None] | None = None) -> int:
+        """Compute and store the features of the images not cached yet; returns how many were computed."""
+        import torch
+        from safetensors.torch import save_file
+
+        from backbone_swap.data import open_image
+
+        todo = self.missing(images)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        dtype = next(vision_tower.parameters()).dtype
+        for i in range(0, len(todo), batch_size):
+            chunk = todo[i: i + batch_size]
+            pixels = preprocess([open_image(p) for p in chunk], self.image_processor, self.image_aspect)
+            with torch.no_grad():
+                out = vision_tower(pixels.to(device=device, dtype=dtype), output_hidden_states=True)
+                feats = select_features(out.hidden_states, self.layer, self.strategy)
+            for path, feat in zip(chunk, feats, strict=True):
+                target = self.path_for(path)
+                tmp = target.with_name(f".{target.name}.tmp")
+                save_file({"features": feat.detach().to("cpu").contiguous()}, tmp)
+                os.replace(tmp, target)
+            if on_batch:
+                on_batch(len(chunk))
+        return len(todo)
+
+    def load(self, image: Path):
+        from safetensors.torch import load_file
+
+        return load_file(self.path_for(image))["features"]

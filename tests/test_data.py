@@ -1,0 +1,130 @@
+"""Conversations become ids and labels through the target template; bad records are named, never trained."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from PIL import Image
+from transformers import AutoTokenizer
+
+from backbone_swap.data import IGNORE, build_dataset, length_grouped_batches, padding_fraction
+from backbone_swap.errors import BackboneSwapError
+from backbone_swap.templates import end_of_turn
+
+TWO_TURNS = [
+    {"from": "human", "value": "<image>\nwhat colour is the shape?"},
+    {"from": "gpt", "value": "red"},
+    {"from": "human", "value": "and which shape is it?"},
+    {"from": "gpt", "value": "a circle"},
+]
+
+
+def _write(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+@pytest.fixture
+def image_root(tmp_path):
+    root = tmp_path / "img"
+    root.mkdir()
+    Image.new("RGB", (20, 10), (255, 0, 0)).save(root / "a.png")
+    return root
+
+
+def _build(model, tmp_path, image_root, records, **kw):
+    tok = AutoTokenizer.from_pretrained(model)
+    options = dict(image_root=image_root, image_token="<image>", image_tokens=16, max_length=256,
+                   end_of_turn=end_of_turn(tok))
+    options.update(kw)
+    return tok, build_dataset(_write(tmp_path / "d.jsonl", records), tok, **options)
+
+
+@pytest.mark.parametrize("llm", ["mistral", "qwen2"])
+def test_labels_are_exactly_the_replies_and_their_end_of_turn(llm, transplanted, tmp_path, image_root):
+    records = [{"id": 1, "image": "a.png", "conversations": TWO_TURNS}]
+    tok, data = _build(transplanted[llm], tmp_path, image_root, records)
+    sample = data.samples[0]
+    eot = {"mistral": "</s>", "qwen2": "<|im_end|>"}[llm]
+    eot_id = tok.convert_tokens_to_ids(eot)
+    # independently: each reply's own tokens followed by the end of turn, in order, nothing else
+    expected = []
+    for reply in ("red", "a circle"):
+        expected += tok(reply, add_special_tokens=False)["input_ids"] + [eot_id]
+    assert [t for t in sample.labels if t != IGNORE] == expected
+    # token by token: a label is either IGNORE or the input token at that position
+    for token, label in zip(sample.input_ids, sample.labels, strict=True):
+        assert label in (IGNORE, token)
+    image_id = tok.convert_tokens_to_ids("<image>")
+    assert sample.input_ids.count(image_id) == 16
+    assert all(label == IGNORE for t, label in zip(sample.input_ids, sample.labels, strict=True) if t == image_id)
+    assert data.stats()["supervised_tokens_min"] == len(expected)
+
+
+def test_a_fixed_offset_template_would_mis_mask_but_ours_does_not(transplanted, tmp_path, image_root):
+    tok, data = _build(transplanted["qwen2"], tmp_path, image_root,
+                       [{"id": 1, "image": "a.png", "conversations": TWO_TURNS}])
+    sample = data.samples[0]
+    # A hand-written LLaVA-v1 masker assumes "ASSISTANT:" separators; ChatML has none, so it would find no
+    # reply at all. The template-derived mask finds both replies.
+    text = tok.decode(sample.input_ids)
+    assert "ASSISTANT:" not in text
+    assert tok.decode([t for t in sample.labels if t != IGNORE]) == "red<|im_end|>a circle<|im_end|>"
+
+
+@pytest.mark.parametrize(
+    ("record", "words"),
+    [
+        ({"id": "m", "image": "missing.png", "conversations": TWO_TURNS}, "not found"),
+        ({"id": "t", "image": "../../etc/passwd", "conversations": TWO_TURNS}, "leaves the image root"),
+        ({"id": "abs", "image": "/etc/passwd", "conversations": TWO_TURNS}, "is absolute"),
+        ({"id": "txt", "image": "notes.txt", "conversations": TWO_TURNS}, "cannot be read"),
+        ({"id": "trunc", "image": "cut.png", "conversations": TWO_TURNS}, "cannot be read"),
+        ({"id": "noreply", "conversations": [{"from": "human", "value": "hi"}]}, "no assistant"),
+        ({"id": "bad", "conversations": "nope"}, "non-empty list"),
+        ({"conversations": TWO_TURNS[2:]}, "no 'id'"),
+        ({"id": "long", "conversations": [{"from": "human", "value": "a " * 300}, {"from": "gpt", "value": "b"}]},
+         "longer than max_length"),
+    ],
+)
+def test_bad_records_are_named_with_id_and_line(record, words, transplanted, tmp_path, image_root):
+    (image_root / "notes.txt").write_text("not an image")
+    noise = Image.frombytes("RGB", (64, 64), random.Random(0).randbytes(64 * 64 * 3))
+    noise.save(image_root / "full.png")
+    (image_root / "cut.png").write_bytes((image_root / "full.png").read_bytes()[:5000])
+    records = [{"id": "ok", "image": "a.png", "conversations": TWO_TURNS}, record]
+    with pytest.raises(BackboneSwapError) as error:
+        _build(transplanted["mistral"], tmp_path, image_root, records)
+    assert words in str(error.value) and "(line 2)" in str(error.value) and "--on-bad-sample skip" in str(error.value)
+    _, data = _build(transplanted["mistral"], tmp_path, image_root, records, on_bad_sample="skip")
+    assert [s.id for s in data.samples] == ["ok"]
+    assert data.stats()["skipped"] == 1
+
+
+def test_malformed_json_line_is_reported(transplanted, tmp_path, image_root):
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"id": 1, "conversations": TWO_TURNS[2:]}) + "\n{not json\n")
+    tok = AutoTokenizer.from_pretrained(transplanted["mistral"])
+    with pytest.raises(BackboneSwapError, match=r"line 2\): malformed JSON"):
+        build_dataset(path, tok, image_root=image_root, image_token="<image>", image_tokens=16, max_length=256,
+                      end_of_turn="</s>")
+
+
+def test_text_only_samples_are_allowed(transplanted, tmp_path, image_root):
+    _, data = _build(transplanted["mistral"], tmp_path, image_root, [{"id": 1, "conversations": TWO_TURNS[2:]}])
+    assert data.samples[0].image is None and data.samples[0].supervised > 0
+
+
+def test_length_grouping_cuts_padding_and_is_seeded():
+    rng = random.Random(0)
+    lengths = [rng.randint(10, 400) for _ in range(512)]
+    grouped = length_grouped_batches(lengths, 8, seed=3)
+    plain = length_grouped_batches(lengths, 8, seed=3, group=False)
+    assert sorted(i for b in grouped for i in b) == list(range(512))
+    assert grouped == length_grouped_batches(lengths, 8, seed=3)
+    assert grouped != length_grouped_batches(lengths, 8, seed=4)
+    assert padding_fraction(lengths, grouped) < padding_fraction(lengths, plain) / 3
+    # by hand: lengths 2 and 4 in one batch pad to 8 tokens of which 6 are real
+    assert padding_fraction([2, 4], [[0, 1]]) == pytest.approx(0.25)

@@ -1,0 +1,57 @@
+"""Cached vision features are exactly what the VLM computes from pixels, and are computed once."""
+
+from __future__ import annotations
+
+import torch
+from PIL import Image
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+from backbone_swap.features import FeatureCache, expand_to_square, preprocess
+
+
+def _images(folder):
+    folder.mkdir()
+    paths = []
+    for i, colour in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255)]):
+        path = folder / f"{i}.png"
+        Image.new("RGB", (40 + 10 * i, 30), colour).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_projected_cached_features_equal_the_models_image_features(kit, transplanted, tmp_path):
+    model_dir = transplanted["mistral"]
+    model = LlavaForConditionalGeneration.from_pretrained(model_dir).eval()
+    processor = AutoProcessor.from_pretrained(model_dir)
+    images = _images(tmp_path / "img")
+    cache = FeatureCache(tmp_path / "cache", model_dir, processor.image_processor, image_aspect="pad",
+                         layer=model.config.vision_feature_layer, strategy=model.config.vision_feature_select_strategy)
+    assert cache.fill(model.model.vision_tower, images, batch_size=2, device="cpu") == 3
+    assert cache.fill(model.model.vision_tower, images, batch_size=2, device="cpu") == 0
+    pixels = preprocess([Image.open(p).convert("RGB") for p in images], processor.image_processor, "pad")
+    with torch.no_grad():
+        reference = model.get_image_features(pixel_values=pixels, vision_feature_layer=-2,
+                                             vision_feature_select_strategy="default").pooler_output
+        for path, expected in zip(images, reference, strict=True):
+            projected = model.model.multi_modal_projector(cache.load(path))
+            torch.testing.assert_close(projected, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_same_tower_shares_a_cache_and_preprocessing_changes_the_key(kit, transplanted, tmp_path):
+    processor = AutoProcessor.from_pretrained(kit.vlm)
+    keys = {
+        name: FeatureCache(tmp_path, path, processor.image_processor, image_aspect="pad", layer=-2,
+                           strategy="default").folder
+        for name, path in [("old", kit.vlm), *transplanted.items()]
+    }
+    assert len(set(keys.values())) == 1  # old and both new VLMs carry the same tower: one cache
+    other = FeatureCache(tmp_path, kit.vlm, processor.image_processor, image_aspect="resize", layer=-2,
+                         strategy="default").folder
+    assert other != keys["old"]
+
+
+def test_padding_to_square_keeps_the_whole_image():
+    image = Image.new("RGB", (40, 20), (255, 0, 0))
+    square = expand_to_square(image, (1, 2, 3))
+    assert square.size == (40, 40)
+    assert square.getpixel((0, 0)) == (1, 2, 3) and square.getpixel((20, 20)) == (255, 0, 0)
