@@ -1,0 +1,1 @@
+"""Turning a model's raw outputs into scores, comparably across models."""
