@@ -88,3 +88,16 @@ def write_jsonl(records: Iterable[dict[str, Any]], path: Path) -> Path:
         for record in records:
             f.write(json.dumps(record) + "\n")
     return path
+
+
+def colour_items(folder: Path, n: int, *, seed: int, size: int = 64, prefix: str = "q",
+                 choices: bool = False) -> list[dict[str, Any]]:
+    """Evaluation items (id, image, question, answer[, choices]) for colour naming."""
+    items = []
+    for record in colour_questions(folder, n, seed=seed, size=size, prefix=prefix):
+        item = {"id": record["id"], "image": record["image"], "question": "what colour is the shape?",
+                "answer": record["answer"]}
+        if choices:
+            item["choices"] = list(COLOURS)
+        items.append(item)
+    return items

@@ -1,0 +1,304 @@
+"""``backbone-swap eval``: batched greedy answers with a confidence for each, scored, one line per sample.
+
+Lines are appended as batches finish, so a crash loses at most one batch and a restart skips what is
+done. Generation is plain greedy decoding with left padding and the KV cache; the confidence of an
+answer is exp(mean token log-probability), the length-normalised probability of what was generated
+(multiple choice: the probability of the chosen option among the options). The hidden states of a fixed
+probe set, on clean and perturbed inputs, are saved for the stability analysis in ``compare``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from backbone_swap.errors import BackboneSwapError
+from backbone_swap.evaluate import scoring
+from backbone_swap.evaluate.suite import Suite, Task, read_items
+from backbone_swap.manifest import step_record
+from backbone_swap.outputs import write_json
+
+
+@dataclass
+class EvalResult:
+    output: Path
+    manifest: dict[str, Any]
+
+
+def _messages(question: str, instruction: str) -> list[dict[str, Any]]:
+    text = f"{question} {instruction}".strip()
+    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+
+
+def paraphrase(question: str) -> str:
+    """A fixed rewording of a question, to see whether the model's representation moves with the wording."""
+    q = question.strip()
+    return f"Please look at the picture and tell me: {q[0].lower() + q[1:] if q else q}"
+
+
+def add_noise(image, seed: int, strength: float = 0.08):
+    """The image with seeded Gaussian pixel noise (a perturbation the answer should survive)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    array = np.asarray(image, dtype=np.float32)
+    noisy = np.clip(array + rng.normal(0, 255 * strength, array.shape), 0, 255).astype(np.uint8)
+    return Image.fromarray(noisy)
+
+
+class Evaluator:
+    """A loaded model and processor answering suite tasks in batches."""
+
+    def __init__(
+        self, model_dir: Path, *, batch_size: int = 16, device: str | None = None, dtype: str | None = None
+    ) -> None:
+        import torch
+        from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        torch_dtype = getattr(torch, dtype) if dtype else ("auto" if self.device != "cpu" else torch.float32)
+        self.model = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch_dtype).to(self.device)
+        self.model.eval()
+        self.processor = AutoProcessor.from_pretrained(model_dir)
+        self.tokenizer = self.processor.tokenizer
+        self.tokenizer.padding_side = "left"
+        self.batch_size = batch_size
+        eos = self.model.generation_config.eos_token_id
+        self.stop_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+
+    def _inputs(self, images, prompts):
+        return self.processor(images=images, text=prompts, padding=True, return_tensors="pt").to(self.device)
+
+    def generate(self, images, questions: list[str], task: Task) -> list[tuple[str, float]]:
+        """Greedy answers and their length-normalised probabilities."""
+        import torch
+
+        prompts = [
+            self.processor.apply_chat_template(_messages(q, task.instruction), add_generation_prompt=True)
+            for q in questions
+        ]
+        inputs = self._inputs(images, prompts)
+        with torch.no_grad():
+            out = self.model.generate(
+                **inputs,
+                max_new_tokens=task.max_new_tokens,
+                do_sample=False,
+                output_scores=True,
+                return_dict_in_generate=True,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+            scores = self.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+        start = inputs["input_ids"].shape[1]
+        answers = []
+        for row in range(len(prompts)):
+            tokens = out.sequences[row, start:].tolist()
+            logprobs = scores[row].tolist()
+            keep = len(tokens)
+            for i, token in enumerate(tokens):
+                if token in self.stop_ids:
+                    keep = i + 1  # the end of the answer is part of what the model chose
+                    break
+            text = self.tokenizer.decode(tokens[:keep], skip_special_tokens=True).strip()
+            chosen = [lp for lp in logprobs[:keep] if math.isfinite(lp)]
+            confidence = math.exp(sum(chosen) / len(chosen)) if chosen else 0.0
+            answers.append((text, min(max(confidence, 0.0), 1.0)))
+        return answers
+
+    def option_logprobs(self, image, question: str, choices: list[str], task: Task) -> list[float]:
+        """Summed log-probability of each option's tokens after the prompt, in one batched forward pass."""
+        import torch
+
+        prompt = self.processor.apply_chat_template(_messages(question, task.instruction), add_generation_prompt=True)
+        base = self._inputs([image], [prompt])
+        prompt_ids = base["input_ids"][0][base["attention_mask"][0].bool()].tolist()
+        option_ids = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in choices]
+        width = len(prompt_ids) + max(len(o) for o in option_ids)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(choices), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, option in enumerate(option_ids):
+            seq = prompt_ids + option
+            ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+        pixels = base["pixel_values"].expand(len(choices), *base["pixel_values"].shape[1:])
+        with torch.no_grad():
+            logits = self.model(
+                input_ids=ids.to(self.device), attention_mask=mask.to(self.device), pixel_values=pixels
+            ).logits.float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        totals = []
+        for row, option in enumerate(option_ids):
+            positions = range(len(prompt_ids) - 1, len(prompt_ids) - 1 + len(option))
+            totals.append(float(sum(logprobs[row, p, t] for p, t in zip(positions, option, strict=True))))
+        return totals
+
+    def answer_states(self, image, question: str, answer: str, task: Task):
+        """Last-layer hidden states averaged over the reference answer's positions (teacher-forced)."""
+        import torch
+
+        prompt = self.processor.apply_chat_template(_messages(question, task.instruction), add_generation_prompt=True)
+        base = self._inputs([image], [prompt])
+        answer_ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"] or [self.tokenizer.eos_token_id]
+        ids = torch.cat([base["input_ids"], torch.tensor([answer_ids], device=self.device)], dim=1)
+        mask = torch.ones_like(ids)
+        with torch.no_grad():
+            out = self.model(
+                input_ids=ids, attention_mask=mask, pixel_values=base["pixel_values"], output_hidden_states=True
+            )
+        return out.hidden_states[-1][0, -len(answer_ids) :].float().mean(dim=0).cpu()
+
+
+def _load_image(task: Task, item: dict[str, Any]):
+    from backbone_swap.data import _Bad, open_image, resolve_image
+
+    try:
+        return open_image(resolve_image(item.get("image"), task.image_root))
+    except _Bad as e:
+        raise BackboneSwapError(f"task {task.name}, item {item['id']!r}: {e}", "Fix the task's data") from None
+
+
+def score_item(task: Task, item: dict[str, Any], prediction: str, confidence: float) -> dict[str, Any]:
+    line = {"id": str(item["id"]), "prediction": prediction, "reference": item["answer"], "confidence": confidence}
+    if task.type == "short_answer":
+        score = scoring.score_short_answer(prediction, item["answer"])
+        line.update(correct=score >= 1.0, score=score)
+    elif task.type == "description":
+        score = scoring.score_description(prediction, item["answer"])
+        line.update(correct=score >= task.pass_score, score=score)
+    elif task.type == "structured":
+        result = scoring.score_structured(prediction, item["answer"], task.format, tolerance=task.tolerance)
+        line.update(correct=result.correct, valid=result.valid, error=result.error, score=float(result.correct))
+    return line
+
+
+def _done_ids(path: Path) -> set[str]:
+    if not path.is_file():
+        return set()
+    done = set()
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for line in lines:
+        try:
+            done.add(str(json.loads(line)["id"]))
+        except (json.JSONDecodeError, KeyError):
+            break  # a line cut by a crash: everything from here is redone
+    if len(done) != len(lines):
+        path.write_text("".join(line + "\n" for line in lines[: len(done)]), encoding="utf-8")
+    return done
+
+
+def evaluate_task(evaluator: Evaluator, task: Task, output: Path, *, on_items=None) -> Path:
+    """Answer every item of ``task`` not yet in ``output/<task>.jsonl``, appending as batches finish."""
+    items = read_items(task)
+    path = output / f"{task.name}.jsonl"
+    done = _done_ids(path)
+    todo = [item for item in items if str(item["id"]) not in done]
+    with open(path, "a", encoding="utf-8") as f:
+        for i in range(0, len(todo), evaluator.batch_size):
+            batch = todo[i : i + evaluator.batch_size]
+            images = [_load_image(task, item) for item in batch]
+            lines = []
+            if task.type == "multiple_choice":
+                for item, image in zip(batch, images, strict=True):
+                    choices = [str(c) for c in item["choices"]]
+                    logprobs = evaluator.option_logprobs(image, item["question"], choices, task)
+                    result = scoring.score_multiple_choice(logprobs, choices.index(str(item["answer"])))
+                    lines.append(
+                        {
+                            "id": str(item["id"]),
+                            "prediction": choices[result.choice],
+                            "reference": item["answer"],
+                            "correct": result.correct,
+                            "score": float(result.correct),
+                            "confidence": result.confidence,
+                            "probabilities": result.probabilities,
+                        }
+                    )
+            else:
+                answers = evaluator.generate(images, [item["question"] for item in batch], task)
+                lines = [score_item(task, item, text, conf) for item, (text, conf) in zip(batch, answers, strict=True)]
+            for line in lines:
+                f.write(json.dumps(line) + "\n")
+            f.flush()
+            if on_items:
+                on_items(len(batch))
+    return path
+
+
+def probe_states(evaluator: Evaluator, task: Task, count: int, seed: int) -> dict[str, Any]:
+    """Hidden states of the first ``count`` items (by id) on clean, noisy-image and reworded inputs."""
+    import torch
+
+    items = sorted(read_items(task), key=lambda it: str(it["id"]))[:count]
+    clean, noise, reworded = [], [], []
+    for k, item in enumerate(items):
+        image = _load_image(task, item)
+        answer = str(item["answer"])
+        clean.append(evaluator.answer_states(image, item["question"], answer, task))
+        noise.append(evaluator.answer_states(add_noise(image, seed + k), item["question"], answer, task))
+        reworded.append(evaluator.answer_states(image, paraphrase(item["question"]), answer, task))
+    return {"clean": torch.stack(clean), "noise": torch.stack(noise), "paraphrase": torch.stack(reworded)}
+
+
+def evaluate(
+    model_dir: str | Path,
+    suite: Suite,
+    output: str | Path,
+    *,
+    batch_size: int = 16,
+    device: str | None = None,
+    probes: bool = True,
+    seed: int = 0,
+    show_progress: bool = True,
+) -> EvalResult:
+    """Evaluate ``model_dir`` on every task of ``suite`` into ``output`` (resumable)."""
+    from safetensors.torch import save_file
+
+    from backbone_swap.progress import progress_bar
+
+    started = time.time()
+    model_dir, output = Path(model_dir).expanduser(), Path(output).expanduser()
+    from backbone_swap.anatomy import read_anatomy
+    from backbone_swap.checkpoint import open_checkpoint
+
+    if read_anatomy(open_checkpoint(model_dir)).kind != "vlm":
+        raise BackboneSwapError(f"{model_dir} is not a VLM", "Evaluate a LLaVA checkpoint")
+    items = {task.name: read_items(task) for task in suite.tasks}  # every file checked before any work
+    output.mkdir(parents=True, exist_ok=True)
+    evaluator = Evaluator(model_dir, batch_size=batch_size, device=device)
+    total = sum(len(v) for v in items.values())
+    with progress_bar(f"eval {model_dir.name}", total) if show_progress else _NoBar() as advance:
+        for task in suite.tasks:
+            evaluate_task(evaluator, task, output, on_items=advance)
+    if probes and suite.probes:
+        (output / "probes").mkdir(exist_ok=True)
+        for task in suite.tasks:
+            target = output / "probes" / f"{task.name}.safetensors"
+            if not target.is_file():
+                states = probe_states(evaluator, task, suite.probes, seed)
+                tmp = target.with_name(f".{target.name}.tmp")
+                save_file({k: v.contiguous() for k, v in states.items()}, tmp)
+                tmp.replace(target)
+    manifest = step_record(
+        "eval",
+        model=str(model_dir),
+        suite=suite.name,
+        suite_source=suite.source,
+        tasks={t.name: len(items[t.name]) for t in suite.tasks},
+        batch_size=batch_size,
+        seconds=round(time.time() - started, 3),
+    )
+    write_json(output / "manifest.json", manifest)
+    return EvalResult(output, manifest)
+
+
+class _NoBar:
+    def __enter__(self):
+        return lambda n: None
+
+    def __exit__(self, *exc):
+        return False

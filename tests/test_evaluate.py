@@ -1,0 +1,155 @@
+"""``backbone-swap eval``: batched answers equal one-at-a-time answers, confidences are probabilities,
+files resume, probes are saved."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from backbone_swap.demo import scenes
+from backbone_swap.errors import BackboneSwapError
+from backbone_swap.evaluate.runner import Evaluator, evaluate, evaluate_task
+from backbone_swap.evaluate.suite import load_suite
+
+
+@pytest.fixture(scope="module")
+def suite_file(tmp_path_factory):
+    root = tmp_path_factory.mktemp("suite")
+    images = root / "images"
+    scenes.write_jsonl(scenes.colour_items(images, 12, seed=1), root / "colour.jsonl")
+    scenes.write_jsonl(scenes.colour_items(images, 6, seed=2, prefix="m", choices=True), root / "choice.jsonl")
+    points = [
+        {
+            "id": f"p{i}",
+            "image": f"q{i:05d}.png",
+            "question": "where is the shape? answer as json",
+            "answer": '{"x": 10, "y": 20}',
+        }
+        for i in range(4)
+    ]
+    scenes.write_jsonl(points, root / "point.jsonl")
+    (root / "suite.yaml").write_text(
+        "name: tiny\nprobes: 3\ntasks:\n"
+        "  - {name: colour, type: short_answer, needs: perception, data: colour.jsonl, image_root: images,"
+        " max_new_tokens: 4}\n"
+        "  - {name: choice, type: multiple_choice, needs: perception, data: choice.jsonl, image_root: images}\n"
+        "  - {name: where, type: structured, format: json, needs: format, data: point.jsonl, image_root: images,"
+        " max_new_tokens: 6}\n"
+    )
+    return root / "suite.yaml"
+
+
+@pytest.fixture(scope="module")
+def evaluated(transplanted, suite_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval") / "mistral"
+    return evaluate(transplanted["mistral"], load_suite(suite_file), out, batch_size=5, show_progress=False)
+
+
+def _lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_one_line_per_item_with_the_documented_fields(evaluated):
+    colour = _lines(evaluated.output / "colour.jsonl")
+    assert len(colour) == 12 and len({line["id"] for line in colour}) == 12
+    for line in colour:
+        assert {"id", "prediction", "reference", "correct", "confidence"} <= set(line)
+        assert 0.0 <= line["confidence"] <= 1.0
+    where = _lines(evaluated.output / "where.jsonl")
+    assert all("valid" in line for line in where)
+
+
+def test_batched_answers_equal_one_at_a_time_generate(transplanted, suite_file, evaluated):
+    suite = load_suite(suite_file)
+    task = suite.task("colour")
+    single = Evaluator(transplanted["mistral"], batch_size=1)
+    from backbone_swap.evaluate.runner import _load_image
+    from backbone_swap.evaluate.suite import read_items
+
+    batched = {line["id"]: line for line in _lines(evaluated.output / "colour.jsonl")}
+    for item in read_items(task)[:6]:
+        [(text, confidence)] = single.generate([_load_image(task, item)], [item["question"]], task)
+        assert text == batched[item["id"]]["prediction"]
+        assert confidence == pytest.approx(batched[item["id"]]["confidence"], rel=1e-4)
+
+
+def test_confidence_is_the_mean_log_probability_of_the_answer(transplanted, suite_file):
+    """Independently: score the generated answer by a teacher-forced forward pass."""
+    suite = load_suite(suite_file)
+    task = suite.task("colour")
+    evaluator = Evaluator(transplanted["mistral"], batch_size=1)
+    from backbone_swap.evaluate.runner import _load_image, _messages
+    from backbone_swap.evaluate.suite import read_items
+
+    item = read_items(task)[0]
+    image = _load_image(task, item)
+    prompt = evaluator.processor.apply_chat_template(_messages(item["question"], ""), add_generation_prompt=True)
+    inputs = evaluator.processor(images=[image], text=[prompt], return_tensors="pt")
+    out = evaluator.model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    new = out[0, inputs["input_ids"].shape[1] :]
+    with torch.no_grad():
+        logits = evaluator.model(
+            input_ids=out, attention_mask=torch.ones_like(out), pixel_values=inputs["pixel_values"]
+        ).logits
+    logprobs = torch.log_softmax(logits[0].float(), -1)
+    start = inputs["input_ids"].shape[1]
+    chosen = [float(logprobs[start - 1 + i, t]) for i, t in enumerate(new.tolist())]
+    stop = next((i + 1 for i, t in enumerate(new.tolist()) if t in evaluator.stop_ids), len(chosen))
+    expected = math.exp(sum(chosen[:stop]) / stop)
+    [(_, confidence)] = evaluator.generate([image], [item["question"]], task)
+    assert confidence == pytest.approx(expected, rel=1e-3)
+
+
+def test_multiple_choice_probabilities_sum_to_one(evaluated):
+    for line in _lines(evaluated.output / "choice.jsonl"):
+        assert sum(line["probabilities"]) == pytest.approx(1.0)
+        assert line["confidence"] == pytest.approx(max(line["probabilities"]))
+        assert line["prediction"] in scenes.COLOURS
+
+
+def test_resume_skips_finished_items_and_repairs_a_cut_line(transplanted, suite_file, evaluated, tmp_path):
+    out = tmp_path / "resume"
+    out.mkdir()
+    full = (evaluated.output / "colour.jsonl").read_text().splitlines()
+    (out / "colour.jsonl").write_text("\n".join(full[:5]) + "\n" + full[5][:10])
+    suite = load_suite(suite_file)
+    evaluator = Evaluator(transplanted["mistral"], batch_size=5)
+    answered = []
+    evaluate_task(evaluator, suite.task("colour"), out, on_items=answered.append)
+    assert sum(answered) == 7
+    assert sorted(_lines(out / "colour.jsonl"), key=lambda x: x["id"]) == sorted(
+        _lines(evaluated.output / "colour.jsonl"), key=lambda x: x["id"]
+    )
+
+
+def test_probe_states_are_saved(evaluated, transplanted):
+    from transformers import AutoConfig
+
+    hidden = AutoConfig.from_pretrained(transplanted["mistral"]).text_config.hidden_size
+    states = load_file(evaluated.output / "probes" / "colour.safetensors")
+    assert set(states) == {"clean", "noise", "paraphrase"}
+    assert all(v.shape == (3, hidden) for v in states.values())
+    assert not torch.equal(states["clean"], states["noise"])
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("tasks: []\n", "tasks must be a non-empty list"),
+        ("tasks:\n  - {name: a, type: essay, needs: perception, data: x.jsonl}\n", "tasks[0].type"),
+        ("tasks:\n  - {name: a, type: short_answer, needs: vibes, data: x.jsonl}\n", "tasks[0].needs"),
+        ("tasks:\n  - {name: a, type: structured, needs: format, data: x.jsonl}\n", "tasks[0].format"),
+        ("tasks:\n  - {name: a, type: short_answer, needs: format, data: x.jsonl, colour: 1}\n", "tasks[0].colour"),
+        ("bogus: 1\ntasks: []\n", "bogus"),
+    ],
+)
+def test_bad_suites_name_the_key(tmp_path, text, words):
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    with pytest.raises(BackboneSwapError) as error:
+        load_suite(path)
+    assert words in str(error.value)
