@@ -118,6 +118,9 @@ class LLMSpec:
     dtype: str = "float32"
     tokenizer: TokenizerSpec = field(default_factory=TokenizerSpec)
     seed: int = 0
+    # Larger than the usual 0.02: with a frozen output layer and a final norm, a randomly initialised
+    # tiny LLM can only move its logits by about init_range * hidden_size, too little to ever answer.
+    initializer_range: float = 0.2
 
 
 _CONFIG_CLASSES = {
@@ -147,6 +150,7 @@ def text_config(spec: LLMSpec, tokenizer):
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        initializer_range=spec.initializer_range,
     )
     if spec.family in {"gemma2", "qwen3"}:
         kwargs["head_dim"] = spec.hidden_size // spec.heads

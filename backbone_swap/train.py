@@ -1,0 +1,531 @@
+"""The fixed recipe applied to a (transplanted) VLM: stage 1 trains the projector, stage 2 the projector and
+LoRA on the language model; the vision tower never trains.
+
+Built on accelerate (devices, mixed precision, multi-process) and peft (LoRA). The frozen tower runs once
+per image through the feature cache; training feeds the cached features through the projector into the
+language model, which is exactly what ``LlavaForConditionalGeneration`` computes from pixels. Each stage
+checkpoints its trainable weights, optimizer, scheduler and random state, so an interrupted run resumes
+to the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from backbone_swap.data import IGNORE, Dataset, build_dataset, length_grouped_batches, padding_fraction
+from backbone_swap.errors import BackboneSwapError
+from backbone_swap.manifest import step_record
+from backbone_swap.outputs import staged_dir, write_json
+from backbone_swap.recipe import Recipe, Stage, recipe_hash, recipe_to_dict
+from backbone_swap.safetensors_io import TORCH_DTYPES
+
+PROJECTOR = "multi_modal_projector"
+
+
+@dataclass
+class StepInfo:
+    """What a callback sees after every optimizer step."""
+
+    stage: str
+    step: int
+    total_steps: int
+    loss: float
+    lr: float
+    samples_per_second: float
+    model: Any = None  # the module being trained (LoRA not merged), for callbacks that inspect weights
+
+
+@dataclass
+class TrainResult:
+    output: Path
+    manifest: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _dtype(precision: str):
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+
+
+class CachedFeatureVLM:
+    """Builds the module accelerate prepares: the VLM fed with cached vision features instead of pixels."""
+
+    @staticmethod
+    def make(model):
+        import torch
+
+        class _Module(torch.nn.Module):
+            def __init__(self, vlm):
+                super().__init__()
+                self.vlm = vlm
+
+            def forward(self, input_ids, attention_mask, labels, features):
+                vlm = self.vlm
+                embeds = vlm.get_input_embeddings()(input_ids)
+                if features is not None:
+                    projector = vlm.model.multi_modal_projector
+                    projected = projector(features.to(embeds.dtype))
+                    mask = (input_ids == vlm.config.image_token_id).unsqueeze(-1).expand_as(embeds)
+                    embeds = embeds.masked_scatter(mask, projected.to(embeds.dtype))
+                return vlm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, use_cache=False)
+
+        return _Module(model)
+
+
+def collate(samples, features, pad_id: int):
+    """Right-padded ids, labels (IGNORE on pads) and the attention mask, plus the batch's image features."""
+    import torch
+
+    width = max(s.length for s in samples)
+    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(samples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(samples), width), dtype=torch.long)
+    for row, s in enumerate(samples):
+        ids[row, : s.length] = torch.tensor(s.input_ids)
+        labels[row, : s.length] = torch.tensor(s.labels)
+        mask[row, : s.length] = 1
+    feats = [features[s.image] for s in samples if s.image is not None]
+    return ids, mask, labels, (torch.stack(feats) if feats else None)
+
+
+def lora_target_regex(model, recipe_targets: tuple[str, ...] | str) -> str:
+    """A peft target regex on the language model's Linear layers only (never the tower or projector)."""
+    from backbone_swap.anatomy import FAMILIES, lora_targets
+
+    family = model.config.text_config.model_type
+    if isinstance(recipe_targets, str):
+        names = [n for n, _ in model.named_parameters() if ".language_model." in n]
+        leaves = FAMILIES[family].lora_targets if family in FAMILIES else lora_targets(family, names)
+    else:
+        leaves = tuple(recipe_targets)
+    if not leaves:
+        raise BackboneSwapError(f"no LoRA target modules found for the {family} language model",
+                                "List them in the recipe under lora.targets")
+    return r".*\.language_model\..*\.(" + "|".join(leaves) + r")$"
+
+
+def _save_trainable(module, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {n: p.detach().to("cpu").contiguous() for n, p in module.named_parameters() if p.requires_grad}
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, tmp)
+    tmp.replace(path)
+
+
+def _load_trainable(module, path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    saved = load_file(path)
+    params = dict(module.named_parameters())
+    with torch.no_grad():
+        for name, value in saved.items():
+            params[name].copy_(value)
+
+
+class Trainer:
+    """One training run: a VLM folder, a recipe and a data set, written to ``output``."""
+
+    def __init__(self, model_dir: Path, recipe: Recipe, dataset: Dataset, processor, output: Path, *,
+                 features: dict[Path, Any], save_every: int | None, callbacks: list[Callable[[StepInfo], None]],
+                 show_progress: bool) -> None:
+        self.model_dir, self.recipe, self.dataset, self.processor = model_dir, recipe, dataset, processor
+        self.output, self.features = output, features
+        self.save_every, self.callbacks, self.show_progress = save_every, callbacks, show_progress
+        self.history: list[dict[str, Any]] = []
+
+    def run(self) -> Any:
+        import torch
+        from accelerate import Accelerator
+        from transformers import LlavaForConditionalGeneration
+
+        recipe = self.recipe
+        self.accelerator = Accelerator(mixed_precision="no" if recipe.precision == "fp32" else recipe.precision,
+                                       cpu=not torch.cuda.is_available())
+        torch.manual_seed(recipe.seed)
+        model = LlavaForConditionalGeneration.from_pretrained(self.model_dir, dtype=_dtype(recipe.precision))
+        model.config.use_cache = False
+        for p in model.parameters():
+            p.requires_grad_(False)
+        if recipe.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        self.model = model
+        for index, stage in enumerate(recipe.stages):
+            self._run_stage(index, stage)
+        return self.model
+
+    # -- one stage --------------------------------------------------------------------------------
+    def _prepare_stage(self, stage: Stage):
+        import torch
+        from peft import LoraConfig, get_peft_model
+
+        model = self.model
+        if stage.lora is not None and not hasattr(model, "peft_config"):
+            config = LoraConfig(
+                r=stage.lora.r, lora_alpha=stage.lora.alpha, lora_dropout=stage.lora.dropout, bias=stage.lora.bias,
+                target_modules=lora_target_regex(model, stage.lora.targets),
+                # the projector travels inside the adapter, so PeftModel.from_pretrained restores all that trained
+                modules_to_save=[PROJECTOR] if stage.train_projector else None,
+            )
+            model = get_peft_model(model, config)
+            self.model = model
+        vlm = model.get_base_model() if hasattr(model, "get_base_model") else model
+        projector = vlm.model.multi_modal_projector
+        for name, p in projector.named_parameters():
+            # under peft the projector is wrapped: its trainable copy is saved with the adapter
+            p.requires_grad_(stage.train_projector and "original_module" not in name)
+        for name, p in vlm.named_parameters():
+            if "lora_" in name:
+                p.requires_grad_(stage.lora is not None)
+            if p.requires_grad:
+                p.data = p.data.float()  # trainable weights in fp32; autocast handles the compute dtype
+        projector_params = [p for p in projector.parameters() if p.requires_grad]
+        lora_params = [p for n, p in vlm.named_parameters() if p.requires_grad and "lora_" in n]
+        groups = []
+        if projector_params:
+            groups.append({"params": projector_params, "lr": stage.projector_lr or stage.lr})
+        if lora_params:
+            groups.append({"params": lora_params, "lr": stage.lr})
+        if not groups:
+            raise BackboneSwapError(f"stage {stage.name} trains nothing", "Set train_projector or lora in the recipe")
+        optimizer = torch.optim.AdamW(groups, weight_decay=stage.weight_decay)
+        return vlm, optimizer
+
+    def _run_stage(self, index: int, stage: Stage) -> None:
+        import torch
+        from transformers import get_scheduler
+
+        accelerator = self.accelerator
+        folder = self.output / stage.name
+        done = folder / "trainable.safetensors"
+        # each stage starts from its own seed, so a stage redone after an interruption starts identically
+        torch.manual_seed(self.recipe.seed + 1000 * index)
+        random.seed(self.recipe.seed + 1000 * index)
+        vlm, optimizer = self._prepare_stage(stage)
+        wrapper = CachedFeatureVLM.make(vlm)
+        if done.is_file() and (folder / "state.json").is_file():
+            _load_trainable(wrapper, done)
+            self.history += json.loads((folder / "state.json").read_text())["history"]
+            return
+
+        world = accelerator.num_processes
+        accumulation = stage.accumulation(world)
+        lengths = [s.length for s in self.dataset.samples]
+        steps_per_epoch = max(1, math.ceil(len(lengths) / stage.global_batch))
+        total = math.ceil(stage.epochs * steps_per_epoch)
+        if stage.max_steps:
+            total = min(total, stage.max_steps)
+        scheduler = get_scheduler(stage.scheduler if stage.scheduler != "constant" else "constant_with_warmup",
+                                  optimizer, num_warmup_steps=math.ceil(stage.warmup_ratio * total),
+                                  num_training_steps=total)
+        model, optimizer = accelerator.prepare(wrapper, optimizer)
+
+        step, history = 0, []
+        checkpoint = folder / "checkpoint"
+        if (checkpoint / "state.json").is_file():
+            step, history = self._load_checkpoint(checkpoint, accelerator.unwrap_model(model), optimizer, scheduler)
+        pad_id = self.processor.tokenizer.pad_token_id
+        seed = self.recipe.seed + 1000 * index
+        progress = _StageProgress(stage.name, total, self.show_progress and accelerator.is_main_process)
+        progress.advance_to(step)
+        samples = self.dataset.samples
+        started, seen = time.perf_counter(), 0
+        padding = []
+        while step < total:
+            epoch = step // steps_per_epoch
+            batches = length_grouped_batches(lengths, stage.global_batch, seed=seed + epoch,
+                                             group=self.recipe.group_by_length)
+            padding.append(padding_fraction(lengths, batches))
+            for batch in batches[step % steps_per_epoch:]:
+                if step >= total:
+                    break
+                micro = [batch[i: i + stage.micro_batch] for i in range(0, len(batch), stage.micro_batch)]
+                mine = micro[accelerator.process_index::world]
+                model.train()
+                loss_sum = 0.0
+                for k, part in enumerate(mine):
+                    ids, mask, labels, feats = collate([samples[i] for i in part], self.features, pad_id)
+                    ids, mask, labels = ids.to(accelerator.device), mask.to(accelerator.device), labels.to(
+                        accelerator.device)
+                    feats = feats.to(accelerator.device) if feats is not None else None
+                    sync = k == len(mine) - 1
+                    context = accelerator.no_sync(model) if not sync else _null()
+                    with context, accelerator.autocast():
+                        loss = model(ids, mask, labels, feats).loss
+                        accelerator.backward(loss / accumulation)
+                    loss_sum += float(loss.detach())
+                if stage.max_grad_norm:
+                    accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
+                                                stage.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                seen += len(batch)
+                loss_value = _mean_across(accelerator, loss_sum / max(len(mine), 1))
+                lr = scheduler.get_last_lr()[-1]
+                rate = seen / max(time.perf_counter() - started, 1e-9)
+                history.append({"stage": stage.name, "step": step, "loss": loss_value, "lr": lr})
+                progress.update(step, loss_value, lr, rate)
+                if self.save_every and step % self.save_every == 0 and step < total:
+                    self._save_checkpoint(checkpoint, accelerator.unwrap_model(model), optimizer, scheduler, step,
+                                          history)
+                info = StepInfo(stage.name, step, total, loss_value, lr, rate, accelerator.unwrap_model(model).vlm)
+                for callback in self.callbacks:
+                    callback(info)
+        progress.close()
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            folder.mkdir(parents=True, exist_ok=True)
+            _save_trainable(accelerator.unwrap_model(model), done)
+            write_json(folder / "state.json", {"steps": total, "history": history,
+                                               "padding_fraction": round(sum(padding) / max(len(padding), 1), 4),
+                                               "accumulation": accumulation, "world_size": world})
+            shutil.rmtree(checkpoint, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        self.history += history
+
+    def _save_checkpoint(self, folder: Path, module, optimizer, scheduler, step: int, history) -> None:
+        import torch
+
+        if not self.accelerator.is_main_process:
+            return
+        with staged_dir(folder) as stage:
+            _save_trainable(module, stage / "trainable.safetensors")
+            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "torch_rng": torch.get_rng_state(), "python_rng": random.getstate()},
+                       stage / "optimizer.pt")
+            write_json(stage / "state.json", {"step": step, "history": history})
+
+    def _load_checkpoint(self, folder: Path, module, optimizer, scheduler):
+        import torch
+
+        _load_trainable(module, folder / "trainable.safetensors")
+        # our own file, written by _save_checkpoint; weights_only keeps it to tensors and plain data
+        state = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(state["python_rng"])
+        saved = json.loads((folder / "state.json").read_text())
+        return saved["step"], saved["history"]
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _mean_across(accelerator, value: float) -> float:
+    if accelerator.num_processes == 1:
+        return value
+    import torch
+
+    tensor = torch.tensor([value], device=accelerator.device)
+    return float(accelerator.reduce(tensor, reduction="mean"))
+
+
+class _StageProgress:
+    """A rich bar with loss, learning rate and samples/s; silent when not shown."""
+
+    def __init__(self, name: str, total: int, show: bool) -> None:
+        self.bar = None
+        if show:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            from backbone_swap.progress import console
+
+            self.bar = Progress(TextColumn(f"{name}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("loss {task.fields[loss]:.4f} lr {task.fields[lr]:.2e} "
+                                           "{task.fields[rate]:.1f} samples/s"),
+                                TimeRemainingColumn(), console=console)
+            self.bar.start()
+            self.task = self.bar.add_task(name, total=total, loss=float("nan"), lr=0.0, rate=0.0)
+
+    def advance_to(self, step: int) -> None:
+        if self.bar:
+            self.bar.update(self.task, completed=step)
+
+    def update(self, step: int, loss: float, lr: float, rate: float) -> None:
+        if self.bar:
+            self.bar.update(self.task, completed=step, loss=loss, lr=lr, rate=rate)
+
+    def close(self) -> None:
+        if self.bar:
+            self.bar.stop()
+
+
+def write_loss_curve(history: list[dict[str, Any]], folder: Path) -> None:
+    """loss.csv and loss.png: the curve a practitioner checks first."""
+    with open(folder / "loss.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["stage", "step", "loss", "lr"])
+        writer.writeheader()
+        writer.writerows(history)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    offset = 0
+    for stage in dict.fromkeys(h["stage"] for h in history):
+        points = [h for h in history if h["stage"] == stage]
+        ax.plot([offset + h["step"] for h in points], [h["loss"] for h in points], label=stage)
+        offset += points[-1]["step"] if points else 0
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(folder / "loss.png", dpi=100)
+    plt.close(fig)
+
+
+def export(model, processor, output: Path, *, dtype_name: str) -> dict[str, str]:
+    """The adapter (LoRA + projector, loadable onto the input checkpoint) and the merged checkpoint."""
+    import torch
+
+    exported = {}
+    final = output / "final"
+    final.mkdir(parents=True, exist_ok=True)
+    is_peft = hasattr(model, "peft_config")
+    vlm = model.get_base_model() if is_peft else model
+    dtype = getattr(torch, dtype_name)
+    with staged_dir(final / "adapter") as stage:
+        if is_peft:
+            model.save_pretrained(stage)
+        else:  # a projector-only recipe: the projector is all there is to export
+            from safetensors.torch import save_file
+
+            projector = {f"model.{PROJECTOR}.{n}": p.detach().to("cpu", dtype).contiguous()
+                         for n, p in vlm.model.multi_modal_projector.named_parameters()}
+            save_file(projector, stage / "projector.safetensors")
+        processor.save_pretrained(stage)
+    exported["adapter"] = str(final / "adapter")
+    merged = model.merge_and_unload() if is_peft else model
+    merged = merged.to(dtype)
+    merged.config.use_cache = True
+    with staged_dir(final / "merged") as stage:
+        merged.save_pretrained(stage)
+        processor.save_pretrained(stage)
+    exported["merged"] = str(final / "merged")
+    return exported
+
+
+def train(
+    model_dir: str | Path,
+    *,
+    recipe: Recipe,
+    data: str | Path,
+    image_root: str | Path | None,
+    output: str | Path,
+    feature_cache: str | Path | None = None,
+    on_bad_sample: str = "fail",
+    save_every: int | None = None,
+    callbacks: list[Callable[[StepInfo], None]] | None = None,
+    show_progress: bool = True,
+) -> TrainResult:
+    """Train ``model_dir`` with ``recipe`` on ``data``; finished stages and checkpoints in ``output`` resume."""
+    import torch
+    from transformers import AutoProcessor
+
+    from backbone_swap.features import FeatureCache, default_cache_dir
+    from backbone_swap.progress import progress_bar
+    from backbone_swap.templates import end_of_turn
+
+    started = time.time()
+    model_dir, output = Path(model_dir).expanduser(), Path(output).expanduser()
+    from backbone_swap.anatomy import read_anatomy
+    from backbone_swap.checkpoint import open_checkpoint
+
+    anatomy = read_anatomy(open_checkpoint(model_dir))
+    if anatomy.kind != "vlm":
+        raise BackboneSwapError(f"{model_dir} is not a VLM", "Train the output of backbone-swap transplant")
+    manifest_path = output / "manifest.json"
+    if output.exists() and manifest_path.is_file():
+        previous = json.loads(manifest_path.read_text())
+        if previous.get("recipe_hash") != recipe_hash(recipe):
+            raise BackboneSwapError(f"{output} holds a run with another recipe",
+                                    "Use the same recipe to resume, or another --output")
+        if previous.get("finished"):
+            return TrainResult(output, previous, previous.get("history", []))
+    output.mkdir(parents=True, exist_ok=True)
+    write_json(manifest_path, {"step": "train", "recipe_hash": recipe_hash(recipe), "finished": False})
+
+    processor = AutoProcessor.from_pretrained(model_dir)
+    tokenizer = processor.tokenizer
+    eot = end_of_turn(tokenizer)
+    dataset = build_dataset(data, tokenizer, image_root=image_root, image_token=anatomy.image_token or "<image>",
+                            image_tokens=anatomy.vision.image_tokens, max_length=recipe.max_length,
+                            end_of_turn=eot, on_bad_sample=on_bad_sample)
+    images = sorted({s.image for s in dataset.samples if s.image is not None})
+    cache = FeatureCache(Path(feature_cache) if feature_cache else default_cache_dir(), model_dir,
+                         processor.image_processor, image_aspect=recipe.image_aspect,
+                         layer=anatomy.vision.feature_layer, strategy=anatomy.vision.select_strategy)
+    computed = 0
+    if images:
+        todo = cache.missing(images)
+        if todo:
+            from transformers import LlavaForConditionalGeneration
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            tower = LlavaForConditionalGeneration.from_pretrained(model_dir).model.vision_tower.to(device).eval()
+            with progress_bar("vision features", len(todo)) as advance:
+                computed = cache.fill(tower, todo, batch_size=32, device=device, on_batch=advance)
+            del tower
+    features = {image: cache.load(image) for image in images}
+
+    trainer = Trainer(model_dir, recipe, dataset, processor, output, features=features, save_every=save_every,
+                      callbacks=list(callbacks or []), show_progress=show_progress)
+    model = trainer.run()
+    if trainer.accelerator.is_main_process:
+        dtype_name = TORCH_DTYPES.get(anatomy.dtypes.get("language_model", "F32"), "float32")
+        exported = export(model, processor, output, dtype_name=dtype_name)
+        write_loss_curve(trainer.history, output)
+        stages = {s.name: json.loads((output / s.name / "state.json").read_text()) for s in recipe.stages}
+        final_loss = trainer.history[-1]["loss"] if trainer.history else None
+        manifest = step_record(
+            "train",
+            inputs={"model": str(model_dir), "data": str(data), "data_sha256": _sha256(Path(data)),
+                    "image_root": str(image_root) if image_root else None},
+            recipe=recipe_to_dict(recipe),
+            recipe_hash=recipe_hash(recipe),
+            data=dataset.stats() | {"end_of_turn": eot},
+            features={"cache": str(cache.folder), "computed": computed, "reused": len(images) - computed},
+            stages={name: {k: v for k, v in s.items() if k != "history"} for name, s in stages.items()},
+            final_loss=final_loss,
+            exported=exported,
+            seconds=round(time.time() - started, 3),
+            finished=True,
+            history=trainer.history,
+        )
+        write_json(manifest_path, manifest)
+    else:
+        manifest = {}
+    trainer.accelerator.wait_for_everyone()
+    return TrainResult(output, manifest, trainer.history)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    from backbone_swap.safetensors_io import iter_chunks
+
+    h = hashlib.sha256()
+    for chunk in iter_chunks(path, 1 << 20):
+        h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,151 @@
+"""``backbone-swap train`` with the tiny recipe learns, changes only what it should, and resumes exactly."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+from backbone_swap.recipe import apply_overrides, load_recipe, recipe_hash
+from backbone_swap.train import train
+
+pytestmark = pytest.mark.slow
+
+
+def heldout_accuracy(model_dir, data) -> float:
+    """Greedy answers to the held-out colour questions, compared with the reference word."""
+    model = LlavaForConditionalGeneration.from_pretrained(model_dir).eval()
+    processor = AutoProcessor.from_pretrained(model_dir)
+    records = [json.loads(line) for line in data["heldout"].read_text().splitlines()]
+    right = 0
+    for record in records:
+        messages = [{"role": "user", "content": [{"type": "image"},
+                                                 {"type": "text", "text": "what colour is the shape?"}]}]
+        prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+        inputs = processor(images=Image.open(data["root"] / record["image"]), text=prompt, return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+        answer = processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+        right += answer == record["answer"]
+    return right / len(records)
+
+
+@pytest.fixture(scope="module")
+def trained(transplanted, colour_data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    snapshots = {}
+
+    def snapshot(info):
+        if info.stage == "stage2" and info.step == info.total_steps:
+            snapshots["final"] = {k: v.detach().clone() for k, v in info.model.state_dict().items()}
+
+    result = train(transplanted["mistral"], recipe=load_recipe("tiny-cpu"), data=colour_data["train"],
+                   image_root=colour_data["root"], output=root / "run", feature_cache=root / "cache",
+                   callbacks=[snapshot], show_progress=False)
+    return result, snapshots["final"], root
+
+
+def test_loss_falls_and_heldout_accuracy_rises_from_chance(trained, transplanted, colour_data):
+    result, _, _ = trained
+    losses = [h["loss"] for h in result.history]
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.3 * first, (first, last)
+    before = heldout_accuracy(transplanted["mistral"], colour_data)
+    after = heldout_accuracy(result.output / "final" / "merged", colour_data)
+    assert before <= 0.4  # four colours: chance is 0.25
+    assert after >= 0.8, after
+
+
+def test_only_projector_and_lora_change(trained, transplanted):
+    _, final, _ = trained
+    original = load_file(transplanted["mistral"] / "model.safetensors")
+    lora = [k for k in final if "lora_" in k]
+    assert lora
+    checked = 0
+    for name, tensor in final.items():
+        if "lora_" in name:
+            continue
+        key = name.replace(".base_layer.", ".").replace(".modules_to_save.default.", ".")
+        if "multi_modal_projector" in key:
+            if "original_module" not in key:  # the trained copy saved with the adapter
+                assert not torch.equal(tensor.float(), original[key].float()), key
+            continue
+        if key == "lm_head.weight" or key in original:
+            assert torch.equal(tensor, original[key]), key
+            checked += 1
+    assert checked > 40  # vision tower, embeddings and every base LLM weight were compared
+
+
+def test_manifest_and_artifacts(trained, transplanted, colour_data):
+    result, _, _ = trained
+    manifest = json.loads((result.output / "manifest.json").read_text())
+    assert manifest["finished"] is True
+    assert manifest["recipe_hash"] == recipe_hash(load_recipe("tiny-cpu"))
+    assert manifest["inputs"]["data_sha256"] == hashlib.sha256(colour_data["train"].read_bytes()).hexdigest()
+    assert manifest["data"]["samples"] == 128 and manifest["data"]["supervised_tokens_min"] >= 2
+    names = [json.loads(line)["image"] for line in colour_data["train"].read_text().splitlines()]
+    distinct = len({hashlib.sha256((colour_data["root"] / n).read_bytes()).digest() for n in names})
+    assert manifest["features"]["computed"] == distinct and manifest["features"]["reused"] == 128 - distinct
+    assert 0 <= manifest["stages"]["stage2"]["padding_fraction"] < 0.2
+    assert manifest["final_loss"] == result.history[-1]["loss"]
+    rows = (result.output / "loss.csv").read_text().splitlines()
+    assert rows[0] == "stage,step,loss,lr" and len(rows) == len(result.history) + 1
+    assert (result.output / "loss.png").stat().st_size > 1000
+    merged, info = LlavaForConditionalGeneration.from_pretrained(result.output / "final" / "merged",
+                                                                 output_loading_info=True)
+    assert not any(info.values())
+    adapter = load_file(result.output / "final" / "adapter" / "adapter_model.safetensors")
+    assert adapter and all("lora_" in k or "multi_modal_projector" in k for k in adapter)
+
+
+def test_adapter_on_the_transplant_gives_the_merged_logits(trained, transplanted):
+    from peft import PeftModel
+
+    result, _, _ = trained
+    base = LlavaForConditionalGeneration.from_pretrained(transplanted["mistral"])
+    with_adapter = PeftModel.from_pretrained(base, result.output / "final" / "adapter").eval()
+    merged = LlavaForConditionalGeneration.from_pretrained(result.output / "final" / "merged").eval()
+    processor = AutoProcessor.from_pretrained(transplanted["mistral"])
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what colour"}]}]
+    inputs = processor(images=Image.new("RGB", (30, 30), (0, 0, 255)),
+                       text=processor.apply_chat_template(messages, add_generation_prompt=True), return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(with_adapter(**inputs).logits, merged(**inputs).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_features_are_reused_by_a_second_backbone(trained, transplanted, colour_data, tmp_path):
+    _, _, root = trained
+    recipe = apply_overrides(load_recipe("tiny-cpu"), ["stage1.max_steps=1", "stage2.max_steps=1"])
+    result = train(transplanted["qwen2"], recipe=recipe, data=colour_data["train"], image_root=colour_data["root"],
+                   output=tmp_path / "qwen", feature_cache=root / "cache", show_progress=False)
+    assert result.manifest["features"]["computed"] == 0
+
+
+def test_interrupted_run_resumes_to_the_same_weights(transplanted, colour_data, tmp_path):
+    recipe = apply_overrides(load_recipe("tiny-cpu"), ["stage1.max_steps=3", "stage2.max_steps=5",
+                                                        "stages.stage2.lora.dropout=0.1"])
+    common = dict(recipe=recipe, data=colour_data["train"], image_root=colour_data["root"],
+                  feature_cache=tmp_path / "cache", show_progress=False)
+    whole = train(transplanted["mistral"], output=tmp_path / "whole", **common)
+
+    def stop(info):
+        if info.stage == "stage2" and info.step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(transplanted["mistral"], output=tmp_path / "cut", save_every=2, callbacks=[stop], **common)
+    assert (tmp_path / "cut" / "stage2" / "checkpoint" / "state.json").is_file()
+    resumed = train(transplanted["mistral"], output=tmp_path / "cut", save_every=2, **common)
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in whole.history]
+    a = load_file(tmp_path / "whole" / "stage2" / "trainable.safetensors")
+    b = load_file(tmp_path / "cut" / "stage2" / "trainable.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    shutil.rmtree(tmp_path / "cache")
