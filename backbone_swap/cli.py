@@ -102,6 +102,85 @@ def transplant(
                f"{changes['projector']['shape'][1]}, added tokens: {added})")
 
 
+@app.command("train")
+def train_command(
+    model: Annotated[Path, typer.Argument(help="A transplanted VLM folder (or any LLaVA checkpoint).")],
+    recipe: Annotated[str, typer.Option(help="A shipped recipe name (llava15-lora, tiny-cpu) or a YAML file.")],
+    data: Annotated[Path, typer.Option(help="LLaVA-format conversations (.json or .jsonl).")],
+    image_root: Annotated[Path | None, typer.Option(help="Folder the records' image paths are relative to.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Run folder (default: MODEL-trained).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a recipe key, e.g. stage2.lr=1e-4.")]
+    = None,
+    feature_cache: Annotated[Path | None, typer.Option(help="Vision feature cache (default ~/.cache/backbone-swap).")]
+    = None,
+    on_bad_sample: Annotated[str, typer.Option(help="fail (default) or skip bad records, counted in the manifest.")]
+    = "fail",
+    save_every: Annotated[int | None, typer.Option(help="Checkpoint every N optimizer steps.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run already in OUTPUT.")] = False,
+) -> None:
+    """Train the projector, then projector + LoRA, with a fixed recipe; export adapter and merged model."""
+    from backbone_swap.recipe import apply_overrides, load_recipe, recipe_hash
+    from backbone_swap.train import train
+
+    chosen = apply_overrides(load_recipe(recipe), list(set_ or []))
+    out = output or model.with_name(f"{model.name}-trained")
+    result = train(model, recipe=chosen, data=data, image_root=image_root, output=out, feature_cache=feature_cache,
+                   on_bad_sample=on_bad_sample, save_every=save_every, resume=resume)
+    m = result.manifest
+    typer.echo(f"trained {model} with recipe {recipe_hash(chosen)[:12]} -> {out}/final (final loss "
+               f"{m.get('final_loss', float('nan')):.4f}, {m['data']['samples']} samples, "
+               f"{m['data']['skipped']} skipped)")
+
+
+@app.command("eval")
+def eval_command(
+    model: Annotated[Path, typer.Argument(help="A LLaVA checkpoint folder.")],
+    suite: Annotated[str, typer.Option(help="A suite YAML file or a shipped suite name.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for <task>.jsonl files (resumable).")],
+    batch_size: Annotated[int, typer.Option(help="Items per generation batch.")] = 16,
+    probes: Annotated[bool, typer.Option(help="Save hidden states of the probe items for stability.")] = True,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")] = None,
+) -> None:
+    """Answer every task of a suite: prediction, reference, correct, confidence per item."""
+    from backbone_swap.evaluate.runner import evaluate
+    from backbone_swap.evaluate.suite import load_suite
+
+    loaded = load_suite(suite)
+    evaluate(model, loaded, output, batch_size=batch_size, probes=probes, device=device)
+    typer.echo(f"evaluated {model} on {loaded.name} ({loaded.names()}) -> {output}")
+
+
+@app.command("compare")
+def compare_command(
+    model_a: Annotated[Path, typer.Argument(help="Model A, usually the old VLM.")],
+    model_b: Annotated[Path, typer.Argument(help="Model B, usually the new VLM.")],
+    suite: Annotated[str, typer.Option(help="A suite YAML file or a shipped suite name.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for evaluations and the report.")],
+    min_gain: Annotated[float, typer.Option(help="Smallest accuracy gain (absolute) worth an upgrade.")] = 0.02,
+    alpha: Annotated[float, typer.Option(help="Significance level of the paired tests.")] = 0.05,
+    weights: Annotated[str | None, typer.Option(help="Task weights for the overall verdict: task=w,task2=w.")]
+    = None,
+    resamples: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 10000,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap and the probe perturbations.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Items per generation batch.")] = 16,
+) -> None:
+    """Evaluate A and B on a suite and say, task by task and with the evidence, whether B beats A."""
+    from backbone_swap.compare import compare
+    from backbone_swap.evaluate.suite import load_suite
+    from backbone_swap.recommend import parse_weights
+    from backbone_swap.report import terminal_table
+
+    if not 0 < alpha < 1:
+        raise BackboneSwapError(f"--alpha must lie between 0 and 1, not {alpha}", "Use e.g. --alpha 0.05")
+    comparison = compare(model_a, model_b, load_suite(suite), output, min_gain=min_gain, alpha=alpha,
+                         weights=parse_weights(weights), n_resamples=resamples, seed=seed, batch_size=batch_size)
+    from rich.console import Console
+
+    console = Console()
+    console.print(terminal_table(comparison))
+    console.print(f"overall: {comparison['overall']['verdict']}; report: {output / 'report.html'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; a ``BackboneSwapError`` becomes one line on stderr and exit code 1.
 

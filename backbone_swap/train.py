@@ -436,10 +436,15 @@ def train(
     feature_cache: str | Path | None = None,
     on_bad_sample: str = "fail",
     save_every: int | None = None,
+    resume: bool = False,
     callbacks: list[Callable[[StepInfo], None]] | None = None,
     show_progress: bool = True,
 ) -> TrainResult:
-    """Train ``model_dir`` with ``recipe`` on ``data``; finished stages and checkpoints in ``output`` resume."""
+    """Train ``model_dir`` with ``recipe`` on ``data`` into ``output``.
+
+    With ``resume``, finished stages are kept and an unfinished stage continues from its last checkpoint
+    (every ``save_every`` optimizer steps), ending with the weights of an uninterrupted run.
+    """
     import torch
     from transformers import AutoProcessor
 
@@ -456,6 +461,9 @@ def train(
     if anatomy.kind != "vlm":
         raise BackboneSwapError(f"{model_dir} is not a VLM", "Train the output of backbone-swap transplant")
     manifest_path = output / "manifest.json"
+    if output.exists() and any(output.iterdir()) and not resume:
+        raise BackboneSwapError(f"{output} already holds a training run",
+                                "Pass --resume to continue it, or choose another --output")
     if output.exists() and manifest_path.is_file():
         previous = json.loads(manifest_path.read_text())
         if previous.get("recipe_hash") != recipe_hash(recipe):

@@ -17,33 +17,6 @@ from backbone_swap.evaluate.suite import load_suite
 
 
 @pytest.fixture(scope="module")
-def suite_file(tmp_path_factory):
-    root = tmp_path_factory.mktemp("suite")
-    images = root / "images"
-    scenes.write_jsonl(scenes.colour_items(images, 12, seed=1), root / "colour.jsonl")
-    scenes.write_jsonl(scenes.colour_items(images, 6, seed=2, prefix="m", choices=True), root / "choice.jsonl")
-    points = [
-        {
-            "id": f"p{i}",
-            "image": f"q{i:05d}.png",
-            "question": "where is the shape? answer as json",
-            "answer": '{"x": 10, "y": 20}',
-        }
-        for i in range(4)
-    ]
-    scenes.write_jsonl(points, root / "point.jsonl")
-    (root / "suite.yaml").write_text(
-        "name: tiny\nprobes: 3\ntasks:\n"
-        "  - {name: colour, type: short_answer, needs: perception, data: colour.jsonl, image_root: images,"
-        " max_new_tokens: 4}\n"
-        "  - {name: choice, type: multiple_choice, needs: perception, data: choice.jsonl, image_root: images}\n"
-        "  - {name: where, type: structured, format: json, needs: format, data: point.jsonl, image_root: images,"
-        " max_new_tokens: 6}\n"
-    )
-    return root / "suite.yaml"
-
-
-@pytest.fixture(scope="module")
 def evaluated(transplanted, suite_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "mistral"
     return evaluate(transplanted["mistral"], load_suite(suite_file), out, batch_size=5, show_progress=False)

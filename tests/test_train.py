@@ -12,6 +12,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
+from backbone_swap.errors import BackboneSwapError
 from backbone_swap.recipe import apply_overrides, load_recipe, recipe_hash
 from backbone_swap.train import train
 
@@ -141,7 +142,10 @@ def test_interrupted_run_resumes_to_the_same_weights(transplanted, colour_data, 
     with pytest.raises(KeyboardInterrupt):
         train(transplanted["mistral"], output=tmp_path / "cut", save_every=2, callbacks=[stop], **common)
     assert (tmp_path / "cut" / "stage2" / "checkpoint" / "state.json").is_file()
-    resumed = train(transplanted["mistral"], output=tmp_path / "cut", save_every=2, **common)
+    refused = pytest.raises(BackboneSwapError, match="--resume")
+    with refused:
+        train(transplanted["mistral"], output=tmp_path / "cut", save_every=2, **common)
+    resumed = train(transplanted["mistral"], output=tmp_path / "cut", save_every=2, resume=True, **common)
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in whole.history]
     a = load_file(tmp_path / "whole" / "stage2" / "trainable.safetensors")
     b = load_file(tmp_path / "cut" / "stage2" / "trainable.safetensors")

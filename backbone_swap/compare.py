@@ -1,0 +1,181 @@
+"""``backbone-swap compare``: two VLMs on the same items, task by task, with the evidence and a verdict.
+
+Both models are evaluated (or their finished evaluations reused), the per-item results are paired by
+id, and each task gets the statistics of ``stats`` (paired bootstrap, McNemar, overlap, calibration,
+stability) before ``recommend`` turns them into a verdict and ``report`` writes it down.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from backbone_swap import stats
+from backbone_swap.errors import BackboneSwapError
+from backbone_swap.evaluate.suite import Suite, Task, read_items
+
+
+def _lines(path: Path) -> dict[str, dict[str, Any]]:
+    if not path.is_file():
+        raise BackboneSwapError(f"{path} is missing", "Run backbone-swap eval for both models first")
+    return {str(line["id"]): line for line in map(json.loads, path.read_text(encoding="utf-8").splitlines())}
+
+
+def _stability(eval_dir: Path, task: Task) -> float | None:
+    """Mean linear CKA between clean and perturbed (noisy image, reworded question) hidden states."""
+    path = eval_dir / "probes" / f"{task.name}.safetensors"
+    if not path.is_file():
+        return None
+    from safetensors.numpy import load_file
+
+    states = load_file(path)
+    if states["clean"].shape[0] < 2:
+        return None
+    return float(np.mean([stats.linear_cka(states["clean"], states[k]) for k in ("noise", "paraphrase")]))
+
+
+def task_statistics(task: Task, eval_a: Path, eval_b: Path, *, n_resamples: int, seed: int) -> dict[str, Any]:
+    """Every number the report shows for one task, from the two per-item files."""
+    a, b = _lines(eval_a / f"{task.name}.jsonl"), _lines(eval_b / f"{task.name}.jsonl")
+    if set(a) != set(b):
+        only = sorted(set(a) ^ set(b))[:3]
+        raise BackboneSwapError(
+            f"task {task.name}: the two evaluations cover different items (e.g. {', '.join(only)})",
+            "Evaluate both models on the same suite data",
+        )
+    ids = sorted(a)
+    images = {str(item["id"]): str(item.get("image")) for item in read_items(task)}
+    clusters = np.array([images.get(i, i) for i in ids])
+    correct_a = np.array([bool(a[i]["correct"]) for i in ids])
+    correct_b = np.array([bool(b[i]["correct"]) for i in ids])
+    conf_a = np.clip(np.array([float(a[i]["confidence"]) for i in ids]), 0.0, 1.0)
+    conf_b = np.clip(np.array([float(b[i]["confidence"]) for i in ids]), 0.0, 1.0)
+    table = stats.paired_table(correct_a, correct_b)
+    several_per_image = len(set(clusters.tolist())) < len(ids)
+    diff = stats.paired_bootstrap_diff(correct_a, correct_b, n_resamples=n_resamples, seed=seed,
+                                       clusters=clusters if several_per_image else None)
+    calibration = {}
+    for side, conf, correct in (("a", conf_a, correct_a), ("b", conf_b, correct_b)):
+        result = stats.ece(conf, correct)
+        interval = stats.ece_interval(conf, correct, n_resamples=min(n_resamples, 2000), seed=seed)
+        calibration.update({f"ece_{side}": result.ece, f"ece_{side}_ci": [interval.low, interval.high],
+                            f"brier_{side}": stats.brier(conf, correct), f"reliability_{side}": result.bins})
+    structured = {}
+    for side, lines in (("a", a), ("b", b)):
+        if task.type == "structured":
+            valid = [bool(lines[i].get("valid")) for i in ids]
+            errors = [lines[i]["error"] for i in ids if lines[i].get("valid") and lines[i].get("error") is not None]
+            structured[f"valid_rate_{side}"] = float(np.mean(valid))
+            structured[f"mean_error_{side}"] = float(np.mean(errors)) if errors else None
+        else:
+            structured[f"valid_rate_{side}"] = None
+            structured[f"mean_error_{side}"] = None
+    return {
+        "name": task.name, "type": task.type, "needs": task.needs, "n": table.n,
+        "accuracy_a": table.accuracy_a, "accuracy_b": table.accuracy_b, "diff": diff.estimate,
+        "diff_ci": [diff.low, diff.high], "diff_ci_method": diff.method,
+        "mcnemar_p": stats.mcnemar_exact(table),
+        "overlap": {"both": table.both, "only_a": table.only_a, "only_b": table.only_b, "neither": table.neither},
+        "phi": stats.phi(table), "kappa": stats.cohen_kappa(table), "oracle": stats.oracle_accuracy(table),
+        "jaccard": stats.jaccard(table), "complementarity": stats.complementarity(table),
+        **calibration,
+        "cka_a": _stability(eval_a, task), "cka_b": _stability(eval_b, task),
+        **structured,
+    }
+
+
+def _recorded(model_dir: Path) -> dict[str, Any]:
+    """The training manifest that produced ``model_dir``, if backbone-swap trained it."""
+    for folder in [model_dir, *list(model_dir.parents)[:3]]:
+        path = folder / "manifest.json"
+        if path.is_file():
+            try:
+                data = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                continue
+            if data.get("step") == "train":
+                return data
+    return {}
+
+
+def confounds(model_a: Path, model_b: Path) -> list[str]:
+    """Differences besides the backbone that would make a difference not the backbone's alone."""
+    warnings = []
+    configs = []
+    for model in (model_a, model_b):
+        try:
+            configs.append(json.loads((model / "config.json").read_text()).get("text_config", {}))
+        except (OSError, json.JSONDecodeError):
+            configs.append({})
+    lengths = [c.get("max_position_embeddings") for c in configs]
+    if lengths[0] and lengths[1] and lengths[0] != lengths[1]:
+        warnings.append(f"the LLMs' context lengths differ ({lengths[0]} vs {lengths[1]} positions)")
+    runs = [_recorded(model_a), _recorded(model_b)]
+    hashes = [r.get("recipe_hash") for r in runs]
+    if hashes[0] and hashes[1] and hashes[0] != hashes[1]:
+        warnings.append(f"A and B were trained with different recipes ({hashes[0][:12]} vs {hashes[1][:12]})")
+    elif bool(hashes[0]) != bool(hashes[1]):
+        untrained = "A" if not hashes[0] else "B"
+        warnings.append(f"{untrained} was not trained here with a recorded recipe, so training differences may "
+                        "explain part of the gap (use --baseline retrain for a controlled comparison)")
+    data = [r.get("inputs", {}).get("data_sha256") for r in runs]
+    if data[0] and data[1] and data[0] != data[1]:
+        warnings.append("A and B were trained on different data")
+    return warnings
+
+
+def compare(
+    model_a: str | Path,
+    model_b: str | Path,
+    suite: Suite,
+    output: str | Path,
+    *,
+    min_gain: float = 0.02,
+    alpha: float = 0.05,
+    weights: dict[str, float] | None = None,
+    n_resamples: int = 10000,
+    seed: int = 0,
+    batch_size: int = 16,
+    baseline: str = "as-is",
+    eval_dirs: tuple[Path, Path] | None = None,
+    extra_warnings: list[str] | None = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate (or reuse) A and B on ``suite``, compare task by task, and write the report to ``output``."""
+    from backbone_swap.evaluate.runner import evaluate
+    from backbone_swap.recommend import Thresholds, capabilities, overall_verdict, task_verdict
+    from backbone_swap.report import write_report
+
+    started = time.time()
+    model_a, model_b, output = Path(model_a), Path(model_b), Path(output)
+    eval_a, eval_b = eval_dirs or (output / "eval" / "a", output / "eval" / "b")
+    if weights:
+        unknown = sorted(set(weights) - {t.name for t in suite.tasks})
+        if unknown:
+            raise BackboneSwapError(f"--weights names task {unknown[0]!r}, which suite {suite.name} does not have",
+                                    f"Its tasks: {suite.names()}")
+    for model, folder in ((model_a, eval_a), (model_b, eval_b)):
+        evaluate(model, suite, folder, batch_size=batch_size, seed=seed, show_progress=show_progress)
+    thresholds = Thresholds(alpha=alpha, min_gain=min_gain)
+    tasks = []
+    for task in suite.tasks:
+        record = task_statistics(task, eval_a, eval_b, n_resamples=n_resamples, seed=seed)
+        record["verdict"], record["reasons"] = task_verdict(record, thresholds)
+        tasks.append(record)
+    comparison = {
+        "meta": {"model_a": str(model_a), "model_b": str(model_b), "suite": suite.name, "baseline": baseline,
+                 "alpha": alpha, "min_gain": min_gain, "n_resamples": n_resamples, "seed": seed,
+                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": None},
+        "tasks": tasks,
+        "overall": overall_verdict(tasks, weights),
+        "capabilities": capabilities(tasks),
+        "warnings": confounds(model_a, model_b) + list(extra_warnings or []),
+    }
+    comparison["meta"]["seconds"] = round(time.time() - started, 3)
+    output.mkdir(parents=True, exist_ok=True)
+    write_report(output, comparison)
+    return comparison

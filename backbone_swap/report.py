@@ -1,0 +1,801 @@
+"""Writing a comparison: ``report.json`` (the data), ``report.md`` and ``report.html`` (for people), and plots.
+
+The comparison dict is built by ``compare.py``::
+
+    {"meta": {...}, "tasks": [task statistics + "verdict" + "reasons"], "overall": {...},
+     "capabilities": [...], "warnings": [str]}
+
+``report.json`` is exactly that dict made JSON-safe (numpy scalars become Python numbers, NaN and
+infinities become null); ``REPORT_SCHEMA`` describes it and ``validate_report`` checks it. The markdown and
+the HTML say the same things in the same order: the overall verdict and its reasons first, then the
+warnings (possible confounds), the per-task table, each task's reasons, and what only one model can do.
+
+Every file is written through a temporary file and a rename, so a reader never sees half a report, and
+``report.json`` is written last. matplotlib is used through its object API with the Agg canvas (no pyplot,
+no global backend switch) and imported only when plots are drawn.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import datetime as _dt
+import io
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path, PurePath
+from typing import Any
+
+import numpy as np
+
+from backbone_swap.evaluate.scoring import TASK_TYPES
+from backbone_swap.evaluate.suite import NEEDS
+from backbone_swap.recommend import (
+    OVERALL_VERDICTS,
+    VERDICTS,
+    fmt_num,
+    fmt_p,
+    fmt_pct,
+    fmt_points,
+    is_number,
+)
+
+# --------------------------------------------------------------------------------------------------
+# Schema
+# --------------------------------------------------------------------------------------------------
+
+# The type language: "string", "integer", "number" (int or float, never bool), "boolean", "null",
+# "datetime" (an ISO 8601 string), "interval" ([low, high], each number or null, low <= high),
+# "enum:NAME" (one of REPORT_SCHEMA["enums"][NAME]), "list[T]", "map[T]" (an object with string keys and
+# values of type T), a record name (a key of REPORT_SCHEMA other than "enums", e.g. "task"), and unions
+# "A|B". Records list their required keys; extra keys are allowed everywhere, so that later versions
+# can add fields without breaking readers.
+REPORT_SCHEMA: dict[str, Any] = {
+    "report": {
+        "meta": "meta",
+        "tasks": "list[task]",
+        "overall": "overall",
+        "capabilities": "list[capability]",
+        "warnings": "list[string]",
+    },
+    "meta": {
+        "model_a": "string",
+        "model_b": "string",
+        "suite": "string",
+        "baseline": "enum:baseline",
+        "alpha": "number",
+        "min_gain": "number",
+        "n_resamples": "integer",
+        "seed": "integer",
+        "created": "datetime",
+    },
+    "task": {
+        "name": "string",
+        "type": "enum:type",
+        "needs": "enum:needs",
+        "n": "integer",
+        "accuracy_a": "number|null",
+        "accuracy_b": "number|null",
+        "diff": "number|null",
+        "diff_ci": "interval",
+        "mcnemar_p": "number|null",
+        "overlap": "overlap",
+        "phi": "number|null",
+        "kappa": "number|null",
+        "oracle": "number|null",
+        "jaccard": "number|null",
+        "complementarity": "number|null",
+        "ece_a": "number|null",
+        "ece_b": "number|null",
+        "ece_a_ci": "interval|null",
+        "ece_b_ci": "interval|null",
+        "brier_a": "number|null",
+        "brier_b": "number|null",
+        "reliability_a": "list[bin]",
+        "reliability_b": "list[bin]",
+        "cka_a": "number|null",
+        "cka_b": "number|null",
+        "valid_rate_a": "number|null",
+        "valid_rate_b": "number|null",
+        "mean_error_a": "number|null",
+        "mean_error_b": "number|null",
+        "verdict": "enum:verdict",
+        "reasons": "list[string]",
+    },
+    "overlap": {"both": "integer", "only_a": "integer", "only_b": "integer", "neither": "integer"},
+    "bin": {
+        "lower": "number",
+        "upper": "number",
+        "count": "integer",
+        "accuracy": "number|null",
+        "mean_confidence": "number|null",
+    },
+    "overall": {
+        "verdict": "enum:overall_verdict",
+        "score": "number",
+        "weights": "map[number]",
+        "counts": "map[integer]",
+        "reasons": "list[string]",
+    },
+    "capability": {
+        "name": "string",
+        "who": "enum:who",
+        "measure": "enum:measure",
+        "rate_a": "number",
+        "rate_b": "number",
+    },
+    "enums": {
+        "baseline": ["as-is", "retrain"],
+        "type": list(TASK_TYPES),
+        "needs": list(NEEDS),
+        "verdict": list(VERDICTS),
+        "overall_verdict": list(OVERALL_VERDICTS),
+        "who": ["A", "B"],
+        "measure": ["valid outputs", "accuracy"],
+    },
+}
+
+# Task fields that are rates in [0, 1] when present.
+_RATES = ("accuracy_a", "accuracy_b", "mcnemar_p", "oracle", "jaccard", "ece_a", "ece_b", "valid_rate_a",
+          "valid_rate_b")
+
+
+def _split_union(spec: str) -> list[str]:
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(spec):
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "|" and depth == 0:
+            parts.append(spec[start:i])
+            start = i + 1
+    parts.append(spec[start:])
+    return parts
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "boolean", str: "string", int: "integer", float: "number", list: "list", dict: "object"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _parse_datetime(text: str) -> _dt.datetime:
+    """ISO 8601 as written by ``datetime.isoformat`` or ``strftime("%Y-%m-%dT%H:%M:%S%z")`` (+0000, Z).
+
+    Python 3.10's ``fromisoformat`` reads neither "Z" nor an offset without a colon, so both are
+    normalised first.
+    """
+    text = re.sub(r"(?:Z|([+-]\d{2}):?(\d{2}))$", lambda m: f"{m.group(1)}:{m.group(2)}" if m.group(1) else "+00:00",
+                  text.strip())
+    return _dt.datetime.fromisoformat(text)
+
+
+def _check(value: Any, spec: str, where: str, problems: list[str]) -> None:
+    """Append to ``problems`` what is wrong with ``value`` against ``spec``."""
+    options = _split_union(spec)
+    if len(options) > 1:
+        trial: list[list[str]] = []
+        for option in options:
+            found: list[str] = []
+            _check(value, option, where, found)
+            if not found:
+                return
+            trial.append(found)
+        # Report the option whose shape matched (its inner problems), else a plain type mismatch.
+        shaped = [found for found in trial if not found[0].endswith(f"got {_type_name(value)}")]
+        problems.extend(shaped[0] if shaped else [f"{where}: expected {spec}, got {_type_name(value)}"])
+        return
+    mismatch = f"{where}: expected {spec}, got {_type_name(value)}"
+    if spec == "null":
+        if value is not None:
+            problems.append(mismatch)
+    elif spec == "string":
+        if not isinstance(value, str):
+            problems.append(mismatch)
+    elif spec == "boolean":
+        if not isinstance(value, bool):
+            problems.append(mismatch)
+    elif spec == "integer":
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.append(mismatch)
+    elif spec == "number":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.append(mismatch)
+        elif not math.isfinite(value):
+            problems.append(f"{where}: {value} is not a finite number (JSON has no NaN)")
+    elif spec == "datetime":
+        if not isinstance(value, str):
+            problems.append(mismatch)
+        else:
+            try:
+                _parse_datetime(value)
+            except ValueError:
+                problems.append(f"{where}: {value!r} is not an ISO 8601 date and time")
+    elif spec == "interval":
+        if not isinstance(value, list) or len(value) != 2:
+            problems.append(f"{where}: expected interval [low, high], got {_type_name(value)}")
+            return
+        for i, item in enumerate(value):
+            _check(item, "number|null", f"{where}[{i}]", problems)
+        if all(is_number(v) for v in value) and value[0] > value[1]:
+            problems.append(f"{where}: low {value[0]} is above high {value[1]}")
+    elif spec.startswith("enum:"):
+        allowed = REPORT_SCHEMA["enums"][spec[5:]]
+        if value not in allowed:
+            problems.append(f"{where}: {value!r} is not one of {', '.join(map(repr, allowed))}")
+    elif spec.startswith("list[") and spec.endswith("]"):
+        if not isinstance(value, list):
+            problems.append(mismatch)
+            return
+        for i, item in enumerate(value):
+            _check(item, spec[5:-1], f"{where}[{i}]", problems)
+    elif spec.startswith("map[") and spec.endswith("]"):
+        if not isinstance(value, dict):
+            problems.append(mismatch)
+            return
+        for key, item in value.items():
+            if not isinstance(key, str):
+                problems.append(f"{where}: key {key!r} is not a string")
+            _check(item, spec[4:-1], f"{where}.{key}", problems)
+    elif spec in REPORT_SCHEMA and spec != "enums":
+        if not isinstance(value, dict):
+            problems.append(f"{where or 'report'}: expected object ({spec}), got {_type_name(value)}")
+            return
+        for key, sub in REPORT_SCHEMA[spec].items():
+            path = f"{where}.{key}" if where else key
+            if key not in value:
+                problems.append(f"{path}: missing")
+            else:
+                _check(value[key], sub, path, problems)
+    else:  # pragma: no cover - a typo in REPORT_SCHEMA itself
+        raise ValueError(f"unknown type {spec!r} in REPORT_SCHEMA")
+
+
+def validate_report(data: Any) -> list[str]:
+    """Problems of ``data`` (a loaded ``report.json``) against ``REPORT_SCHEMA``; empty when valid.
+
+    Besides the types: task names are unique, the overlap counts add up to ``n``, rates lie in [0, 1],
+    capabilities and weights name tasks of the report.
+    """
+    problems: list[str] = []
+    _check(data, "report", "", problems)
+    if problems or not isinstance(data, dict):
+        return problems
+    names = [task["name"] for task in data["tasks"]]
+    for i, task in enumerate(data["tasks"]):
+        where = f"tasks[{i}]"
+        if names.count(task["name"]) > 1:
+            problems.append(f"{where}.name: {task['name']!r} appears more than once")
+        if task["n"] < 1:
+            problems.append(f"{where}.n: must be at least 1, got {task['n']}")
+        elif sum(task["overlap"][key] for key in REPORT_SCHEMA["overlap"]) != task["n"]:
+            problems.append(f"{where}.overlap: both + only_a + only_b + neither must equal n ({task['n']})")
+        for key in _RATES:
+            value = task[key]
+            if is_number(value) and not 0.0 <= value <= 1.0:
+                problems.append(f"{where}.{key}: {value} is outside [0, 1]")
+    for i, entry in enumerate(data["capabilities"]):
+        if entry["name"] not in names:
+            problems.append(f"capabilities[{i}].name: {entry['name']!r} is not a task of this report")
+    for key in data["overall"]["weights"]:
+        if key not in names:
+            problems.append(f"overall.weights.{key}: not a task of this report")
+    for key in data["overall"]["counts"]:
+        if key not in VERDICTS:
+            problems.append(f"overall.counts.{key}: not a task verdict")
+    return problems
+
+
+# --------------------------------------------------------------------------------------------------
+# JSON
+# --------------------------------------------------------------------------------------------------
+
+
+def to_jsonable(value: Any, where: str = "comparison") -> Any:
+    """``value`` with numpy types, tuples, paths, dates and dataclasses made JSON-safe; NaN/inf become None."""
+    if value is None or isinstance(value, (str, bool)):
+        return value
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        number = float(value)
+        return number if math.isfinite(number) else None
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist(), where)
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, (_dt.datetime, _dt.date)):
+        return value.isoformat()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_jsonable(dataclasses.asdict(value), where)
+    raise TypeError(f"{where}: {type(value).__name__} cannot be written to JSON")
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write through a temporary file in the same folder and a rename; readers never see a partial file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+# --------------------------------------------------------------------------------------------------
+# Cells shared by the markdown, the HTML and the terminal table
+# --------------------------------------------------------------------------------------------------
+
+COLUMNS = ("task", "needs", "n", "acc A", "acc B", "valid A / B", "diff [95% CI]", "McNemar p", "only A / only B",
+           "ECE A / B", "CKA A / B", "verdict")
+
+
+def _pair(a: Any, b: Any, fmt: Any) -> str:
+    if a is None and b is None:
+        return "-"
+    return f"{fmt(a)} / {fmt(b)}"
+
+
+def _diff_cell(task: Mapping[str, Any]) -> str:
+    ci = task.get("diff_ci") or [None, None]
+    text = fmt_points(task.get("diff"))
+    if all(is_number(v) for v in ci):
+        text += f" [{fmt_points(ci[0], sign=False)}, {fmt_points(ci[1], sign=False)}]"
+    return text
+
+
+def task_row(task: Mapping[str, Any]) -> list[str]:
+    """The cells of one task in the order of ``COLUMNS`` (accuracies in %, differences in points)."""
+    overlap = task.get("overlap") or {}
+    return [
+        str(task["name"]),
+        str(task.get("needs", "")),
+        str(task.get("n", "")),
+        fmt_pct(task.get("accuracy_a")),
+        fmt_pct(task.get("accuracy_b")),
+        _pair(task.get("valid_rate_a"), task.get("valid_rate_b"), fmt_pct),
+        _diff_cell(task),
+        fmt_p(task.get("mcnemar_p")),
+        f"{overlap.get('only_a', '?')} / {overlap.get('only_b', '?')}",
+        _pair(task.get("ece_a"), task.get("ece_b"), fmt_num),
+        _pair(task.get("cka_a"), task.get("cka_b"), lambda v: fmt_num(v, 2)),
+        str(task.get("verdict", "")),
+    ]
+
+
+def _capability_line(entry: Mapping[str, Any]) -> str:
+    return (f"{entry['name']}: only {entry['who']} can do it ({entry['measure']} A {fmt_pct(entry['rate_a'])}, "
+            f"B {fmt_pct(entry['rate_b'])})")
+
+
+def _baseline_note(baseline: str) -> str:
+    if baseline == "retrain":
+        return "retrain: A was retrained with the same recipe, so the differences isolate the backbone"
+    if baseline == "as-is":
+        return "as-is: A is the old model as released, so the differences mix the backbone with the training recipe"
+    return str(baseline)
+
+
+def _settings(meta: Mapping[str, Any]) -> list[tuple[str, str]]:
+    return [
+        ("A (old)", str(meta.get("model_a", "?"))),
+        ("B (new)", str(meta.get("model_b", "?"))),
+        ("suite", str(meta.get("suite", "?"))),
+        ("baseline", _baseline_note(str(meta.get("baseline", "?")))),
+        ("alpha", f"{meta.get('alpha')}"),
+        ("minimum gain", f"{fmt_points(meta.get('min_gain'), sign=False)} points"),
+        ("bootstrap", f"{meta.get('n_resamples')} resamples, seed {meta.get('seed')}"),
+        ("created", str(meta.get("created", "?"))),
+    ]
+
+
+PLOTS = {
+    "accuracy": "Accuracy per task (A old, B new) and the difference B - A with its 95% interval",
+    "overlap": "Which questions each model solves: both, only A, only B, neither",
+    "reliability": "Reliability diagrams: accuracy against confidence per bin (diagonal = perfectly calibrated)",
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Markdown
+# --------------------------------------------------------------------------------------------------
+
+_MD_SPECIAL = re.compile(r"[\\`*\[\]|]|<(?=[A-Za-z/!?])")
+
+
+def md_escape(text: Any) -> str:
+    """Backslash-escape what markdown would read as markup, a link, a table border or an HTML tag.
+
+    ``<`` is escaped only where it could open a tag ("p < 0.001" stays as it is); underscores stay, as
+    they do not emphasise inside words and task names are full of them.
+    """
+    out = str(text).replace("\r", " ").replace("\n", " ")
+    return _MD_SPECIAL.sub(lambda m: "\\" + m.group(0), out)
+
+
+def render_markdown(comparison: Mapping[str, Any]) -> str:
+    meta, overall = comparison["meta"], comparison["overall"]
+    lines = [
+        f"# Backbone swap: {md_escape(meta.get('model_a', 'A'))} -> {md_escape(meta.get('model_b', 'B'))}",
+        "",
+        f"A is the old model, B the new one; suite {md_escape(meta.get('suite', '?'))}.",
+        "",
+        f"## Verdict: **{md_escape(overall['verdict'])}** (score {float(overall['score']):+.2f})",
+        "",
+    ]
+    lines += [f"- {md_escape(reason)}" for reason in overall.get("reasons", [])]
+    lines += [""]
+    warnings = comparison.get("warnings") or []
+    if warnings:
+        lines += ["> **Warnings (possible confounds)**", ">"]
+        lines += [f"> - {md_escape(w)}" for w in warnings]
+    else:
+        lines += ["> **Warnings (possible confounds):** none were detected."]
+    lines += ["", "## Per task", ""]
+    lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join(["---"] * len(COLUMNS)) + "|"]
+    for task in comparison["tasks"]:
+        # Only the text cells can hold markup; the formatted numbers ("<0.001", "[4.1, 20.3]") are left alone.
+        cells = task_row(task)
+        cells[0], cells[1], cells[-1] = md_escape(cells[0]), md_escape(cells[1]), md_escape(cells[-1])
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Accuracies in percent; diff = B - A in percentage points with its 95% paired bootstrap interval; "
+        "only A / only B = questions solved by one model alone; ECE: lower is better calibrated; CKA: "
+        "higher is more stable under perturbed inputs; valid = outputs that parse in the declared format.",
+        "",
+    ]
+    for key, caption in PLOTS.items():
+        lines += [f"![{caption}]({key}.png)", ""]
+    lines += ["## Reasons per task", ""]
+    for task in comparison["tasks"]:
+        lines += [f"### {md_escape(task['name'])}: {md_escape(task.get('verdict', ''))}", ""]
+        lines += [f"- {md_escape(reason)}" for reason in task.get("reasons", [])]
+        lines += [""]
+    lines += ["## Abilities only one model has", ""]
+    caps = comparison.get("capabilities") or []
+    lines += [f"- {md_escape(_capability_line(entry))}" for entry in caps] or ["None: every task is within reach of "
+                                                                              "both models, or of neither."]
+    lines += ["", "## Settings", ""]
+    lines += [f"- {label}: {md_escape(value)}" for label, value in _settings(meta)]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------
+# HTML
+# --------------------------------------------------------------------------------------------------
+
+_HTML = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>Backbone swap: {{ meta.model_a }} -> {{ meta.model_b }}</title>
+<style>
+body { font-family: system-ui, sans-serif; max-width: 70em; margin: 2em auto; padding: 0 1em; color: #222; }
+table { border-collapse: collapse; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+th { background: #f3f3f3; }
+.warnings { border-left: 4px solid #d9822b; background: #fff6e5; padding: 0.5em 1em; }
+.verdict-upgrade { color: #1a7f37; font-weight: bold; }
+.verdict-keep { color: #c62828; font-weight: bold; }
+.verdict-complementary { color: #8a6d00; font-weight: bold; }
+img { max-width: 100%; }
+.note { color: #555; font-size: 0.9em; }
+</style>
+</head>
+<body>
+<h1>Backbone swap: {{ meta.model_a }} &rarr; {{ meta.model_b }}</h1>
+<p>A is the old model, B the new one; suite {{ meta.suite }}.</p>
+<h2>Verdict: <span class="{{ overall_class }}">{{ overall.verdict }}</span> (score {{ score }})</h2>
+<ul>
+{% for reason in overall.reasons %}<li>{{ reason }}</li>
+{% endfor %}</ul>
+<div class="warnings">
+{% if warnings %}<strong>Warnings (possible confounds)</strong>
+<ul>
+{% for w in warnings %}<li>{{ w }}</li>
+{% endfor %}</ul>
+{% else %}<strong>Warnings (possible confounds):</strong> none were detected.
+{% endif %}</div>
+<h2>Per task</h2>
+<table>
+<tr>{% for c in columns %}<th>{{ c }}</th>{% endfor %}</tr>
+{% for row in rows %}<tr>{% for cell in row.cells %}<td>{{ cell }}</td>{% endfor %}
+<td class="verdict-{{ row.css }}">{{ row.verdict }}</td></tr>
+{% endfor %}</table>
+<p class="note">Accuracies in percent; diff = B - A in percentage points with its 95% paired bootstrap interval;
+only A / only B = questions solved by one model alone; ECE: lower is better calibrated; CKA: higher is more stable
+under perturbed inputs; valid = outputs that parse in the declared format.</p>
+{% for image in images %}<figure><img src="data:image/png;base64,{{ image.data }}" alt="{{ image.caption }}">
+<figcaption>{{ image.caption }}</figcaption></figure>
+{% endfor %}
+<h2>Reasons per task</h2>
+{% for task in tasks %}<h3>{{ task.name }}: <span class="verdict-{{ task.css }}">{{ task.verdict }}</span></h3>
+<ul>
+{% for reason in task.reasons %}<li>{{ reason }}</li>
+{% endfor %}</ul>
+{% endfor %}
+<h2>Abilities only one model has</h2>
+{% if capabilities %}<ul>
+{% for line in capabilities %}<li>{{ line }}</li>
+{% endfor %}</ul>
+{% else %}<p>None: every task is within reach of both models, or of neither.</p>
+{% endif %}
+<h2>Settings</h2>
+<ul>
+{% for label, value in settings %}<li>{{ label }}: {{ value }}</li>
+{% endfor %}</ul>
+</body>
+</html>
+"""
+
+
+def _css(verdict: Any) -> str:
+    return {"upgrade": "upgrade", "keep": "keep", "complementary": "complementary",
+            "mixed: route per task": "complementary"}.get(str(verdict), "none")
+
+
+def render_html(comparison: Mapping[str, Any], images: Mapping[str, bytes]) -> str:
+    """One self-contained page; every value from the data is escaped by jinja2's autoescape."""
+    import jinja2
+
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    overall = comparison["overall"]
+    return env.from_string(_HTML).render(
+        meta={k: str(v) for k, v in comparison["meta"].items()},
+        overall=overall,
+        overall_class=f"verdict-{_css(overall['verdict'])}",
+        score=f"{float(overall['score']):+.2f}",
+        warnings=comparison.get("warnings") or [],
+        columns=COLUMNS,
+        rows=[{"cells": task_row(task)[:-1], "verdict": task_row(task)[-1], "css": _css(task.get("verdict"))}
+              for task in comparison["tasks"]],
+        images=[{"data": base64.b64encode(images[key]).decode("ascii"), "caption": caption}
+                for key, caption in PLOTS.items() if key in images],
+        tasks=[{"name": str(task["name"]), "verdict": str(task.get("verdict", "")), "css": _css(task.get("verdict")),
+                "reasons": task.get("reasons", [])} for task in comparison["tasks"]],
+        capabilities=[_capability_line(entry) for entry in comparison.get("capabilities") or []],
+        settings=_settings(comparison["meta"]),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Plots
+# --------------------------------------------------------------------------------------------------
+
+_COLOR_A, _COLOR_B = "#4C72B0", "#DD8452"
+_VERDICT_COLOR = {"upgrade": "#1a7f37", "keep": "#c62828", "complementary": "#b8860b"}
+_DPI = 100
+
+
+def _label(name: Any, width: int = 28) -> str:
+    """A task name safe for matplotlib: shortened, and '$' escaped so it is not read as mathtext."""
+    text = str(name).replace("\n", " ")
+    if len(text) > width:
+        text = text[: width - 1] + "\u2026"
+    return text.replace("$", r"\$")
+
+
+def _num(value: Any) -> float:
+    return float(value) if is_number(value) else math.nan
+
+
+def _new_figure(width: float, height: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=_DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig: Any) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=_DPI, metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def plot_accuracy(comparison: Mapping[str, Any]) -> bytes:
+    """Left: accuracy of A and B per task; right: the difference B - A in points with its 95% interval."""
+    tasks = comparison["tasks"]
+    k = len(tasks)
+    fig = _new_figure(9.0, max(2.4, 0.5 * k + 1.3))
+    left, right = fig.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [1.2, 1.0]})
+    y = np.arange(k)
+    acc_a = np.array([_num(t.get("accuracy_a")) for t in tasks]) * 100
+    acc_b = np.array([_num(t.get("accuracy_b")) for t in tasks]) * 100
+    left.barh(y - 0.2, np.nan_to_num(acc_a), height=0.4, color=_COLOR_A, label="A (old)")
+    left.barh(y + 0.2, np.nan_to_num(acc_b), height=0.4, color=_COLOR_B, label="B (new)")
+    left.set_xlim(0, 100)
+    left.set_xlabel("accuracy (%)")
+    left.set_yticks(y, [_label(t["name"]) for t in tasks])
+    left.invert_yaxis()
+    left.legend(loc="lower right", fontsize=8)
+
+    min_gain = _num(comparison["meta"].get("min_gain")) * 100
+    if math.isfinite(min_gain) and min_gain > 0:
+        right.axvspan(-min_gain, min_gain, color="#eeeeee", label="below minimum gain")
+    right.axvline(0, color="#555555", linewidth=0.8)
+    for i, task in enumerate(tasks):
+        diff = _num(task.get("diff")) * 100
+        ci = task.get("diff_ci") or [None, None]
+        low, high = _num(ci[0]) * 100, _num(ci[1]) * 100
+        color = _VERDICT_COLOR.get(str(task.get("verdict")), "#555555")
+        if math.isfinite(low) and math.isfinite(high):
+            right.plot([low, high], [i, i], color=color, linewidth=2, solid_capstyle="butt")
+        if math.isfinite(diff):
+            right.plot([diff], [i], "o", color=color)
+    right.set_xlabel("B - A (points, 95% CI)")
+    if math.isfinite(min_gain) and min_gain > 0:
+        right.legend(loc="lower right", fontsize=8)
+    fig.suptitle("Accuracy per task", fontsize=10)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def plot_overlap(comparison: Mapping[str, Any]) -> bytes:
+    """Per task, the share of questions solved by both, only A, only B and neither (stacked to 100%)."""
+    tasks = comparison["tasks"]
+    k = len(tasks)
+    fig = _new_figure(8.0, max(2.2, 0.45 * k + 1.3))
+    ax = fig.subplots()
+    y = np.arange(k)
+    parts = (("both", "#8c8c8c"), ("only_a", _COLOR_A), ("only_b", _COLOR_B), ("neither", "#e0e0e0"))
+    start = np.zeros(k)
+    for key, color in parts:
+        counts = np.array([float((t.get("overlap") or {}).get(key) or 0) for t in tasks])
+        n = np.array([float(t.get("n") or 0) or 1.0 for t in tasks])
+        share = 100 * counts / n
+        label = {"only_a": "only A", "only_b": "only B"}.get(key, key)
+        ax.barh(y, share, left=start, color=color, label=label, height=0.6)
+        for i in range(k):
+            if share[i] >= 6:
+                ax.text(start[i] + share[i] / 2, i, f"{int(counts[i])}", ha="center", va="center", fontsize=7)
+        start += share
+    ax.set_yticks(y, [_label(t["name"]) for t in tasks])
+    ax.invert_yaxis()
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("share of questions (%), counts in the bars")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25 if k < 4 else -0.12), ncol=4, fontsize=8,
+              frameon=False)
+    ax.set_title("Which questions each model solves", fontsize=10)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _bins_xy(bins: Sequence[Mapping[str, Any]]) -> tuple[list[float], list[float], list[float]]:
+    xs, ys, sizes = [], [], []
+    for b in bins or []:
+        if b.get("count") and is_number(b.get("mean_confidence")) and is_number(b.get("accuracy")):
+            xs.append(float(b["mean_confidence"]))
+            ys.append(float(b["accuracy"]))
+            sizes.append(float(b["count"]))
+    return xs, ys, sizes
+
+
+def plot_reliability(comparison: Mapping[str, Any]) -> bytes:
+    """One reliability diagram per task, side by side (four per row): A and B per bin against the diagonal."""
+    tasks = comparison["tasks"]
+    k = len(tasks)
+    cols = max(1, min(k, 4))
+    rows = max(1, math.ceil(k / cols))
+    fig = _new_figure(2.6 * cols + 0.3, 2.7 * rows + 0.4)
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax, task in zip(axes[:k], tasks, strict=True):
+        ax.plot([0, 1], [0, 1], linestyle="--", color="#999999", linewidth=0.8)
+        drawn = False
+        for side, color, label in (("a", _COLOR_A, "A"), ("b", _COLOR_B, "B")):
+            xs, ys, sizes = _bins_xy(task.get(f"reliability_{side}") or [])
+            if xs:
+                total = sum(sizes)
+                ax.plot(xs, ys, "-o", color=color, linewidth=1, markersize=3, label=label)
+                ax.scatter(xs, ys, s=[10 + 120 * s / total for s in sizes], color=color, alpha=0.6, zorder=3)
+                drawn = True
+        if not drawn:
+            ax.text(0.5, 0.5, "no confidences", ha="center", va="center", fontsize=8, color="#777777")
+        else:
+            ax.legend(loc="upper left", fontsize=7)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_aspect("equal")
+        ax.tick_params(labelsize=7)
+        ece = f"ECE A {fmt_num(task.get('ece_a'))} / B {fmt_num(task.get('ece_b'))}"
+        ax.set_title(f"{_label(task['name'], 24)}\n{ece}", fontsize=8)
+        ax.set_xlabel("confidence", fontsize=7)
+        ax.set_ylabel("accuracy", fontsize=7)
+    for ax in axes[k:]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return _png(fig)
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------------
+
+
+def write_report(folder: Path, comparison: Mapping[str, Any]) -> dict[str, Path]:
+    """Write the report files into ``folder`` (created if needed), each atomically, ``report.json`` last.
+
+    Returns the paths by kind: ``json``, ``markdown``, ``html``, ``accuracy``, ``overlap``, ``reliability``.
+    A comparison that does not match ``REPORT_SCHEMA`` is a bug in whatever built it: ``ValueError``.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = to_jsonable(comparison)
+    problems = validate_report(data)
+    if problems:
+        more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
+        raise ValueError("the comparison does not match REPORT_SCHEMA: " + "; ".join(problems[:10]) + more)
+    images = {
+        "accuracy": plot_accuracy(data),
+        "overlap": plot_overlap(data),
+        "reliability": plot_reliability(data),
+    }
+    paths: dict[str, Path] = {}
+    for key, png in images.items():
+        paths[key] = folder / f"{key}.png"
+        _atomic_write(paths[key], png)
+    paths["markdown"] = folder / "report.md"
+    _atomic_write(paths["markdown"], render_markdown(data).encode("utf-8"))
+    paths["html"] = folder / "report.html"
+    _atomic_write(paths["html"], render_html(data, images).encode("utf-8"))
+    paths["json"] = folder / "report.json"
+    text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    _atomic_write(paths["json"], text.encode("utf-8"))
+    return paths
+
+
+# --------------------------------------------------------------------------------------------------
+# Terminal
+# --------------------------------------------------------------------------------------------------
+
+_RICH_STYLE = {"upgrade": "bold green", "keep": "bold red", "complementary": "bold yellow",
+               "mixed: route per task": "bold yellow"}
+
+
+def terminal_table(comparison: Mapping[str, Any]) -> Any:
+    """A short ``rich.table.Table`` (task, acc A, acc B, diff, p, verdict); user text is never read as markup."""
+    from rich.table import Table
+    from rich.text import Text
+
+    meta, overall = comparison["meta"], comparison["overall"]
+    verdict = str(overall.get("verdict", ""))
+    title = Text(f"{meta.get('model_a', 'A')} -> {meta.get('model_b', 'B')}: ")
+    title.append(verdict, style=_RICH_STYLE.get(verdict, "bold"))
+    table = Table(title=title, title_justify="left")
+    table.add_column("task")
+    for name in ("acc A", "acc B", "diff", "p"):
+        table.add_column(name, justify="right")
+    table.add_column("verdict")
+    for task in comparison["tasks"]:
+        v = str(task.get("verdict", ""))
+        table.add_row(
+            Text(str(task["name"])),
+            fmt_pct(task.get("accuracy_a")),
+            fmt_pct(task.get("accuracy_b")),
+            fmt_points(task.get("diff")),
+            fmt_p(task.get("mcnemar_p")),
+            Text(v, style=_RICH_STYLE.get(v, "")),
+        )
+    warnings = comparison.get("warnings") or []
+    if warnings:
+        table.caption = Text(f"{len(warnings)} warning(s): see the report", style="yellow")
+    return table

@@ -1,0 +1,344 @@
+"""The decision rule on task statistics computed from real 0/1 correctness vectors.
+
+``make_task`` builds every field of a task the way compare.py does, with the functions of
+``backbone_swap.stats``, so each verdict below is reached on realistic numbers (intervals from the paired
+bootstrap, p-values from the exact test) rather than on hand-typed ones.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from backbone_swap import stats as st
+from backbone_swap.errors import BackboneSwapError
+from backbone_swap.recommend import (
+    Thresholds,
+    capabilities,
+    format_weights,
+    overall_verdict,
+    parse_weights,
+    task_verdict,
+)
+
+
+def outcomes(both: int, only_a: int, only_b: int, neither: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two aligned 0/1 vectors with exactly these paired counts, in a shuffled order."""
+    a = np.array([1] * both + [1] * only_a + [0] * only_b + [0] * neither)
+    b = np.array([1] * both + [0] * only_a + [1] * only_b + [0] * neither)
+    order = np.random.default_rng(seed).permutation(a.size)
+    return a[order], b[order]
+
+
+def _confidences(correct: np.ndarray, calibrated: bool, rng: np.random.Generator) -> np.ndarray:
+    if calibrated:  # confident when right, unsure when wrong
+        conf = np.where(correct == 1, rng.uniform(0.6, 1.0, correct.size), rng.uniform(0.0, 0.5, correct.size))
+    else:  # always sure
+        conf = rng.uniform(0.85, 1.0, correct.size)
+    return conf
+
+
+def make_task(
+    name: str,
+    correct_a: np.ndarray,
+    correct_b: np.ndarray,
+    *,
+    type: str = "short_answer",
+    needs: str = "reasoning",
+    valid_a: float | None = None,
+    valid_b: float | None = None,
+    clusters: np.ndarray | None = None,
+    probes: bool = True,
+    seed: int = 0,
+) -> dict:
+    """Every statistic of one task, as compare.py computes it (A overconfident, B calibrated, B more stable)."""
+    rng = np.random.default_rng(seed)
+    table = st.paired_table(correct_a, correct_b)
+    interval = st.paired_bootstrap_diff(correct_a, correct_b, n_resamples=999, seed=seed, clusters=clusters)
+    conf_a = _confidences(correct_a, False, rng)
+    conf_b = _confidences(correct_b, True, rng)
+    cal_a, cal_b = st.ece(conf_a, correct_a), st.ece(conf_b, correct_b)
+    ci_a = st.ece_interval(conf_a, correct_a, n_resamples=200, seed=seed)
+    ci_b = st.ece_interval(conf_b, correct_b, n_resamples=200, seed=seed)
+    cka_a = cka_b = None
+    if probes:
+        clean_a, clean_b = rng.normal(size=(32, 16)), rng.normal(size=(32, 24))
+        cka_a = st.linear_cka(clean_a, clean_a + rng.normal(scale=1.5, size=clean_a.shape))
+        cka_b = st.linear_cka(clean_b, clean_b + rng.normal(scale=0.3, size=clean_b.shape))
+    return {
+        "name": name,
+        "type": type,
+        "needs": needs,
+        "n": table.n,
+        "accuracy_a": table.accuracy_a,
+        "accuracy_b": table.accuracy_b,
+        "diff": table.accuracy_b - table.accuracy_a,
+        "diff_ci": [interval.low, interval.high],
+        "mcnemar_p": st.mcnemar_exact(table),
+        "overlap": {"both": table.both, "only_a": table.only_a, "only_b": table.only_b, "neither": table.neither},
+        "phi": st.phi(table),
+        "kappa": st.cohen_kappa(table),
+        "oracle": st.oracle_accuracy(table),
+        "jaccard": st.jaccard(table),
+        "complementarity": st.complementarity(table),
+        "ece_a": cal_a.ece,
+        "ece_b": cal_b.ece,
+        "ece_a_ci": [ci_a.low, ci_a.high],
+        "ece_b_ci": [ci_b.low, ci_b.high],
+        "brier_a": st.brier(conf_a, correct_a),
+        "brier_b": st.brier(conf_b, correct_b),
+        "reliability_a": cal_a.bins,
+        "reliability_b": cal_b.bins,
+        "cka_a": cka_a,
+        "cka_b": cka_b,
+        "valid_rate_a": valid_a,
+        "valid_rate_b": valid_b,
+        "mean_error_a": None if valid_a is None else 0.3,
+        "mean_error_b": None if valid_b is None else 0.1,
+    }
+
+
+def with_verdict(task: dict, t: Thresholds | None = None) -> dict:
+    verdict, reasons = task_verdict(task, t or Thresholds())
+    return {**task, "verdict": verdict, "reasons": reasons}
+
+
+# --------------------------------------------------------------------------------------------------
+# One task
+# --------------------------------------------------------------------------------------------------
+
+
+def test_clear_significant_gain_is_an_upgrade():
+    task = make_task("vqa", *outcomes(90, 10, 40, 60))
+    assert task["mcnemar_p"] < 0.001 and task["diff_ci"][0] > 0
+    verdict, reasons = task_verdict(task, Thresholds())
+    assert verdict == "upgrade"
+    assert reasons[0].startswith("B answers 15.0 points more questions correctly")
+    assert "McNemar p < 0.001" in reasons[0]
+    # calibration and stability are reported with both numbers, without changing the verdict
+    calibration = next(r for r in reasons if "calibrated" in r)
+    assert calibration.startswith("B is better calibrated")
+    assert f"{task['ece_b']:.3f} vs {task['ece_a']:.3f}" in calibration
+    assert "do not overlap" in calibration
+    assert any(r.startswith("B's hidden states are more stable") for r in reasons)
+
+
+def test_clear_significant_loss_is_keep():
+    task = make_task("ocr", *outcomes(90, 40, 10, 60, seed=1))
+    verdict, reasons = task_verdict(task, Thresholds())
+    assert verdict == "keep"
+    assert "points fewer questions correctly" in reasons[0]
+
+
+def test_significant_but_tiny_difference_is_no_clear_difference():
+    task = make_task("counting", *outcomes(1000, 0, 20, 980, seed=2))
+    assert task["mcnemar_p"] < 1e-4 and task["diff_ci"][0] > 0 and task["diff"] < 0.02
+    verdict, reasons = task_verdict(task, Thresholds())
+    assert verdict == "no clear difference"
+    assert any("significant but smaller than the minimum difference of 2.0 points" in r for r in reasons)
+    # the same numbers with a smaller --min-gain are an upgrade
+    assert task_verdict(task, Thresholds(min_gain=0.005))[0] == "upgrade"
+
+
+def test_different_questions_without_significance_are_complementary():
+    task = make_task("vqa-hard", *outcomes(60, 40, 45, 55, seed=3))
+    assert task["mcnemar_p"] > 0.05
+    assert task["complementarity"] >= 0.05 and task["jaccard"] < 0.6
+    verdict, reasons = task_verdict(task, Thresholds())
+    assert verdict == "complementary"
+    routed = next(r for r in reasons if "different questions" in r)
+    assert "only A 40, only B 45" in routed
+    assert "72.5% vs 52.5%" in routed and "route per task" in routed
+
+
+def test_same_questions_without_significance_is_no_clear_difference():
+    task = make_task("colours", *outcomes(120, 8, 10, 62, seed=4), needs="perception")
+    assert task["mcnemar_p"] > 0.05 and task["jaccard"] > 0.6
+    verdict, reasons = task_verdict(task, Thresholds())
+    assert verdict == "no clear difference"
+    assert any("not significant" in r for r in reasons)
+    assert any(r.startswith("Only A solves 8 questions, only B 10") for r in reasons)
+
+
+def test_structured_task_only_b_can_do_is_an_upgrade_whatever_the_accuracy():
+    a, b = outcomes(1, 2, 3, 94, seed=5)  # both accuracies low, difference not significant
+    task = make_task("pointing", a, b, type="structured", needs="format", valid_a=0.0, valid_b=0.7)
+    assert task["mcnemar_p"] > 0.05 and task["accuracy_b"] < 0.05
+    verdict, reasons = task_verdict(task, Thresholds())
+    assert verdict == "upgrade"
+    assert reasons[0] == "Only B can do this task at all (valid outputs 0.0% vs 70.0%, A vs B)."
+    assert any("parse in the declared format: A 0.0%, B 70.0%" in r for r in reasons)
+    # without valid rates the accuracies decide, and they do not differ
+    plain = {**task, "type": "short_answer", "valid_rate_a": None, "valid_rate_b": None}
+    assert task_verdict(plain, Thresholds())[0] == "no clear difference"
+    # and the reverse capability keeps A
+    reverse = {**task, "valid_rate_a": 0.7, "valid_rate_b": 0.0}
+    assert task_verdict(reverse, Thresholds())[0] == "keep"
+
+
+def test_capability_thresholds_are_inclusive():
+    a, b = outcomes(1, 2, 3, 94, seed=6)
+    task = make_task("json", a, b, type="structured", needs="format", valid_a=0.05, valid_b=0.2)
+    assert task_verdict(task, Thresholds())[0] == "upgrade"
+    assert task_verdict({**task, "valid_rate_a": 0.06}, Thresholds())[0] != "upgrade"
+    assert task_verdict({**task, "valid_rate_b": 0.19}, Thresholds())[0] != "upgrade"
+    found = capabilities([task, make_task("vqa", *outcomes(90, 10, 40, 60))])
+    assert found == [{"name": "json", "who": "B", "measure": "valid outputs", "rate_a": 0.05, "rate_b": 0.2,
+                      "type": "structured", "needs": "format"}]
+
+
+def test_p_below_alpha_with_an_interval_including_zero_is_not_significant():
+    # 12 of B's 14 wins are questions about one image: McNemar (blind to that) says p = 0.013, the
+    # cluster bootstrap says the interval includes 0. Both must agree for a verdict.
+    a, b = outcomes(90, 2, 12, 96)
+    clusters = np.arange(a.size)
+    clusters[(a == 0) & (b == 1)] = -1
+    task = make_task("scenes", a, b, clusters=clusters)
+    assert task["mcnemar_p"] < 0.05 and task["diff_ci"][0] < 0 < task["diff_ci"][1] and task["diff"] >= 0.02
+    verdict, reasons = task_verdict(task, Thresholds())
+    assert verdict == "no clear difference"
+    assert any("includes 0, so the difference is not counted as significant" in r for r in reasons)
+    # the same questions treated as independent: the interval excludes 0 and it is an upgrade
+    assert task_verdict(make_task("scenes", a, b), Thresholds())[0] == "upgrade"
+
+
+def test_interval_excluding_zero_with_p_above_alpha_is_not_significant():
+    task = make_task("vqa", *outcomes(90, 10, 40, 60))
+    verdict, reasons = task_verdict({**task, "mcnemar_p": 0.2}, Thresholds())
+    assert verdict == "no clear difference"
+    assert any("excludes 0 but McNemar p is not below alpha" in r for r in reasons)
+    assert task_verdict({**task, "mcnemar_p": math.nan}, Thresholds())[0] == "no clear difference"
+
+
+def test_missing_probes_and_equal_calibration_are_stated_plainly():
+    task = make_task("vqa", *outcomes(90, 10, 40, 60), probes=False)
+    task.update(ece_a=0.05, ece_b=0.05)
+    _, reasons = task_verdict(task, Thresholds())
+    assert not any("CKA" in r for r in reasons)
+    assert any(r.startswith("A and B are equally calibrated (ECE 0.050 each)") for r in reasons)
+    _, reasons = task_verdict({**task, "cka_a": 0.8}, Thresholds())
+    assert "Stability was measured for A only (CKA 0.800)." in reasons
+
+
+def test_bad_thresholds_are_refused():
+    with pytest.raises(BackboneSwapError, match="alpha"):
+        Thresholds(alpha=0.0)
+    with pytest.raises(BackboneSwapError, match="min_gain"):
+        Thresholds(min_gain=2.0)
+    with pytest.raises(BackboneSwapError, match="near_zero"):
+        Thresholds(near_zero=0.3, capable=0.2)
+
+
+def test_a_task_without_its_test_statistics_is_a_bug():
+    task = make_task("vqa", *outcomes(90, 10, 40, 60))
+    del task["mcnemar_p"]
+    with pytest.raises(ValueError, match="mcnemar_p"):
+        task_verdict(task, Thresholds())
+
+
+# --------------------------------------------------------------------------------------------------
+# All tasks
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_up_one_down() -> list[dict]:
+    return [
+        with_verdict(make_task("vqa", *outcomes(90, 10, 40, 60), needs="reasoning")),
+        with_verdict(make_task("charts", *outcomes(80, 12, 45, 63, seed=7), needs="reasoning")),
+        with_verdict(make_task("ocr", *outcomes(90, 40, 10, 60, seed=8), needs="perception")),
+    ]
+
+
+def test_weights_change_the_overall_verdict(two_up_one_down):
+    assert [t["verdict"] for t in two_up_one_down] == ["upgrade", "upgrade", "keep"]
+    equal = overall_verdict(two_up_one_down, None)
+    assert equal["verdict"] == "mixed: route per task"
+    assert equal["score"] == pytest.approx(1 / 3)
+    assert equal["counts"] == {"upgrade": 2, "keep": 1, "no clear difference": 0, "complementary": 0}
+    assert equal["weights"] == {"vqa": 1.0, "charts": 1.0, "ocr": 1.0}
+    assert "B is better on: vqa, charts." in equal["reasons"]
+    assert "A is better on: ocr." in equal["reasons"]
+    assert "reasoning tasks: upgrade on 2 of 2." in equal["reasons"]
+    assert "perception tasks: keep on 1 of 1." in equal["reasons"]
+
+    ignored = overall_verdict(two_up_one_down, parse_weights("ocr=0"))
+    assert ignored["verdict"] == "upgrade"
+    assert ignored["score"] == 1.0
+    assert ignored["counts"]["keep"] == 0
+    assert "Left out (weight 0): ocr (keep)." in ignored["reasons"]
+
+    # keep needs score <= -0.5 and no weighted upgrade
+    assert overall_verdict(two_up_one_down, {"vqa": 0, "charts": 0})["verdict"] == "keep"
+
+
+def test_overall_no_clear_difference_and_complementary():
+    same = [
+        with_verdict(make_task("colours", *outcomes(120, 8, 10, 62, seed=4), needs="perception")),
+        with_verdict(make_task("shapes", *outcomes(110, 9, 8, 73, seed=9), needs="perception")),
+    ]
+    result = overall_verdict(same, None)
+    assert result["verdict"] == "no clear difference"
+    assert "perception tasks: no clear difference on 2 of 2." in result["reasons"]
+    different = same + [with_verdict(make_task("vqa-hard", *outcomes(60, 40, 45, 55, seed=3)))]
+    assert overall_verdict(different, None)["verdict"] == "mixed: route per task"
+    assert overall_verdict(different, {"vqa-hard": 0})["verdict"] == "no clear difference"
+
+
+def test_one_upgrade_among_no_differences_is_not_enough():
+    tasks = [
+        with_verdict(make_task("vqa", *outcomes(90, 10, 40, 60))),
+        with_verdict(make_task("colours", *outcomes(120, 8, 10, 62, seed=4))),
+        with_verdict(make_task("shapes", *outcomes(110, 9, 8, 73, seed=9))),
+    ]
+    assert overall_verdict(tasks, None)["verdict"] == "no clear difference"
+    assert overall_verdict(tasks, {"vqa": 2})["verdict"] == "upgrade"  # score exactly 0.5
+
+
+def test_overall_names_what_only_one_model_can_do():
+    a, b = outcomes(1, 2, 3, 94, seed=5)
+    tasks = [with_verdict(make_task("pointing", a, b, type="structured", needs="format", valid_a=0.0,
+                                    valid_b=0.7))]
+    result = overall_verdict(tasks, None)
+    assert result["verdict"] == "upgrade"
+    assert "Only B can do pointing at all (valid outputs 0.0% vs 70.0%, A vs B)." in result["reasons"]
+
+
+def test_unknown_task_and_negative_weights_are_refused(two_up_one_down):
+    with pytest.raises(BackboneSwapError) as caught:
+        overall_verdict(two_up_one_down, {"vqaa": 2.0})
+    assert "'vqaa'" in str(caught.value) and "vqa, charts, ocr" in str(caught.value)
+    with pytest.raises(BackboneSwapError, match="negative"):
+        overall_verdict(two_up_one_down, {"vqa": -1.0})
+    with pytest.raises(BackboneSwapError, match="weight 0"):
+        overall_verdict(two_up_one_down, {"vqa": 0, "charts": 0, "ocr": 0})
+    with pytest.raises(BackboneSwapError, match="twice"):
+        overall_verdict(two_up_one_down + two_up_one_down[:1], None)
+
+
+@pytest.mark.parametrize("text, bad", [
+    ("vqa", "'vqa'"),
+    ("vqa=", "'vqa='"),
+    ("=2", "'=2'"),
+    ("vqa=two", "'two'"),
+    ("vqa=1,,ocr=2", "empty item"),
+    ("vqa=-1", "'vqa=-1'"),
+    ("vqa=nan", "'vqa=nan'"),
+    ("vqa=1,vqa=2", "'vqa' twice"),
+])
+def test_malformed_weights_name_the_bad_item(text, bad):
+    with pytest.raises(BackboneSwapError) as caught:
+        parse_weights(text)
+    assert bad in str(caught.value)
+
+
+def test_parse_weights_round_trip():
+    assert parse_weights(None) is None
+    assert parse_weights("  ") is None
+    assert parse_weights(" vqa = 2 , ocr=0.5,a=b=0") == {"vqa": 2.0, "ocr": 0.5, "a=b": 0.0}
+    weights = {"vqa": 2.0, "ocr": 0.1, "charts": 1 / 3, "pointing": 0.0}
+    assert parse_weights(format_weights(weights)) == weights
+    text = "vqa=2.0,ocr=0.5"
+    assert format_weights(parse_weights(text)) == text
