@@ -84,6 +84,8 @@ def transplant(
         Path | None, typer.Option("--chat-template", help="Jinja chat template file to use instead of the LLM's.")
     ] = None,
     max_shard_size: Annotated[str, typer.Option(help="Largest weight file written, e.g. 5GB.")] = "5GB",
+    llm_kind: Annotated[str, typer.Option(help="base, instruct or unknown: recorded so comparisons can warn.")]
+    = "unknown",
     overwrite: Annotated[bool, typer.Option(help="Replace OUTPUT if it exists (only once the new one is whole).")]
     = False,
     allow_pickle: AllowPickle = False,
@@ -95,6 +97,7 @@ def transplant(
     result = run_transplant(
         vlm, llm, output, seed=seed, projector=projector, chat_template=chat_template, overwrite=overwrite,
         allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, max_shard_size=max_shard_size,
+        llm_kind=llm_kind,
     )
     changes = result.manifest["changes"]
     added = ", ".join(changes["added_tokens"]) or "none"

@@ -88,18 +88,28 @@ def task_statistics(task: Task, eval_a: Path, eval_b: Path, *, n_resamples: int,
     }
 
 
-def _recorded(model_dir: Path) -> dict[str, Any]:
-    """The training manifest that produced ``model_dir``, if backbone-swap trained it."""
-    for folder in [model_dir, *list(model_dir.parents)[:3]]:
-        path = folder / "manifest.json"
-        if path.is_file():
-            try:
-                data = json.loads(path.read_text())
-            except json.JSONDecodeError:
-                continue
-            if data.get("step") == "train":
-                return data
-    return {}
+def _manifest(folder: Path, step: str) -> dict[str, Any]:
+    path = folder / "manifest.json"
+    try:
+        data = json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError:
+        return {}
+    return data if data.get("step") == step else {}
+
+
+def lineage(model_dir: Path) -> dict[str, Any]:
+    """What backbone-swap recorded about how ``model_dir`` was made: its recipe, data and LLM."""
+    model_dir = Path(model_dir)
+    found: dict[str, Any] = {}
+    train = next((m for m in (_manifest(f, "train") for f in [model_dir, *list(model_dir.parents)[:3]]) if m), {})
+    if train:
+        found.update(recipe_hash=train.get("recipe_hash"), data=train.get("inputs", {}).get("data_sha256"),
+                     max_length=train.get("recipe", {}).get("max_length"))
+        model_dir = Path(train.get("inputs", {}).get("model", model_dir))
+    transplant = _manifest(model_dir, "transplant")
+    if transplant:
+        found.update(llm_kind=transplant.get("llm", {}).get("kind"))
+    return found
 
 
 def confounds(model_a: Path, model_b: Path) -> list[str]:
@@ -108,23 +118,29 @@ def confounds(model_a: Path, model_b: Path) -> list[str]:
     configs = []
     for model in (model_a, model_b):
         try:
-            configs.append(json.loads((model / "config.json").read_text()).get("text_config", {}))
+            configs.append(json.loads((Path(model) / "config.json").read_text()).get("text_config", {}))
         except (OSError, json.JSONDecodeError):
             configs.append({})
     lengths = [c.get("max_position_embeddings") for c in configs]
     if lengths[0] and lengths[1] and lengths[0] != lengths[1]:
         warnings.append(f"the LLMs' context lengths differ ({lengths[0]} vs {lengths[1]} positions)")
-    runs = [_recorded(model_a), _recorded(model_b)]
-    hashes = [r.get("recipe_hash") for r in runs]
-    if hashes[0] and hashes[1] and hashes[0] != hashes[1]:
-        warnings.append(f"A and B were trained with different recipes ({hashes[0][:12]} vs {hashes[1][:12]})")
-    elif bool(hashes[0]) != bool(hashes[1]):
-        untrained = "A" if not hashes[0] else "B"
+    a, b = lineage(model_a), lineage(model_b)
+    if a.get("recipe_hash") and b.get("recipe_hash") and a["recipe_hash"] != b["recipe_hash"]:
+        warnings.append(f"A and B were trained with different recipes ({a['recipe_hash'][:12]} vs "
+                        f"{b['recipe_hash'][:12]})")
+        if a.get("max_length") != b.get("max_length"):
+            warnings.append(f"A and B were trained with different max lengths ({a.get('max_length')} vs "
+                            f"{b.get('max_length')})")
+    elif bool(a.get("recipe_hash")) != bool(b.get("recipe_hash")):
+        untrained = "A" if not a.get("recipe_hash") else "B"
         warnings.append(f"{untrained} was not trained here with a recorded recipe, so training differences may "
                         "explain part of the gap (use --baseline retrain for a controlled comparison)")
-    data = [r.get("inputs", {}).get("data_sha256") for r in runs]
-    if data[0] and data[1] and data[0] != data[1]:
+    if a.get("data") and b.get("data") and a["data"] != b["data"]:
         warnings.append("A and B were trained on different data")
+    kinds = {a.get("llm_kind"), b.get("llm_kind")} - {None, "unknown"}
+    if len(kinds) == 2:
+        warnings.append(f"one LLM is a base model and the other instruction-tuned (A {a['llm_kind']}, "
+                        f"B {b['llm_kind']})")
     return warnings
 
 

@@ -480,6 +480,13 @@ def train(
     dataset = build_dataset(data, tokenizer, image_root=image_root, image_token=anatomy.image_token or "<image>",
                             image_tokens=anatomy.vision.image_tokens, max_length=recipe.max_length,
                             end_of_turn=eot, on_bad_sample=on_bad_sample)
+    if show_progress:
+        from backbone_swap.progress import console
+
+        summary = dataset.stats()
+        console.print(f"{summary['samples']} samples ({summary['skipped']} skipped), supervised tokens per sample: "
+                      f"mean {summary['supervised_tokens_mean']}, min {summary['supervised_tokens_min']}; "
+                      f"end of turn {eot!r}")
     images = sorted({s.image for s in dataset.samples if s.image is not None})
     cache = FeatureCache(Path(feature_cache) if feature_cache else default_cache_dir(), model_dir,
                          processor.image_processor, image_aspect=recipe.image_aspect,

@@ -49,6 +49,10 @@ def parse_size(text: str | int) -> int:
         raise BackboneSwapError(f"{text!r} is not a size", "Write it like 5GB or 500MB") from None
 
 
+# base and instruction-tuned LLMs differ in ways that look like backbone effects; only the user knows which
+LLM_KINDS = ("base", "instruct", "unknown")
+
+
 @dataclass
 class TransplantResult:
     output: Path
@@ -68,6 +72,7 @@ def transplant(
     trust_remote_code: bool = False,
     max_shard_size: str | int = "5GB",
     hash_inputs: bool = True,
+    llm_kind: str = "unknown",
 ) -> TransplantResult:
     """Put ``vlm``'s vision tower in front of ``llm`` with a new projector and write it to ``output``.
 
@@ -75,6 +80,9 @@ def transplant(
     when its shapes fit the new hidden size).
     """
     started = time.time()
+    if llm_kind not in LLM_KINDS:
+        raise BackboneSwapError(f"--llm-kind must be one of {', '.join(LLM_KINDS)}, not {llm_kind!r}",
+                                "Say whether the new LLM is a base or an instruction-tuned model")
     if projector not in {"new", "reuse"}:
         raise BackboneSwapError(f"--projector must be 'new' or 'reuse', not {projector!r}", "Use new or reuse")
     old = open_checkpoint(vlm, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
@@ -115,6 +123,8 @@ def transplant(
                 inputs=inputs,
                 output={"path": str(output), "weight_files": files, "tensors": len(planned), "bytes": total},
                 changes=build.changes(projector=projector, seed=seed),
+            llm={"family": new_anatomy.family, "kind": llm_kind,
+                 "max_position_embeddings": build.config.text_config.max_position_embeddings},
                 seconds=round(time.time() - started, 3),
             )
             write_json(stage / "manifest.json", manifest)

@@ -86,3 +86,29 @@ def test_compare_two_models_end_to_end(cli, transplanted, suite_file, tmp_path):
     bad = cli("compare", transplanted["mistral"], transplanted["qwen2"], "--suite", suite_file, "-o", out,
               "--weights", "nothing=1")
     assert bad.code == 1 and "nothing" in bad.err
+
+
+def test_confounds_are_warned_about(tmp_path):
+    from backbone_swap.compare import confounds
+
+    def make(name, kind, recipe, max_length, data):
+        transplant_dir = tmp_path / f"{name}-transplant"
+        transplant_dir.mkdir()
+        (transplant_dir / "manifest.json").write_text(json.dumps({"step": "transplant", "llm": {"kind": kind}}))
+        run = tmp_path / f"{name}-run"
+        merged = run / "final" / "merged"
+        merged.mkdir(parents=True)
+        (merged / "config.json").write_text(json.dumps({"text_config": {"max_position_embeddings": 4096}}))
+        (run / "manifest.json").write_text(json.dumps({
+            "step": "train", "recipe_hash": recipe, "recipe": {"max_length": max_length},
+            "inputs": {"model": str(transplant_dir), "data_sha256": data}}))
+        return merged
+
+    same = confounds(make("a", "instruct", "h1", 2048, "d"), make("b", "instruct", "h1", 2048, "d"))
+    assert same == []
+    warned = " ".join(confounds(make("c", "base", "h1", 2048, "d"), make("d", "instruct", "h2", 4096, "e")))
+    for words in ("different recipes", "different max lengths (2048 vs 4096)", "different data", "base model"):
+        assert words in warned
+    untrained = tmp_path / "plain"
+    untrained.mkdir()
+    assert "not trained here" in " ".join(confounds(untrained, make("e", "base", "h1", 2048, "d")))

@@ -153,3 +153,21 @@ def test_interrupted_run_resumes_to_the_same_weights(transplanted, colour_data, 
     for k in a:
         assert torch.equal(a[k], b[k]), k
     shutil.rmtree(tmp_path / "cache")
+
+
+def test_trained_model_stops_by_itself_with_the_end_of_turn(trained, colour_data):
+    result, _, _ = trained
+    folder = result.output / "final" / "merged"
+    model = LlavaForConditionalGeneration.from_pretrained(folder).eval()
+    processor = AutoProcessor.from_pretrained(folder)
+    eot = json.loads((result.output / "manifest.json").read_text())["data"]["end_of_turn"]
+    eot_id = processor.tokenizer.convert_tokens_to_ids(eot)
+    record = json.loads(colour_data["heldout"].read_text().splitlines()[0])
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what colour is the shape?"}]}]
+    inputs = processor(images=Image.open(colour_data["root"] / record["image"]),
+                       text=processor.apply_chat_template(messages, add_generation_prompt=True), return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=12, do_sample=False, eos_token_id=eot_id)
+    generated = out[0, inputs["input_ids"].shape[1]:].tolist()
+    assert eot_id in generated and len(generated) < 12
+    assert generated.index(eot_id) == len(generated) - 1
