@@ -184,6 +184,65 @@ def compare_command(
     console.print(f"overall: {comparison['overall']['verdict']}; report: {output / 'report.html'}")
 
 
+@app.command("upgrade")
+def upgrade_command(
+    vlm: Annotated[Path, typer.Option("--vlm", help="The existing LLaVA checkpoint.")],
+    llm: Annotated[Path, typer.Option("--llm", help="The newer LLM to move it onto.")],
+    recipe: Annotated[str, typer.Option(help="A shipped recipe name or a YAML file; both sides train with it.")],
+    data: Annotated[Path, typer.Option(help="LLaVA-format training conversations (.json or .jsonl).")],
+    suite: Annotated[str, typer.Option(help="A suite YAML file or a shipped suite name.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The run folder (resumed when started again).")],
+    image_root: Annotated[Path | None, typer.Option(help="Folder the training images are relative to.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a recipe key, e.g. stage2.lr=1e-4.")]
+    = None,
+    baseline: Annotated[str, typer.Option(help="as-is: compare with OLD as given; retrain: retrain OLD the same way.")]
+    = "as-is",
+    old_llm: Annotated[Path | None, typer.Option(help="With --baseline retrain: the LLM OLD was built from.")] = None,
+    restart: Annotated[str | None, typer.Option(help="Redo from this step: " + ", ".join(
+        ("transplant", "baseline", "train", "eval-old", "eval-new", "compare")) + ".")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Print the plan and the estimates, then stop.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the projector init, the bootstrap and the probes.")] = 0,
+    min_gain: Annotated[float, typer.Option(help="Smallest accuracy gain worth an upgrade.")] = 0.02,
+    alpha: Annotated[float, typer.Option(help="Significance level of the paired tests.")] = 0.05,
+    weights: Annotated[str | None, typer.Option(help="Task weights for the overall verdict: task=w,...")] = None,
+    resamples: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 10000,
+    batch_size: Annotated[int, typer.Option(help="Items per evaluation batch.")] = 16,
+    feature_cache: Annotated[Path | None, typer.Option(help="Vision feature cache folder.")] = None,
+    save_every: Annotated[int | None, typer.Option(help="Checkpoint training every N optimizer steps.")] = 50,
+    on_bad_sample: Annotated[str, typer.Option(help="fail or skip bad training records.")] = "fail",
+    llm_kind: Annotated[str, typer.Option(help="base, instruct or unknown (recorded for the confound check).")]
+    = "unknown",
+) -> None:
+    """Transplant, train with the fixed recipe, evaluate old and new, and recommend, in one run folder."""
+    from rich.console import Console
+
+    from backbone_swap.evaluate.suite import load_suite
+    from backbone_swap.recipe import apply_overrides, load_recipe
+    from backbone_swap.recommend import parse_weights
+    from backbone_swap.report import terminal_table
+    from backbone_swap.upgrade import UpgradeOptions, upgrade
+
+    console = Console()
+    options = UpgradeOptions(
+        vlm=vlm, llm=llm, recipe=apply_overrides(load_recipe(recipe), list(set_ or [])), data=data,
+        image_root=image_root, suite=load_suite(suite), output=output, baseline=baseline, old_llm=old_llm,
+        seed=seed, min_gain=min_gain, alpha=alpha, weights=parse_weights(weights), n_resamples=resamples,
+        batch_size=batch_size, feature_cache=feature_cache, save_every=save_every, on_bad_sample=on_bad_sample,
+        llm_kind=llm_kind,
+    )
+
+    def show(plan) -> None:
+        console.print("[bold]plan[/bold]")
+        for line in plan.lines:
+            console.print(f"  {line}", highlight=False, markup=False)
+
+    result = upgrade(options, restart=restart, dry_run=dry_run, on_plan=show)
+    if dry_run:
+        return
+    console.print(terminal_table(result))
+    console.print(f"overall: {result['overall']['verdict']}; report: {output / 'compare' / 'report.html'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; a ``BackboneSwapError`` becomes one line on stderr and exit code 1.
 

@@ -269,6 +269,13 @@ def evaluate(
         raise BackboneSwapError(f"{model_dir} is not a VLM", "Evaluate a LLaVA checkpoint")
     items = {task.name: read_items(task) for task in suite.tasks}  # every file checked before any work
     output.mkdir(parents=True, exist_ok=True)
+    finished = all(
+        {str(i["id"]) for i in items[t.name]} <= _done_ids(output / f"{t.name}.jsonl")
+        and (not probes or not suite.probes or (output / "probes" / f"{t.name}.safetensors").is_file())
+        for t in suite.tasks
+    )
+    if finished and (output / "manifest.json").is_file():
+        return EvalResult(output, json.loads((output / "manifest.json").read_text()))
     evaluator = Evaluator(model_dir, batch_size=batch_size, device=device)
     total = sum(len(v) for v in items.values())
     with progress_bar(f"eval {model_dir.name}", total) if show_progress else _NoBar() as advance:

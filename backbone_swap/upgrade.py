@@ -1,0 +1,254 @@
+"""``backbone-swap upgrade``: inspect, transplant, train, evaluate both sides and compare, in one run folder.
+
+Nothing here decides anything the single commands do not: each step is the library function of its
+command, its output lives in its own folder of the run, and ``RUN/manifest.json`` records which steps
+are done, so a run started again continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from backbone_swap.errors import BackboneSwapError
+from backbone_swap.manifest import versions
+from backbone_swap.outputs import write_json
+from backbone_swap.recipe import Recipe, recipe_hash, recipe_to_dict
+
+STEPS = ("transplant", "baseline", "train", "eval-old", "eval-new", "compare")
+BASELINES = ("as-is", "retrain")
+
+
+@dataclass
+class UpgradeOptions:
+    vlm: Path
+    llm: Path
+    recipe: Recipe
+    data: Path
+    image_root: Path | None
+    suite: Any  # evaluate.suite.Suite
+    output: Path
+    baseline: str = "as-is"
+    old_llm: Path | None = None
+    seed: int = 0
+    min_gain: float = 0.02
+    alpha: float = 0.05
+    weights: dict[str, float] | None = None
+    n_resamples: int = 10000
+    batch_size: int = 16
+    feature_cache: Path | None = None
+    save_every: int | None = None
+    on_bad_sample: str = "fail"
+    llm_kind: str = "unknown"
+    show_progress: bool = True
+    callbacks: list = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    steps: list[str]
+    lines: list[str]
+    estimate: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "lines": self.lines, "estimate": self.estimate}
+
+
+def _run_paths(output: Path) -> dict[str, Path]:
+    return {
+        "transplant": output / "transplant",
+        "baseline-transplant": output / "baseline" / "transplant",
+        "baseline": output / "baseline" / "train",
+        "train": output / "train",
+        "eval-old": output / "eval" / "old",
+        "eval-new": output / "eval" / "new",
+        "compare": output / "compare",
+    }
+
+
+def _data_tokens(path: Path, image_tokens: int) -> tuple[int, int]:
+    """Records and a rough token count (4 characters a token plus the image tokens) of a data file."""
+    from backbone_swap.data import read_records
+
+    records = tokens = 0
+    for _, record in read_records(path):
+        if not isinstance(record, dict):
+            continue
+        records += 1
+        text = sum(len(str(turn.get("value", ""))) for turn in record.get("conversations", []) or []
+                   if isinstance(turn, dict))
+        tokens += text // 4 + (image_tokens if record.get("image") else 0)
+    return records, tokens
+
+
+def plan(options: UpgradeOptions) -> Plan:
+    """What the run will do, with an estimate of memory and compute from the models' and data's sizes."""
+    from backbone_swap.anatomy import compatibility, read_anatomy
+    from backbone_swap.checkpoint import open_checkpoint
+
+    old_ckpt, new_ckpt = open_checkpoint(options.vlm), open_checkpoint(options.llm)
+    old, new = read_anatomy(old_ckpt), read_anatomy(new_ckpt)
+    if old.kind != "vlm":
+        raise BackboneSwapError(f"{options.vlm} is not a VLM", "Pass a LLaVA checkpoint as --vlm")
+    compat = compatibility(old, new, new_ckpt)
+    if compat.problems:
+        raise BackboneSwapError(compat.problems[0], "")
+    recipe = options.recipe
+    vision_params = old.parameters.get("vision_tower", 0)
+    llm_params = new.parameters.get("language_model", 0)
+    projector_params = compat.projector_in * compat.projector_out + compat.projector_out ** 2 + 2 * compat.projector_out
+    lora = next((s.lora for s in recipe.stages if s.lora is not None), None)
+    layers = _layers(new_ckpt.config)
+    lora_params = 0
+    if lora is not None:
+        # per layer and target, r * (in + out); Llama-like shapes approximated by the hidden size
+        lora_params = layers * len(new.lora_targets) * lora.r * 2 * new.hidden_size
+    weight_bytes = {"bf16": 2, "fp16": 2, "fp32": 4}[recipe.precision]
+    records, tokens = _data_tokens(options.data, old.vision.image_tokens if old.vision else 0)
+    trainable = projector_params + lora_params
+    micro = max(s.micro_batch for s in recipe.stages)
+    activations = micro * recipe.max_length * new.hidden_size * max(layers, 1) * (2 if recipe.gradient_checkpointing
+                                                                                   else 34)
+    memory = (vision_params + llm_params) * weight_bytes + trainable * 16 + activations
+    epochs = sum(s.epochs for s in recipe.stages)
+    # forward 2N and backward 2N per token with a frozen base (no weight gradients except LoRA and projector)
+    flops = 4 * (llm_params + projector_params) * tokens * epochs
+    models = 2 if options.baseline == "retrain" else 1
+    steps = [s for s in STEPS if s != "baseline" or options.baseline == "retrain"]
+    lines = [
+        f"steps: {', '.join(steps)}",
+        f"transplant: {options.vlm.name}'s {old.vision.model_type if old.vision else '?'} tower onto "
+        f"{options.llm.name} ({new.family}); new projector {compat.projector_in} -> {compat.projector_out}; "
+        f"added tokens: {', '.join(compat.add_tokens) or 'none'}",
+        "train: " + "; ".join(
+            f"{s.name}: {'projector' if s.train_projector else ''}"
+            f"{' + LoRA r=' + str(s.lora.r) + ' on ' + ','.join(new.lora_targets) if s.lora else ''}, "
+            f"{s.epochs:g} epoch(s), lr {s.lr:g}, global batch {s.global_batch}" for s in recipe.stages),
+        f"recipe {recipe.name}, hash {recipe_hash(recipe)[:16]}; vision tower frozen",
+        f"baseline: {options.baseline}" + (f" (old VLM retrained from {options.old_llm})"
+                                           if options.baseline == "retrain" else " (old VLM as given)"),
+        f"data: {records} records, about {tokens:,} tokens; suite {options.suite.name}: {options.suite.names()}",
+        f"estimate: about {memory / 1e9:.1f} GB of accelerator memory for training, "
+        f"{flops * models / 1e15:.3g} PFLOP of training compute "
+        f"(about {flops * models / (0.4 * 312e12) / 3600:.2g} GPU-hours at 40% of an A100's bf16 peak)",
+    ]
+    estimate = {"memory_bytes": int(memory), "train_flops": float(flops * models), "records": records,
+                "tokens": tokens, "trainable_parameters": int(trainable)}
+    return Plan(steps, lines, estimate)
+
+
+def _layers(config: dict[str, Any]) -> int:
+    return int(config.get("num_hidden_layers") or config.get("n_layer") or 0)
+
+
+class _Run:
+    """The run folder's manifest: which steps are done, with their outputs and timings."""
+
+    def __init__(self, options: UpgradeOptions, plan_: Plan, restart: str | None) -> None:
+        self.options = options
+        self.path = options.output / "manifest.json"
+        identity = {
+            "vlm": str(options.vlm.resolve()), "llm": str(options.llm.resolve()),
+            "data": str(options.data.resolve()), "suite": options.suite.source or options.suite.name,
+            "recipe_hash": recipe_hash(options.recipe), "baseline": options.baseline, "seed": options.seed,
+        }
+        previous = json.loads(self.path.read_text()) if self.path.is_file() else None
+        if previous and previous.get("identity") != identity and restart != "transplant":
+            changed = sorted(k for k in identity if previous.get("identity", {}).get(k) != identity[k])
+            raise BackboneSwapError(
+                f"{options.output} holds an upgrade run with other inputs ({', '.join(changed)} differ)",
+                "Choose another --output, or pass --restart transplant to redo it all",
+            )
+        self.data = previous or {}
+        self.data.update(command="upgrade", identity=identity, recipe=recipe_to_dict(options.recipe),
+                         plan=plan_.to_dict(), versions=versions())
+        self.data.setdefault("steps", {})
+        if restart is not None:
+            paths = _run_paths(options.output)
+            for step in STEPS[STEPS.index(restart):]:
+                self.data["steps"].pop(step, None)
+                for key, folder in paths.items():
+                    if key == step or (step == "baseline" and key == "baseline-transplant"):
+                        shutil.rmtree(folder, ignore_errors=True)
+        options.output.mkdir(parents=True, exist_ok=True)
+        self.save()
+
+    def done(self, step: str) -> bool:
+        return self.data["steps"].get(step, {}).get("status") == "done"
+
+    def finish(self, step: str, started: float, **fields: Any) -> None:
+        self.data["steps"][step] = {"status": "done", "seconds": round(time.time() - started, 3), **fields}
+        self.save()
+
+    def save(self) -> None:
+        write_json(self.path, self.data)
+
+
+def upgrade(options: UpgradeOptions, *, restart: str | None = None, dry_run: bool = False,
+            on_plan=None) -> dict[str, Any]:
+    """Run (or continue) the whole upgrade; returns the comparison, or the plan with ``dry_run``."""
+    from backbone_swap.compare import compare
+    from backbone_swap.train import train
+    from backbone_swap.transplant import transplant
+
+    if options.baseline not in BASELINES:
+        raise BackboneSwapError(f"--baseline must be one of {', '.join(BASELINES)}, not {options.baseline!r}",
+                                "Use as-is or retrain")
+    if options.baseline == "retrain" and options.old_llm is None:
+        raise BackboneSwapError("--baseline retrain needs the LLM the old VLM was built from",
+                                "Pass it with --old-llm PATH")
+    if restart is not None and restart not in STEPS:
+        raise BackboneSwapError(f"--restart must name a step ({', '.join(STEPS)}), not {restart!r}", "")
+    the_plan = plan(options)
+    if on_plan:
+        on_plan(the_plan)
+    if dry_run:
+        return {"plan": the_plan.to_dict()}
+    run = _Run(options, the_plan, restart)
+    paths = _run_paths(options.output)
+    common = dict(recipe=options.recipe, data=options.data, image_root=options.image_root,
+                  feature_cache=options.feature_cache, on_bad_sample=options.on_bad_sample,
+                  save_every=options.save_every, resume=True, callbacks=options.callbacks,
+                  show_progress=options.show_progress)
+
+    if not run.done("transplant"):
+        started = time.time()
+        shutil.rmtree(paths["transplant"], ignore_errors=True)
+        transplant(options.vlm, options.llm, paths["transplant"], seed=options.seed, llm_kind=options.llm_kind)
+        run.finish("transplant", started, output=str(paths["transplant"]))
+    old_model = options.vlm
+    if options.baseline == "retrain":
+        if not run.done("baseline"):
+            started = time.time()
+            shutil.rmtree(paths["baseline-transplant"], ignore_errors=True)
+            transplant(options.vlm, options.old_llm, paths["baseline-transplant"], seed=options.seed)
+            train(paths["baseline-transplant"], output=paths["baseline"], **common)
+            run.finish("baseline", started, output=str(paths["baseline"] / "final" / "merged"))
+        old_model = paths["baseline"] / "final" / "merged"
+    if not run.done("train"):
+        started = time.time()
+        result = train(paths["transplant"], output=paths["train"], **common)
+        run.finish("train", started, output=str(paths["train"] / "final" / "merged"),
+                   final_loss=result.manifest.get("final_loss"))
+    new_model = paths["train"] / "final" / "merged"
+    from backbone_swap.evaluate.runner import evaluate
+
+    for step, model in (("eval-old", old_model), ("eval-new", new_model)):
+        if not run.done(step):
+            started = time.time()
+            evaluate(model, options.suite, paths[step], batch_size=options.batch_size, seed=options.seed,
+                     show_progress=options.show_progress)
+            run.finish(step, started, output=str(paths[step]))
+    started = time.time()
+    comparison = compare(
+        old_model, new_model, options.suite, paths["compare"], min_gain=options.min_gain, alpha=options.alpha,
+        weights=options.weights, n_resamples=options.n_resamples, seed=options.seed, batch_size=options.batch_size,
+        baseline=options.baseline, eval_dirs=(paths["eval-old"], paths["eval-new"]),
+        show_progress=options.show_progress,
+    )
+    run.finish("compare", started, output=str(paths["compare"]), verdict=comparison["overall"]["verdict"])
+    return comparison

@@ -1,0 +1,112 @@
+"""``backbone-swap upgrade``: the plan, the composed run, skipping finished steps, and surviving a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+SHORT = ["--set", "stage1.max_steps=3", "--set", "stage2.max_steps=6"]
+
+
+def _args(kit, colour_data, suite_file, out, cache):
+    return ["upgrade", "--vlm", kit.vlm, "--llm", kit.mistral, "--recipe", "tiny-cpu", "--data", colour_data["train"],
+            "--image-root", colour_data["root"], "--suite", suite_file, "-o", out, "--feature-cache", cache,
+            "--resamples", "300", "--batch-size", "6", *SHORT]
+
+
+def _numbers(report_path):
+    report = json.loads(report_path.read_text())
+    keys = ("accuracy_a", "accuracy_b", "diff", "diff_ci", "mcnemar_p", "overlap", "ece_a", "ece_b", "cka_a", "cka_b")
+    return [{k: t[k] for k in keys} for t in report["tasks"]], report["overall"]["verdict"]
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(cli, kit, colour_data, suite_file, tmp_path):
+    result = cli(*_args(kit, colour_data, suite_file, tmp_path / "run", tmp_path / "cache"), "--dry-run")
+    assert result.code == 0, result.err
+    text = " ".join(result.out.split())
+    for words in ("steps: transplant, train, eval-old, eval-new, compare", "new projector 32 -> 40",
+                  "LoRA r=8", "recipe tiny-cpu, hash", "128 records", "GB of accelerator memory", "PFLOP"):
+        assert words in text, words
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture(scope="module")
+def finished(kit, colour_data, suite_file, tmp_path_factory):
+    from backbone_swap.cli import main
+
+    root = tmp_path_factory.mktemp("upgrade")
+    args = [str(a) for a in _args(kit, colour_data, suite_file, root / "run", root / "cache")]
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    assert done.value.code in (0, None)
+    return root, args
+
+
+def test_the_run_folder_holds_every_step(finished):
+    root, _ = finished
+    run = root / "run"
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert [s for s in manifest["steps"]] == ["transplant", "train", "eval-old", "eval-new", "compare"]
+    assert all(step["status"] == "done" for step in manifest["steps"].values())
+    assert manifest["identity"]["recipe_hash"] and manifest["plan"]["estimate"]["records"] == 128
+    for path in ("transplant/model.safetensors", "train/final/merged/model.safetensors", "eval/old/colour.jsonl",
+                 "eval/new/where.jsonl", "compare/report.json", "compare/report.html"):
+        assert (run / path).is_file(), path
+    report = json.loads((run / "compare" / "report.json").read_text())
+    assert report["meta"]["baseline"] == "as-is"
+    assert any("not trained here" in w for w in report["warnings"])
+
+
+def test_a_second_start_skips_finished_steps(finished):
+    from backbone_swap.cli import main
+
+    root, args = finished
+    before = (root / "run" / "train" / "manifest.json").stat().st_mtime_ns
+    report_before = _numbers(root / "run" / "compare" / "report.json")
+    with pytest.raises(SystemExit):
+        main(args)
+    assert (root / "run" / "train" / "manifest.json").stat().st_mtime_ns == before
+    assert _numbers(root / "run" / "compare" / "report.json") == report_before
+
+
+def test_changed_inputs_are_refused_and_restart_redoes_a_step(finished, cli, kit, colour_data, suite_file):
+    root, args = finished
+    changed = [a if a != "stage2.max_steps=6" else "stage2.max_steps=7" for a in args]
+    refused = cli(*changed)
+    assert refused.code == 1 and "recipe_hash" in refused.err
+    redo = cli(*args, "--restart", "eval-new")
+    assert redo.code == 0, redo.err
+    steps = json.loads((root / "run" / "manifest.json").read_text())["steps"]
+    assert steps["eval-new"]["status"] == "done"
+
+
+def test_killed_during_training_finishes_with_the_same_report(finished, kit, colour_data, suite_file, tmp_path):
+    root, _ = finished
+    out = tmp_path / "run"
+    args = [str(a) for a in _args(kit, colour_data, suite_file, out, root / "cache")] + ["--save-every", "2"]
+    process = subprocess.Popen([sys.executable, "-m", "backbone_swap.cli", *args], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    checkpoint = out / "train" / "stage2" / "checkpoint" / "state.json"
+    deadline = time.time() + 300
+    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert checkpoint.exists(), "training never reached its first stage-2 checkpoint"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (out / "compare" / "report.json").exists()
+    resumed = subprocess.run([sys.executable, "-m", "backbone_swap.cli", *args], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert _numbers(out / "compare" / "report.json") == _numbers(root / "run" / "compare" / "report.json")
+
+
+def test_retrain_baseline_needs_the_old_llm(cli, kit, colour_data, suite_file, tmp_path):
+    result = cli(*_args(kit, colour_data, suite_file, tmp_path / "run", tmp_path / "cache"), "--baseline", "retrain")
+    assert result.code == 1 and "--old-llm" in result.err
