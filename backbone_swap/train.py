@@ -16,6 +16,7 @@ import math
 import random
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,7 +180,10 @@ class Trainer:
                 # the projector travels inside the adapter, so PeftModel.from_pretrained restores all that trained
                 modules_to_save=[PROJECTOR] if stage.train_projector else None,
             )
-            model = get_peft_model(model, config)
+            with warnings.catch_warnings():
+                # peft probes a transformers attribute that is deprecated in favour of a new name
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                model = get_peft_model(model, config)
             self.model = model
         vlm = model.get_base_model() if hasattr(model, "get_base_model") else model
         projector = vlm.model.multi_modal_projector

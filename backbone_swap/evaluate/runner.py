@@ -197,6 +197,7 @@ def evaluate_task(evaluator: Evaluator, task: Task, output: Path, *, on_items=No
     path = output / f"{task.name}.jsonl"
     done = _done_ids(path)
     todo = [item for item in items if str(item["id"]) not in done]
+    todo.sort(key=lambda item: len(str(item["question"])))  # similar lengths share a batch: less padding
     with open(path, "a", encoding="utf-8") as f:
         for i in range(0, len(todo), evaluator.batch_size):
             batch = todo[i : i + evaluator.batch_size]

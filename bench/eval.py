@@ -1,0 +1,153 @@
+"""Eval throughput of the batched generation path against answering one sample at a time.
+
+    python bench/eval.py [--workdir DIR] [--items 64] [--batch-sizes 4 8 16] [--threads N] [--repeats 3]
+                         [--max-new-tokens 8] [--mixed-questions]
+
+Builds (once, in --workdir) a LLaVA checkpoint with a small CLIP tower (224 px, 32 px patches: 49 image
+tokens) and a 6-layer, 512-wide Llama (23M parameters in all, random weights), and N drawn colour questions.
+Then, in this process and on the same checkpoint and items:
+  loop     plain transformers, one item at a time: processor(...) then model.generate(max_new_tokens=8,
+           greedy), answer decoded without special tokens
+  batched  backbone_swap's Evaluator.generate over the items in batches of B (left padding, KV cache,
+           plus the confidences it computes)
+Each is timed with time.perf_counter after one warm-up call, over all N items, --repeats times with the
+paths interleaved (the fastest pass of each counts: the machine may be shared). Prints samples/s, the ratio
+batched / loop (goal >= 4 at batch 16 on CPU), how many predictions are identical to the loop's, and the
+load average before and after.
+All questions of the drawn set have the same wording, hence the same prompt length, so batches need no
+padding; --mixed-questions rewords them in four ways of different lengths, so left padding is exercised.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+WORDINGS = (
+    "what colour is the shape?",
+    "colour?",
+    "what colour is the shape in the picture?",
+    "answer with one word: what colour is the shape in the picture, the red, green, blue or yellow one?",
+)
+
+
+def build_inputs(root: Path, items: int, seed: int) -> tuple[Path, Path]:
+    """The checkpoint and a JSONL of ``items`` colour questions with their images (kept between runs)."""
+    from backbone_swap.demo import scenes
+    from backbone_swap.demo import tiny_models as tm
+
+    model_dir, data = root / "vlm", root / "data" / f"colour-{items}-{seed}.jsonl"
+    if not (model_dir / "done").exists():
+        llm = tm.LLMSpec(family="llama", hidden_size=512, layers=6, heads=8, kv_heads=8, intermediate_size=1408,
+                         tokenizer=tm.TokenizerSpec(chat_template=tm.LLAVA_TEMPLATE, pad="<pad>"))
+        vision = tm.VisionSpec(hidden_size=256, layers=4, heads=4, image_size=224, patch_size=32)
+        tm.build_llava(model_dir, llm, vision)
+        (model_dir / "done").write_text("")
+    if not data.exists():
+        scenes.write_jsonl(scenes.colour_items(data.parent / "images", items, seed=seed), data)
+    return model_dir, data
+
+
+def prompt_of(processor, question: str, instruction: str) -> str:
+    text = f"{question} {instruction}".strip()
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True)
+
+
+def loop_answers(model, processor, images, questions, instruction: str, max_new_tokens: int) -> list[str]:
+    """The baseline: plain transformers generate, one sample at a time."""
+    import torch
+
+    answers = []
+    for image, question in zip(images, questions, strict=True):
+        inputs = processor(images=image, text=prompt_of(processor, question, instruction), return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        tokens = out[0, inputs["input_ids"].shape[1] :]
+        answers.append(processor.tokenizer.decode(tokens, skip_special_tokens=True).strip())
+    return answers
+
+
+def batched_answers(evaluator, images, questions, task, batch: int) -> list[str]:
+    answers = []
+    for i in range(0, len(images), batch):
+        answers += [text for text, _ in evaluator.generate(images[i : i + batch], questions[i : i + batch], task)]
+    return answers
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "backbone-swap-bench-eval")
+    parser.add_argument("--items", type=int, default=64)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[4, 8, 16])
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-new-tokens", type=int, default=8)
+    parser.add_argument("--mixed-questions", action="store_true")
+    args = parser.parse_args()
+
+    import torch
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from backbone_swap.evaluate.runner import Evaluator, _load_image
+    from backbone_swap.evaluate.suite import Task, read_items
+
+    torch.set_num_threads(args.threads)
+    model_dir, data = build_inputs(args.workdir, args.items, args.seed)
+    task = Task(name="colour", type="short_answer", needs="perception", data=data, image_root=data.parent / "images",
+                max_new_tokens=args.max_new_tokens)
+    items = read_items(task)
+    images = [_load_image(task, item) for item in items]
+    questions = [WORDINGS[i % len(WORDINGS)] if args.mixed_questions else item["question"]
+                 for i, item in enumerate(items)]
+    n = len(items)
+
+    model = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(model_dir)
+    params = sum(p.numel() for p in model.parameters())
+    image_tokens = model.config.image_seq_length
+    lengths = sorted({len(processor(images=images[0], text=prompt_of(processor, q, task.instruction))["input_ids"][0])
+                      for q in set(questions)})
+    print(f"torch threads: {torch.get_num_threads()} (cores available: {len(os.sched_getaffinity(0))})")
+    print(f"model: {params / 1e6:.1f}M parameters, {image_tokens} image tokens, prompt {'/'.join(map(str, lengths))} "
+          f"tokens; {n} items, max_new_tokens {task.max_new_tokens}, greedy; fastest of {args.repeats} passes")
+    print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+
+    evaluator = Evaluator(model_dir, device="cpu")
+    paths = {"loop (one at a time)": lambda: loop_answers(model, processor, images, questions, task.instruction,
+                                                          task.max_new_tokens)}
+    for batch in args.batch_sizes:
+        paths[f"batched, batch {batch}"] = lambda b=batch: batched_answers(evaluator, images, questions, task, b)
+    loop_answers(model, processor, images[:1], questions[:1], task.instruction, task.max_new_tokens)  # warm-ups
+    for batch in args.batch_sizes:
+        evaluator.generate(images[:batch], questions[:batch], task)
+    # passes interleaved (loop, batch 4, 8, 16, loop, ...) so that a slow spell of a shared machine hits all paths
+    seconds, answers = dict.fromkeys(paths, float("inf")), {}
+    for _ in range(args.repeats):
+        for name, fn in paths.items():
+            t = time.perf_counter()
+            answers[name] = fn()
+            seconds[name] = min(seconds[name], time.perf_counter() - t)
+    reference = answers["loop (one at a time)"]
+    loop_rate = n / seconds["loop (one at a time)"]
+
+    print(f"{'path':<24}{'seconds':>10}{'samples/s':>12}{'x loop':>9}{'identical':>12}")
+    for name, got in answers.items():
+        same = "" if got is reference else f"{sum(a == r for a, r in zip(got, reference, strict=True))}/{n}"
+        rate = n / seconds[name]
+        print(f"{name:<24}{seconds[name]:>10.2f}{rate:>12.2f}{rate / loop_rate:>9.2f}{same:>12}")
+    for name, got in answers.items():
+        for item, ref, answer in zip(items, reference, got, strict=True):
+            if answer != ref:
+                print(f"  {name}: {item['id']} loop {ref!r} != batched {answer!r}")
+    print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+    print(f"distinct answers: {len(set(reference))} of {n} (random weights: the answers are noise, only whether "
+          "the two paths agree matters)")
+
+
+if __name__ == "__main__":
+    main()

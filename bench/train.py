@@ -1,0 +1,136 @@
+"""Training throughput of backbone-swap's trainer against a plain Hugging Face ``Trainer``.
+
+    python bench/train.py [--workdir DIR] [--steps 12] [--batch 8]
+
+Same model (a VLM with a CLIP tower of 196 patches and a small Llama), same LoRA + projector setup, same
+tokenised data, same batch size and number of optimizer steps. The ``Trainer`` runs the vision tower on
+every image at every step (the usual LLaVA training loop); backbone-swap reads the tower's features from
+its cache. Printed: samples/s over the optimizer steps of each, their ratio, and the one-time cost of
+filling the feature cache (paid once per data set and tower, shared by every backbone trained on it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+
+def build(root: Path) -> tuple[Path, Path, Path]:
+    from backbone_swap.demo import scenes
+    from backbone_swap.demo import tiny_models as tm
+    from backbone_swap.transplant import transplant
+
+    model = root / "vlm"
+    if not (model / "model.safetensors").exists():
+        shutil.rmtree(root, ignore_errors=True)
+        vision = tm.VisionSpec(hidden_size=384, layers=6, heads=6, image_size=224, patch_size=16)
+        old = tm.build_llava(root / "old", vision=vision)
+        llm = tm.build_llm(root / "llm", tm.LLMSpec(family="llama", hidden_size=256, layers=4, heads=4, kv_heads=4,
+                                                    intermediate_size=688, tokenizer=tm.TokenizerSpec(
+                                                        chat_template=tm.LLAVA_TEMPLATE, pad="<pad>")))
+        transplant(old, llm, model, hash_inputs=False)
+        records = scenes.colour_questions(root / "images", 128, seed=0, size=224)
+        scenes.write_jsonl(records, root / "train.jsonl")
+    return model, root / "train.jsonl", root / "images"
+
+
+def ours(model: Path, data: Path, images: Path, root: Path, steps: int, batch: int) -> dict:
+    from backbone_swap.recipe import apply_overrides, load_recipe
+    from backbone_swap.train import train
+
+    recipe = apply_overrides(load_recipe("tiny-cpu"), [
+        "stage1.max_steps=1", f"stage2.max_steps={steps}", f"stage2.global_batch={batch}",
+        f"stage2.micro_batch={batch}", "stage1.global_batch=8", "stage1.micro_batch=8", "group_by_length=false"])
+    marks: list[float] = []
+
+    def mark(info):
+        if info.stage == "stage2":
+            marks.append(time.perf_counter())
+
+    cache = root / "cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    started = time.perf_counter()
+    train(model, recipe=recipe, data=data, image_root=images, output=root / "ours-cold", feature_cache=cache,
+          show_progress=False)
+    cold = time.perf_counter() - started
+    started = time.perf_counter()
+    train(model, recipe=recipe, data=data, image_root=images, output=root / "ours", feature_cache=cache,
+          callbacks=[mark], show_progress=False)
+    warm = time.perf_counter() - started
+    rate = (len(marks) - 1) * batch / (marks[-1] - marks[0])
+    return {"samples_per_s": rate, "run_cold_s": cold, "run_warm_s": warm}
+
+
+def hf_trainer(model_dir: Path, data: Path, images: Path, root: Path, steps: int, batch: int) -> float:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from PIL import Image
+    from transformers import AutoProcessor, LlavaForConditionalGeneration, Trainer, TrainerCallback, TrainingArguments
+
+    from backbone_swap.data import build_dataset
+    from backbone_swap.features import preprocess
+    from backbone_swap.templates import end_of_turn
+    from backbone_swap.train import lora_target_regex
+
+    processor = AutoProcessor.from_pretrained(model_dir)
+    tok = processor.tokenizer
+    model = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
+    dataset = build_dataset(data, tok, image_root=images, image_token="<image>",
+                            image_tokens=model.config.image_seq_length, max_length=256, end_of_turn=end_of_turn(tok))
+    config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=lora_target_regex(model, "family"),
+                        modules_to_save=["multi_modal_projector"])
+    model = get_peft_model(model, config)
+
+    def collate(samples):
+        width = max(s.length for s in samples)
+        ids = torch.full((len(samples), width), tok.pad_token_id)
+        labels = torch.full((len(samples), width), -100)
+        mask = torch.zeros((len(samples), width), dtype=torch.long)
+        for row, s in enumerate(samples):
+            ids[row, : s.length] = torch.tensor(s.input_ids)
+            labels[row, : s.length] = torch.tensor(s.labels)
+            mask[row, : s.length] = 1
+        pixels = preprocess([Image.open(s.image).convert("RGB") for s in samples], processor.image_processor, "pad")
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels, "pixel_values": pixels}
+
+    marks: list[float] = []
+
+    class Mark(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            marks.append(time.perf_counter())
+
+    args = TrainingArguments(output_dir=str(root / "hf"), per_device_train_batch_size=batch, max_steps=steps,
+                             learning_rate=1e-2, lr_scheduler_type="cosine", warmup_steps=1, save_strategy="no",
+                             report_to=[], use_cpu=True, dataloader_num_workers=0, remove_unused_columns=False,
+                             logging_steps=10**6, seed=0)
+    Trainer(model=model, args=args, train_dataset=dataset.samples, data_collator=collate,
+            callbacks=[Mark()]).train()
+    return (len(marks) - 1) * batch / (marks[-1] - marks[0])
+
+
+def main() -> None:
+    import torch
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "backbone-swap-bench-train")
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--batch", type=int, default=8)
+    args = parser.parse_args()
+    print(f"torch threads: {torch.get_num_threads()}")
+    model, data, images = build(args.workdir / "inputs")
+    for folder in ("ours", "ours-cold", "hf"):
+        shutil.rmtree(args.workdir / folder, ignore_errors=True)
+    hf = hf_trainer(model, data, images, args.workdir, args.steps, args.batch)
+    mine = ours(model, data, images, args.workdir, args.steps, args.batch)
+    print(f"HF Trainer (tower on every step):     {hf:8.2f} samples/s")
+    print(f"backbone-swap (cached tower features): {mine['samples_per_s']:8.2f} samples/s")
+    print(f"ratio backbone-swap / Trainer: {mine['samples_per_s'] / hf:.2f} (goal >= 1.3)")
+    print(f"whole run, cache empty: {mine['run_cold_s']:.1f} s; cache filled: {mine['run_warm_s']:.1f} s "
+          f"(the difference is the one-time feature computation for 128 images)")
+
+
+if __name__ == "__main__":
+    main()
