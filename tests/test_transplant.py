@@ -198,3 +198,22 @@ def test_overwrite_replaces_only_a_complete_output(kit, cli, tmp_path, monkeypat
     monkeypatch.undo()
     assert cli("transplant", "--vlm", kit.vlm, "--llm", kit.qwen2, "-o", out, "--overwrite").code == 0
     assert json.loads((out / "manifest.json").read_text())["inputs"]["llm"]["path"] == str(kit.qwen2)
+
+
+def test_a_siglip_tower_transplants_and_generates(kit, tmp_path):
+    from backbone_swap.demo import tiny_models as tm
+
+    vlm = tm.build_llava(tmp_path / "siglip-vlm",
+                         vision=tm.VisionSpec(model_type="siglip_vision_model", select_strategy="full"))
+    out = transplant(vlm, kit.mistral, tmp_path / "out", hash_inputs=False).output
+    old, new = _tensors(vlm), _tensors(out)
+    vision = [k for k in old if k.startswith("vision_tower.")]
+    assert vision and all(torch.equal(new["model." + k], old[k]) for k in vision)
+    model, info = LlavaForConditionalGeneration.from_pretrained(out, output_loading_info=True)
+    assert not any(info.values())
+    processor = AutoProcessor.from_pretrained(out)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}]
+    inputs = processor(images=Image.new("RGB", (40, 40)), text=processor.apply_chat_template(
+        messages, add_generation_prompt=True), return_tensors="pt")
+    assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == 16  # no CLS token to drop
+    assert model.generate(**inputs, max_new_tokens=2, do_sample=False).shape[1] == inputs["input_ids"].shape[1] + 2
