@@ -110,3 +110,20 @@ def test_killed_during_training_finishes_with_the_same_report(finished, kit, col
 def test_retrain_baseline_needs_the_old_llm(cli, kit, colour_data, suite_file, tmp_path):
     result = cli(*_args(kit, colour_data, suite_file, tmp_path / "run", tmp_path / "cache"), "--baseline", "retrain")
     assert result.code == 1 and "--old-llm" in result.err
+
+
+def test_retrain_baseline_trains_both_sides_the_same_way(cli, kit, colour_data, suite_file, tmp_path):
+    out = tmp_path / "run"
+    result = cli(*_args(kit, colour_data, suite_file, out, tmp_path / "cache"), "--baseline", "retrain",
+                 "--old-llm", kit.llama48)
+    assert result.code == 0, result.err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert list(manifest["steps"]) == ["transplant", "baseline", "train", "eval-old", "eval-new", "compare"]
+    old_run = json.loads((out / "baseline" / "train" / "manifest.json").read_text())
+    new_run = json.loads((out / "train" / "manifest.json").read_text())
+    assert old_run["recipe_hash"] == new_run["recipe_hash"]
+    assert old_run["inputs"]["data_sha256"] == new_run["inputs"]["data_sha256"]
+    report = json.loads((out / "compare" / "report.json").read_text())
+    assert report["meta"]["baseline"] == "retrain"
+    assert report["meta"]["model_a"] == str(out / "baseline" / "train" / "final" / "merged")
+    assert not any("recipe" in w or "not trained here" in w for w in report["warnings"])
