@@ -130,6 +130,8 @@ def train_command(
     result = train(model, recipe=chosen, data=data, image_root=image_root, output=out, feature_cache=feature_cache,
                    on_bad_sample=on_bad_sample, save_every=save_every, resume=resume)
     m = result.manifest
+    if not m:  # another process of a multi-process run: the main one reports
+        return
     typer.echo(f"trained {model} with recipe {recipe_hash(chosen)[:12]} -> {out}/final (final loss "
                f"{m.get('final_loss', float('nan')):.4f}, {m['data']['samples']} samples, "
                f"{m['data']['skipped']} skipped)")

@@ -10,6 +10,7 @@ to the same weights as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -138,9 +139,10 @@ def _load_trainable(module, path: Path) -> None:
 class Trainer:
     """One training run: a VLM folder, a recipe and a data set, written to ``output``."""
 
-    def __init__(self, model_dir: Path, recipe: Recipe, dataset: Dataset, processor, output: Path, *,
+    def __init__(self, accelerator, model_dir: Path, recipe: Recipe, dataset: Dataset, processor, output: Path, *,
                  features: dict[Path, Any], save_every: int | None, callbacks: list[Callable[[StepInfo], None]],
                  show_progress: bool) -> None:
+        self.accelerator = accelerator
         self.model_dir, self.recipe, self.dataset, self.processor = model_dir, recipe, dataset, processor
         self.output, self.features = output, features
         self.save_every, self.callbacks, self.show_progress = save_every, callbacks, show_progress
@@ -148,12 +150,9 @@ class Trainer:
 
     def run(self) -> Any:
         import torch
-        from accelerate import Accelerator
         from transformers import LlavaForConditionalGeneration
 
         recipe = self.recipe
-        self.accelerator = Accelerator(mixed_precision="no" if recipe.precision == "fp32" else recipe.precision,
-                                       cpu=not torch.cuda.is_available())
         torch.manual_seed(recipe.seed)
         model = LlavaForConditionalGeneration.from_pretrained(self.model_dir, dtype=_dtype(recipe.precision))
         model.config.use_cache = False
@@ -265,7 +264,7 @@ class Trainer:
                         accelerator.device)
                     feats = feats.to(accelerator.device) if feats is not None else None
                     sync = k == len(mine) - 1
-                    context = accelerator.no_sync(model) if not sync else _null()
+                    context = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
                     with context, accelerator.autocast():
                         loss = model(ids, mask, labels, feats).loss
                         accelerator.backward(loss / accumulation)
@@ -325,14 +324,6 @@ class Trainer:
         random.setstate(state["python_rng"])
         saved = json.loads((folder / "state.json").read_text())
         return saved["step"], saved["history"]
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _mean_across(accelerator, value: float) -> float:
@@ -475,8 +466,16 @@ def train(
                                     "Use the same recipe to resume, or another --output")
         if previous.get("finished"):
             return TrainResult(output, previous, previous.get("history", []))
-    output.mkdir(parents=True, exist_ok=True)
-    write_json(manifest_path, {"step": "train", "recipe_hash": recipe_hash(recipe), "finished": False})
+    from accelerate import Accelerator
+
+    # one process per device under `accelerate launch`; the main one writes, the others wait for it
+    accelerator = Accelerator(mixed_precision="no" if recipe.precision == "fp32" else recipe.precision,
+                              cpu=not torch.cuda.is_available())
+    accelerator.wait_for_everyone()  # every process has checked the output folder before anything is written
+    if accelerator.is_main_process:
+        output.mkdir(parents=True, exist_ok=True)
+        write_json(manifest_path, {"step": "train", "recipe_hash": recipe_hash(recipe), "finished": False})
+    show_progress = show_progress and accelerator.is_main_process
 
     processor = AutoProcessor.from_pretrained(model_dir)
     tokenizer = processor.tokenizer
@@ -496,20 +495,21 @@ def train(
                          processor.image_processor, image_aspect=recipe.image_aspect,
                          layer=anatomy.vision.feature_layer, strategy=anatomy.vision.select_strategy)
     computed = 0
-    if images:
-        todo = cache.missing(images)
-        if todo:
-            from transformers import LlavaForConditionalGeneration
+    todo = cache.missing(images) if images and accelerator.is_main_process else []
+    if todo:
+        from transformers import LlavaForConditionalGeneration
 
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-            tower = LlavaForConditionalGeneration.from_pretrained(model_dir).model.vision_tower.to(device).eval()
-            with progress_bar("vision features", len(todo)) as advance:
-                computed = cache.fill(tower, todo, batch_size=32, device=device, on_batch=advance)
-            del tower
+        device = accelerator.device
+        tower = LlavaForConditionalGeneration.from_pretrained(model_dir).model.vision_tower.to(device).eval()
+        bar = progress_bar("vision features", len(todo)) if show_progress else contextlib.nullcontext(lambda n: None)
+        with bar as advance:
+            computed = cache.fill(tower, todo, batch_size=32, device=device, on_batch=advance)
+        del tower
+    accelerator.wait_for_everyone()  # the main process filled the cache; everyone reads it
     features = {image: cache.load(image) for image in images}
 
-    trainer = Trainer(model_dir, recipe, dataset, processor, output, features=features, save_every=save_every,
-                      callbacks=list(callbacks or []), show_progress=show_progress)
+    trainer = Trainer(accelerator, model_dir, recipe, dataset, processor, output, features=features,
+                      save_every=save_every, callbacks=list(callbacks or []), show_progress=show_progress)
     model = trainer.run()
     if trainer.accelerator.is_main_process:
         dtype_name = TORCH_DTYPES.get(anatomy.dtypes.get("language_model", "F32"), "float32")

@@ -9,6 +9,7 @@ probe set, on clean and perturbed inputs, are saved for the stability analysis i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -279,7 +280,11 @@ def evaluate(
         return EvalResult(output, json.loads((output / "manifest.json").read_text()))
     evaluator = Evaluator(model_dir, batch_size=batch_size, device=device)
     total = sum(len(v) for v in items.values())
-    with progress_bar(f"eval {model_dir.name}", total) if show_progress else _NoBar() as advance:
+    with (
+        progress_bar(f"eval {model_dir.name}", total)
+        if show_progress
+        else contextlib.nullcontext(lambda n: None) as advance
+    ):
         for task in suite.tasks:
             evaluate_task(evaluator, task, output, on_items=advance)
     if probes and suite.probes:
@@ -302,11 +307,3 @@ def evaluate(
     )
     write_json(output / "manifest.json", manifest)
     return EvalResult(output, manifest)
-
-
-class _NoBar:
-    def __enter__(self):
-        return lambda n: None
-
-    def __exit__(self, *exc):
-        return False
