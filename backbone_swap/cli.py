@@ -151,7 +151,9 @@ def eval_command(
     from backbone_swap.evaluate.suite import load_suite
 
     loaded = load_suite(suite)
-    evaluate(model, loaded, output, batch_size=batch_size, probes=probes, device=device)
+    result = evaluate(model, loaded, output, batch_size=batch_size, probes=probes, device=device)
+    if not result.manifest:  # another process of a multi-process run: the main one reports
+        return
     typer.echo(f"evaluated {model} on {loaded.name} ({loaded.names()}) -> {output}")
 
 

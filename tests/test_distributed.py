@@ -43,3 +43,20 @@ def test_two_processes_train_to_the_weights_of_one(transplanted, colour_data, tm
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5)
+
+
+def test_two_process_eval_writes_the_same_per_item_files(transplanted, suite_file, tmp_path):
+    args = ["eval", str(transplanted["mistral"]), "--suite", str(suite_file), "--batch-size", "3"]
+    _launch([*args, "-o", str(tmp_path / "one")], 1, tmp_path)
+    _launch([*args, "-o", str(tmp_path / "two")], 2, tmp_path)
+    for task in ("colour", "choice", "where"):
+        single = (tmp_path / "one" / f"{task}.jsonl").read_text().splitlines()
+        one = {json.loads(x)["id"]: json.loads(x) for x in single}
+        lines = (tmp_path / "two" / f"{task}.jsonl").read_text().splitlines()
+        two = {json.loads(x)["id"]: json.loads(x) for x in lines}
+        assert len(lines) == len(two) == len(one)  # exactly one line per item
+        for item, line in one.items():
+            assert two[item]["prediction"] == line["prediction"] and two[item]["correct"] == line["correct"]
+            assert two[item]["confidence"] == pytest.approx(line["confidence"], rel=1e-4)
+    assert not list((tmp_path / "two").glob(".*.rank*.jsonl"))
+    assert (tmp_path / "two" / "probes" / "colour.safetensors").is_file()

@@ -177,28 +177,66 @@ def score_item(task: Task, item: dict[str, Any], prediction: str, confidence: fl
     return line
 
 
-def _done_ids(path: Path) -> set[str]:
+def _read_lines(path: Path, *, repair: bool) -> list[dict[str, Any]]:
+    """The complete lines of a per-item file; a line cut by a crash (and what follows) is dropped."""
     if not path.is_file():
-        return set()
-    done = set()
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for line in lines:
+        return []
+    raw = path.read_text(encoding="utf-8").splitlines()
+    lines = []
+    for text in raw:
         try:
-            done.add(str(json.loads(line)["id"]))
-        except (json.JSONDecodeError, KeyError):
-            break  # a line cut by a crash: everything from here is redone
-    if len(done) != len(lines):
-        path.write_text("".join(line + "\n" for line in lines[: len(done)]), encoding="utf-8")
-    return done
+            line = json.loads(text)
+            line["id"] = str(line["id"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            break  # everything from here is redone
+        lines.append(line)
+    if repair and len(lines) != len(raw):
+        path.write_text("".join(text + "\n" for text in raw[: len(lines)]), encoding="utf-8")
+    return lines
 
 
-def evaluate_task(evaluator: Evaluator, task: Task, output: Path, *, on_items=None) -> Path:
-    """Answer every item of ``task`` not yet in ``output/<task>.jsonl``, appending as batches finish."""
-    items = read_items(task)
+def _done_ids(path: Path, *, repair: bool = True) -> set[str]:
+    return {line["id"] for line in _read_lines(path, repair=repair)}
+
+
+def _part(output: Path, task: Task, rank: int) -> Path:
+    return output / f".{task.name}.rank{rank}.jsonl"
+
+
+def merge_parts(output: Path, task: Task) -> Path:
+    """Fold the per-process files of a multi-process run into ``<task>.jsonl``: one line per item."""
     path = output / f"{task.name}.jsonl"
-    done = _done_ids(path)
+    parts = sorted(output.glob(f".{task.name}.rank*.jsonl"))
+    if not parts:
+        return path
+    seen, merged = set(), []
+    for source in [path, *parts]:
+        for line in _read_lines(source, repair=False):
+            if line["id"] not in seen:
+                seen.add(line["id"])
+                merged.append(line)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(line) + "\n" for line in merged), encoding="utf-8")
+    tmp.replace(path)
+    for part in parts:
+        part.unlink()
+    return path
+
+
+def evaluate_task(evaluator: Evaluator, task: Task, output: Path, *, on_items=None, rank: int = 0,
+                  world: int = 1) -> Path:
+    """Answer every item of ``task`` not yet in ``output/<task>.jsonl``, appending as batches finish.
+
+    With several processes each takes every ``world``-th item into a file of its own, merged afterwards.
+    """
+    items = read_items(task)
+    path = output / f"{task.name}.jsonl" if world == 1 else _part(output, task, rank)
+    done = _done_ids(output / f"{task.name}.jsonl", repair=world == 1)
+    for part in output.glob(f".{task.name}.rank*.jsonl"):
+        done |= _done_ids(part, repair=part == path)
     todo = [item for item in items if str(item["id"]) not in done]
-    todo.sort(key=lambda item: len(str(item["question"])))  # similar lengths share a batch: less padding
+    todo.sort(key=lambda item: (len(str(item["question"])), str(item["id"])))  # similar lengths share a batch
+    todo = todo[rank::world]
     with open(path, "a", encoding="utf-8") as f:
         for i in range(0, len(todo), evaluator.batch_size):
             batch = todo[i : i + evaluator.batch_size]
@@ -278,15 +316,25 @@ def evaluate(
     )
     if finished and (output / "manifest.json").is_file():
         return EvalResult(output, json.loads((output / "manifest.json").read_text()))
-    evaluator = Evaluator(model_dir, batch_size=batch_size, device=device)
-    total = sum(len(v) for v in items.values())
+    from accelerate import PartialState
+
+    state = PartialState()  # under torchrun / accelerate launch: this process's rank and device
+    rank, world = state.process_index, state.num_processes
+    evaluator = Evaluator(model_dir, batch_size=batch_size, device=device or str(state.device))
+    total = sum(len(v) for v in items.values()) // world
+    show_progress = show_progress and state.is_main_process
     with (
         progress_bar(f"eval {model_dir.name}", total)
         if show_progress
         else contextlib.nullcontext(lambda n: None) as advance
     ):
         for task in suite.tasks:
-            evaluate_task(evaluator, task, output, on_items=advance)
+            evaluate_task(evaluator, task, output, on_items=advance, rank=rank, world=world)
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return EvalResult(output, {})
+    for task in suite.tasks:
+        merge_parts(output, task)
     if probes and suite.probes:
         (output / "probes").mkdir(exist_ok=True)
         for task in suite.tasks:
