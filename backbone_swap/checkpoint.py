@@ -162,7 +162,12 @@ def _open_weights(path: Path, *, allow_pickle: bool) -> Weights:
             header, _ = st.read_header(file)
             entries.update(header)
         return Weights("safetensors", files, entries)
-    pickles = sorted(p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
+    index = path / "pytorch_model.bin.index.json"
+    if index.is_file():
+        pickles = sorted({path / f for f in _read_json(index).get("weight_map", {}).values()})
+    else:  # model weights only: training_args.bin and optimizer states are pickles too, but not weights
+        pickles = sorted(p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file()
+                         and p.name.startswith(("pytorch_model", "model")))
     if not pickles:
         raise BackboneSwapError(f"{path} holds no model weights", "Pass a folder with *.safetensors weight files")
     if not allow_pickle:

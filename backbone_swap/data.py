@@ -158,7 +158,12 @@ def to_messages(conversations: Any, has_image: bool) -> list[dict[str, Any]]:
 
 
 def _render(tokenizer, messages: list[dict[str, Any]], generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    from jinja2 import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    except TemplateError as e:  # e.g. "roles must alternate" raised by the template itself
+        raise _Bad(f"the chat template refuses this conversation ({e})") from None
 
 
 def _reply_text(message: dict[str, Any]) -> str:

@@ -51,12 +51,16 @@ def expand_to_square(image, fill: tuple[int, int, int]):
     return square
 
 
+def pad_to_square(image, image_processor):
+    """Pad with the mean colour of the image processor's normalisation (LLaVA-1.5's choice)."""
+    mean = getattr(image_processor, "image_mean", None) or [0.5, 0.5, 0.5]
+    return expand_to_square(image, tuple(int(round(m * 255)) for m in mean))
+
+
 def preprocess(images: Sequence[Any], image_processor, image_aspect: str):
     """Pixel values for a list of PIL images, padded to square first when the recipe says so."""
     if image_aspect == "pad":
-        mean = getattr(image_processor, "image_mean", None) or [0.5, 0.5, 0.5]
-        fill = tuple(int(round(m * 255)) for m in mean)
-        images = [expand_to_square(im, fill) for im in images]
+        images = [pad_to_square(im, image_processor) for im in images]
     return image_processor(images=list(images), return_tensors="pt")["pixel_values"]
 
 

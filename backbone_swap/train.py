@@ -96,8 +96,31 @@ def collate(samples, features, pad_id: int):
         ids[row, : s.length] = torch.tensor(s.input_ids)
         labels[row, : s.length] = torch.tensor(s.labels)
         mask[row, : s.length] = 1
-    feats = [features[s.image] for s in samples if s.image is not None]
+    feats = [features(s.image) for s in samples if s.image is not None]
     return ids, mask, labels, (torch.stack(feats) if feats else None)
+
+
+def split_for_processes(batch: list[int], micro_batch: int, world: int) -> list[list[int]] | None:
+    """Micro-batches of at most ``micro_batch`` samples, as many for every process.
+
+    A full global batch splits evenly by construction; a short last batch is cut into smaller pieces so
+    that no process sits out a step (which would leave the others waiting in the gradient exchange).
+    """
+    count = -(-len(batch) // micro_batch)
+    count = -(-count // world) * world
+    if len(batch) < count:
+        return None if len(batch) < world else _even(batch, world)
+    return _even(batch, count)
+
+
+def _even(items: list[int], parts: int) -> list[list[int]]:
+    size, extra = divmod(len(items), parts)
+    out, start = [], 0
+    for k in range(parts):
+        end = start + size + (1 if k < extra else 0)
+        out.append(items[start:end])
+        start = end
+    return out
 
 
 def lora_target_regex(model, recipe_targets: tuple[str, ...] | str) -> str:
@@ -140,7 +163,7 @@ class Trainer:
     """One training run: a VLM folder, a recipe and a data set, written to ``output``."""
 
     def __init__(self, accelerator, model_dir: Path, recipe: Recipe, dataset: Dataset, processor, output: Path, *,
-                 features: dict[Path, Any], save_every: int | None, callbacks: list[Callable[[StepInfo], None]],
+                 features: Callable[[Path], Any], save_every: int | None, callbacks: list[Callable[[StepInfo], None]],
                  show_progress: bool) -> None:
         self.accelerator = accelerator
         self.model_dir, self.recipe, self.dataset, self.processor = model_dir, recipe, dataset, processor
@@ -254,7 +277,9 @@ class Trainer:
             for batch in batches[step % steps_per_epoch:]:
                 if step >= total:
                     break
-                micro = [batch[i: i + stage.micro_batch] for i in range(0, len(batch), stage.micro_batch)]
+                micro = split_for_processes(batch, stage.micro_batch, world)
+                if micro is None:
+                    continue  # a last batch smaller than the number of processes cannot be shared
                 mine = micro[accelerator.process_index::world]
                 model.train()
                 loss_sum = 0.0
@@ -267,7 +292,10 @@ class Trainer:
                     context = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
                     with context, accelerator.autocast():
                         loss = model(ids, mask, labels, feats).loss
-                        accelerator.backward(loss / accumulation)
+                        if feats is None and world > 1:
+                            # every process must use every trainable weight in a step, or DDP waits forever
+                            loss = loss + 0.0 * sum(p.sum() for p in model.parameters() if p.requires_grad)
+                        accelerator.backward(loss / len(mine))
                     loss_sum += float(loss.detach())
                 if stage.max_grad_norm:
                     accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
@@ -308,7 +336,8 @@ class Trainer:
         with staged_dir(folder) as stage:
             _save_trainable(module, stage / "trainable.safetensors")
             torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "torch_rng": torch.get_rng_state(), "python_rng": random.getstate()},
+                        "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
+                        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
                        stage / "optimizer.pt")
             write_json(stage / "state.json", {"step": step, "history": history})
 
@@ -321,6 +350,8 @@ class Trainer:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         random.setstate(state["python_rng"])
         saved = json.loads((folder / "state.json").read_text())
         return saved["step"], saved["history"]
@@ -390,7 +421,7 @@ def write_loss_curve(history: list[dict[str, Any]], folder: Path) -> None:
     plt.close(fig)
 
 
-def export(model, processor, output: Path, *, dtype_name: str) -> dict[str, str]:
+def export(model, processor, output: Path, *, dtype_name: str, image_aspect: str = "pad") -> dict[str, str]:
     """The adapter (LoRA + projector, loadable onto the input checkpoint) and the merged checkpoint."""
     import torch
 
@@ -403,13 +434,16 @@ def export(model, processor, output: Path, *, dtype_name: str) -> dict[str, str]
     with staged_dir(final / "adapter") as stage:
         if is_peft:
             model.save_pretrained(stage)
-        else:  # a projector-only recipe: the projector is all there is to export
+        if not is_peft or PROJECTOR not in (model.peft_config["default"].modules_to_save or []):
+            # the projector trained in stage 1 only (or a projector-only recipe): peft would not save it
             from safetensors.torch import save_file
 
             projector = {f"model.{PROJECTOR}.{n}": p.detach().to("cpu", dtype).contiguous()
-                         for n, p in vlm.model.multi_modal_projector.named_parameters()}
+                         for n, p in vlm.model.multi_modal_projector.named_parameters()
+                         if "original_module" not in n}
             save_file(projector, stage / "projector.safetensors")
         processor.save_pretrained(stage)
+        write_json(stage / "preprocessing.json", {"image_aspect": image_aspect})
     exported["adapter"] = str(final / "adapter")
     merged = model.merge_and_unload() if is_peft else model
     merged = merged.to(dtype)
@@ -417,6 +451,8 @@ def export(model, processor, output: Path, *, dtype_name: str) -> dict[str, str]
     with staged_dir(final / "merged") as stage:
         merged.save_pretrained(stage)
         processor.save_pretrained(stage)
+        # how images were shaped in training, so evaluation shows the model what it learned on
+        write_json(stage / "preprocessing.json", {"image_aspect": image_aspect})
     exported["merged"] = str(final / "merged")
     return exported
 
@@ -456,6 +492,7 @@ def train(
     if anatomy.kind != "vlm":
         raise BackboneSwapError(f"{model_dir} is not a VLM", "Train the output of backbone-swap transplant")
     manifest_path = output / "manifest.json"
+    data_sha = _sha256(Path(data)) if Path(data).is_file() else None
     if output.exists() and any(output.iterdir()) and not resume:
         raise BackboneSwapError(f"{output} already holds a training run",
                                 "Pass --resume to continue it, or choose another --output")
@@ -464,6 +501,11 @@ def train(
         if previous.get("recipe_hash") != recipe_hash(recipe):
             raise BackboneSwapError(f"{output} holds a run with another recipe",
                                     "Use the same recipe to resume, or another --output")
+        identity = previous.get("identity") or previous.get("inputs", {})
+        for key, value in (("model", str(model_dir)), ("data_sha256", data_sha)):
+            if identity.get(key) not in (None, value):
+                raise BackboneSwapError(f"{output} holds a run on another {key.split('_')[0]}",
+                                        "Resume with the same model and data, or choose another --output")
         if previous.get("finished"):
             return TrainResult(output, previous, previous.get("history", []))
     from accelerate import Accelerator
@@ -474,7 +516,8 @@ def train(
     accelerator.wait_for_everyone()  # every process has checked the output folder before anything is written
     if accelerator.is_main_process:
         output.mkdir(parents=True, exist_ok=True)
-        write_json(manifest_path, {"step": "train", "recipe_hash": recipe_hash(recipe), "finished": False})
+        write_json(manifest_path, {"step": "train", "recipe_hash": recipe_hash(recipe), "finished": False,
+                                   "identity": {"model": str(model_dir), "data_sha256": data_sha}})
     show_progress = show_progress and accelerator.is_main_process
 
     processor = AutoProcessor.from_pretrained(model_dir)
@@ -506,20 +549,20 @@ def train(
             computed = cache.fill(tower, todo, batch_size=32, device=device, on_batch=advance)
         del tower
     accelerator.wait_for_everyone()  # the main process filled the cache; everyone reads it
-    features = {image: cache.load(image) for image in images}
+    features = cache.load  # read per batch: a data set's features need not fit in memory
 
     trainer = Trainer(accelerator, model_dir, recipe, dataset, processor, output, features=features,
                       save_every=save_every, callbacks=list(callbacks or []), show_progress=show_progress)
     model = trainer.run()
     if trainer.accelerator.is_main_process:
         dtype_name = TORCH_DTYPES.get(anatomy.dtypes.get("language_model", "F32"), "float32")
-        exported = export(model, processor, output, dtype_name=dtype_name)
+        exported = export(model, processor, output, dtype_name=dtype_name, image_aspect=recipe.image_aspect)
         write_loss_curve(trainer.history, output)
         stages = {s.name: json.loads((output / s.name / "state.json").read_text()) for s in recipe.stages}
         final_loss = trainer.history[-1]["loss"] if trainer.history else None
         manifest = step_record(
             "train",
-            inputs={"model": str(model_dir), "data": str(data), "data_sha256": _sha256(Path(data)),
+            inputs={"model": str(model_dir), "data": str(data), "data_sha256": data_sha,
                     "image_root": str(image_root) if image_root else None},
             recipe=recipe_to_dict(recipe),
             recipe_hash=recipe_hash(recipe),
@@ -529,6 +572,7 @@ def train(
             final_loss=final_loss,
             exported=exported,
             seconds=round(time.time() - started, 3),
+            identity={"model": str(model_dir), "data_sha256": data_sha},
             finished=True,
             history=trainer.history,
         )

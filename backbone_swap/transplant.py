@@ -376,6 +376,13 @@ class _Build:
         except OSError:
             generation = GenerationConfig.from_model_config(self.config.text_config)
         generation.pad_token_id = self.tokenizer.pad_token_id
+        if self.end_of_turn is not None:
+            # the VLM is trained to end each reply with the template's end of turn, which for base LLMs
+            # (Llama 3's <|eot_id|>, Qwen's <|im_end|>) is not the eos of pre-training: stop on either
+            eos = generation.eos_token_id
+            stops = list(eos) if isinstance(eos, list) else [eos] if eos is not None else []
+            eot_id = self.tokenizer.convert_tokens_to_ids(self.end_of_turn)
+            generation.eos_token_id = stops + [eot_id] if eot_id not in stops else stops
         generation.save_pretrained(stage)
         try:
             image_processor = AutoImageProcessor.from_pretrained(self.old.path)

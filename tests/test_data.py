@@ -128,3 +128,18 @@ def test_length_grouping_cuts_padding_and_is_seeded():
     assert padding_fraction(lengths, grouped) < padding_fraction(lengths, plain) / 3
     # by hand: lengths 2 and 4 in one batch pad to 8 tokens of which 6 are real
     assert padding_fraction([2, 4], [[0, 1]]) == pytest.approx(0.25)
+
+
+def test_a_template_that_raises_marks_the_sample_bad(transplanted, tmp_path, image_root):
+    tok = AutoTokenizer.from_pretrained(transplanted["mistral"])
+    tok.chat_template = (
+        "{% for m in messages %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+        "{{ raise_exception('Conversation roles must alternate user/assistant') }}{% endif %}"
+        "[{{ m['role'] }}] {{ m['content'] }}</s>{% endfor %}"
+    )
+    records = [{"id": "ok", "conversations": TWO_TURNS[2:]},
+               {"id": "gpt-first", "conversations": [TWO_TURNS[1], TWO_TURNS[2], TWO_TURNS[3]]}]
+    data = build_dataset(_write(tmp_path / "d.jsonl", records), tok, image_root=image_root, image_token="<image>",
+                         image_tokens=16, max_length=256, end_of_turn="</s>", on_bad_sample="skip")
+    assert [s.id for s in data.samples] == ["ok"]
+    assert "roles must alternate" in data.bad[0].reason

@@ -61,7 +61,7 @@ def test_confidence_is_the_mean_log_probability_of_the_answer(transplanted, suit
     item = read_items(task)[0]
     image = _load_image(task, item)
     prompt = evaluator.processor.apply_chat_template(_messages(item["question"], ""), add_generation_prompt=True)
-    inputs = evaluator.processor(images=[image], text=[prompt], return_tensors="pt")
+    inputs = evaluator.processor(images=[image], text=[prompt], add_special_tokens=False, return_tensors="pt")
     out = evaluator.model.generate(**inputs, max_new_tokens=4, do_sample=False)
     new = out[0, inputs["input_ids"].shape[1] :]
     with torch.no_grad():
@@ -126,3 +126,32 @@ def test_bad_suites_name_the_key(tmp_path, text, words):
     with pytest.raises(BackboneSwapError) as error:
         load_suite(path)
     assert words in str(error.value)
+
+
+def test_prompts_carry_one_bos_as_in_training(transplanted, suite_file):
+    from backbone_swap.evaluate.runner import _load_image, _messages
+    from backbone_swap.evaluate.suite import read_items
+
+    task = load_suite(suite_file).task("colour")
+    evaluator = Evaluator(transplanted["mistral"], batch_size=2)
+    items = read_items(task)[:2]
+    prompts = [evaluator.processor.apply_chat_template(_messages(i["question"], ""), add_generation_prompt=True)
+               for i in items]
+    inputs = evaluator._inputs([_load_image(task, i) for i in items], prompts)
+    bos = evaluator.tokenizer.bos_token_id
+    assert prompts[0].startswith(evaluator.tokenizer.bos_token)
+    assert (inputs["input_ids"] == bos).sum(dim=1).tolist() == [1, 1]
+
+
+def test_generation_stops_at_the_end_of_turn_of_a_base_llm(transplanted):
+    from transformers import AutoTokenizer, GenerationConfig
+
+    tok = AutoTokenizer.from_pretrained(transplanted["qwen2"])
+    eos = GenerationConfig.from_pretrained(transplanted["qwen2"]).eos_token_id
+    assert tok.convert_tokens_to_ids("<|im_end|>") in eos and tok.eos_token_id in eos
+    assert tok.convert_tokens_to_ids("<|im_end|>") in Evaluator(transplanted["qwen2"]).stop_ids
+
+
+def test_answers_of_another_model_are_not_reused(transplanted, suite_file, evaluated):
+    with pytest.raises(BackboneSwapError, match="another model or suite"):
+        evaluate(transplanted["qwen2"], load_suite(suite_file), evaluated.output, show_progress=False)

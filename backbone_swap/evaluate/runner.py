@@ -22,6 +22,7 @@ from backbone_swap.evaluate import scoring
 from backbone_swap.evaluate.suite import Suite, Task, read_items
 from backbone_swap.manifest import step_record
 from backbone_swap.outputs import write_json
+from backbone_swap.templates import end_of_turn
 
 
 @dataclass
@@ -71,9 +72,29 @@ class Evaluator:
         self.batch_size = batch_size
         eos = self.model.generation_config.eos_token_id
         self.stop_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+        eot = end_of_turn(self.tokenizer)
+        if eot is not None:
+            self.stop_ids.add(self.tokenizer.convert_tokens_to_ids(eot))
+        # a model trained here records how its images were shaped; evaluate it the same way
+        recorded = Path(model_dir) / "preprocessing.json"
+        self.image_aspect = json.loads(recorded.read_text()).get("image_aspect") if recorded.is_file() else None
 
     def _inputs(self, images, prompts):
-        return self.processor(images=images, text=prompts, padding=True, return_tensors="pt").to(self.device)
+        if self.image_aspect == "pad":
+            from backbone_swap.features import pad_to_square
+
+            images = [pad_to_square(image, self.processor.image_processor) for image in images]
+        # the rendered template already holds the BOS it wants, as in training: add no second one
+        return self.processor(images=images, text=prompts, padding=True, add_special_tokens=False,
+                              return_tensors="pt").to(self.device)
+
+    def _greedy(self, max_new_tokens: int):
+        """Plain greedy decoding: no penalties inherited from the LLM's generation config, which would
+        change both the answers and their probabilities."""
+        from transformers import GenerationConfig
+
+        return GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=sorted(self.stop_ids),
+                                pad_token_id=self.tokenizer.pad_token_id)
 
     def generate(self, images, questions: list[str], task: Task) -> list[tuple[str, float]]:
         """Greedy answers and their length-normalised probabilities."""
@@ -85,14 +106,8 @@ class Evaluator:
         ]
         inputs = self._inputs(images, prompts)
         with torch.no_grad():
-            out = self.model.generate(
-                **inputs,
-                max_new_tokens=task.max_new_tokens,
-                do_sample=False,
-                output_scores=True,
-                return_dict_in_generate=True,
-                pad_token_id=self.tokenizer.pad_token_id,
-            )
+            out = self.model.generate(**inputs, generation_config=self._greedy(task.max_new_tokens),
+                                      output_scores=True, return_dict_in_generate=True)
             scores = self.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
         start = inputs["input_ids"].shape[1]
         answers = []
@@ -191,7 +206,9 @@ def _read_lines(path: Path, *, repair: bool) -> list[dict[str, Any]]:
             break  # everything from here is redone
         lines.append(line)
     if repair and len(lines) != len(raw):
-        path.write_text("".join(text + "\n" for text in raw[: len(lines)]), encoding="utf-8")
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(text + "\n" for text in raw[: len(lines)]), encoding="utf-8")
+        tmp.replace(path)
     return lines
 
 
@@ -309,6 +326,15 @@ def evaluate(
         raise BackboneSwapError(f"{model_dir} is not a VLM", "Evaluate a LLaVA checkpoint")
     items = {task.name: read_items(task) for task in suite.tasks}  # every file checked before any work
     output.mkdir(parents=True, exist_ok=True)
+    identity = {"model": str(model_dir.resolve()), "suite": suite.source or suite.name}
+    marker = output / "evaluated.json"
+    if marker.is_file() and json.loads(marker.read_text()) != identity:
+        raise BackboneSwapError(
+            f"{output} holds answers of another model or suite ({json.loads(marker.read_text())['model']})",
+            "Choose another --output, or delete that folder",
+        )
+    if not marker.is_file():
+        write_json(marker, identity)
     finished = all(
         {str(i["id"]) for i in items[t.name]} <= _done_ids(output / f"{t.name}.jsonl")
         and (not probes or not suite.probes or (output / "probes" / f"{t.name}.safetensors").is_file())

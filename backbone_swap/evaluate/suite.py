@@ -7,6 +7,7 @@ file, so a suite and its data travel together.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -118,6 +119,8 @@ def suite_from_dict(data: Any, path: Path) -> Suite:
         for key in ("name", "type", "needs", "data"):
             if not isinstance(item.get(key), str) or not item[key]:
                 raise _bad(path, f"{where}.{key}", "is required (a string)")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", item["name"]):
+            raise _bad(path, f"{where}.name", "may hold only letters, digits, '_', '-' and '.' (it names files)")
         if item["type"] not in TASK_TYPES:
             raise _bad(path, f"{where}.type", f"must be one of {', '.join(TASK_TYPES)}, not {item['type']!r}")
         if item["needs"] not in NEEDS:
