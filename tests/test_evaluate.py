@@ -155,3 +155,31 @@ def test_generation_stops_at_the_end_of_turn_of_a_base_llm(transplanted):
 def test_answers_of_another_model_are_not_reused(transplanted, suite_file, evaluated):
     with pytest.raises(BackboneSwapError, match="another model or suite"):
         evaluate(transplanted["qwen2"], load_suite(suite_file), evaluated.output, show_progress=False)
+
+
+@pytest.mark.parametrize("llm", ["mistral", "qwen2"])
+def test_option_scores_are_the_log_likelihood_of_the_reply_as_trained(transplanted, suite_file, llm):
+    """Independently: tokenise the whole conversation as the trainer does and sum the supervised log-probs."""
+    from backbone_swap.data import IGNORE, to_messages, tokenize
+    from backbone_swap.evaluate.runner import _load_image
+    from backbone_swap.evaluate.suite import read_items
+    from backbone_swap.features import preprocess
+
+    task = load_suite(suite_file).task("choice")
+    evaluator = Evaluator(transplanted[llm])
+    item = read_items(task)[0]
+    image = _load_image(task, item)
+    choices = [str(c) for c in item["choices"]]
+    scores = evaluator.option_logprobs(image, item["question"], choices, task)
+    tok, model = evaluator.tokenizer, evaluator.model
+    for choice, score in zip(choices, scores, strict=True):
+        messages = to_messages([{"from": "human", "value": "<image>\n" + item["question"]},
+                                {"from": "gpt", "value": choice}], True)
+        ids, labels, _ = tokenize(tok, messages, image_token_id=model.config.image_token_id,
+                                  image_tokens=model.config.image_seq_length, end_of_turn=evaluator.end_of_turn)
+        pixels = preprocess([image], evaluator.processor.image_processor, "resize")
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids]), pixel_values=pixels).logits[0].float()
+        logprobs = torch.log_softmax(logits, -1)
+        expected = sum(float(logprobs[i - 1, t]) for i, t in enumerate(labels) if t != IGNORE)
+        assert score == pytest.approx(expected, rel=1e-4, abs=1e-4)

@@ -72,9 +72,9 @@ class Evaluator:
         self.batch_size = batch_size
         eos = self.model.generation_config.eos_token_id
         self.stop_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
-        eot = end_of_turn(self.tokenizer)
-        if eot is not None:
-            self.stop_ids.add(self.tokenizer.convert_tokens_to_ids(eot))
+        self.end_of_turn = end_of_turn(self.tokenizer)
+        if self.end_of_turn is not None:
+            self.stop_ids.add(self.tokenizer.convert_tokens_to_ids(self.end_of_turn))
         # a model trained here records how its images were shaped; evaluate it the same way
         recorded = Path(model_dir) / "preprocessing.json"
         self.image_aspect = json.loads(recorded.read_text()).get("image_aspect") if recorded.is_file() else None
@@ -125,48 +125,63 @@ class Evaluator:
             answers.append((text, min(max(confidence, 0.0), 1.0)))
         return answers
 
+    def _prompt_and_reply(self, image, question: str, reply: str, task: Task):
+        """Model inputs for the prompt and the reply's token ids exactly as training tokenises a reply:
+        through the chat template, with the end-of-turn token, so no option is scored on tokens (or a
+        missing leading space) the model never learned."""
+        from backbone_swap.data import _Bad, supervised_spans
+
+        messages = _messages(question, task.instruction) + [{"role": "assistant", "content": reply}]
+        try:
+            text, spans = supervised_spans(self.tokenizer, messages, self.end_of_turn)
+        except _Bad as e:
+            raise BackboneSwapError(f"task {task.name}: {e}", "Use a chat template that renders replies") from None
+        start, end = spans[-1]
+        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        reply_ids = [t for t, (b, _) in zip(encoded["input_ids"], encoded["offset_mapping"], strict=True)
+                     if start <= b < end]
+        return self._inputs([image], [text[:start]]), reply_ids or [self.tokenizer.eos_token_id]
+
     def option_logprobs(self, image, question: str, choices: list[str], task: Task) -> list[float]:
-        """Summed log-probability of each option's tokens after the prompt, in one batched forward pass."""
+        """Summed log-probability of each option's reply tokens after the prompt, in one forward pass."""
         import torch
 
-        prompt = self.processor.apply_chat_template(_messages(question, task.instruction), add_generation_prompt=True)
-        base = self._inputs([image], [prompt])
-        prompt_ids = base["input_ids"][0][base["attention_mask"][0].bool()].tolist()
-        option_ids = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in choices]
-        width = len(prompt_ids) + max(len(o) for o in option_ids)
-        pad = self.tokenizer.pad_token_id
-        ids = torch.full((len(choices), width), pad, dtype=torch.long)
+        pieces = [self._prompt_and_reply(image, question, choice, task) for choice in choices]
+        rows = []
+        for base, reply in pieces:
+            prompt_ids = base["input_ids"][0][base["attention_mask"][0].bool()].tolist()
+            rows.append((prompt_ids, reply))
+        width = max(len(p) + len(r) for p, r in rows)
+        ids = torch.full((len(choices), width), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
-        for row, option in enumerate(option_ids):
-            seq = prompt_ids + option
+        for row, (prompt_ids, reply) in enumerate(rows):
+            seq = prompt_ids + reply
             ids[row, : len(seq)] = torch.tensor(seq)
             mask[row, : len(seq)] = 1
-        pixels = base["pixel_values"].expand(len(choices), *base["pixel_values"].shape[1:])
+        pixels = torch.cat([base["pixel_values"] for base, _ in pieces])
         with torch.no_grad():
             logits = self.model(
                 input_ids=ids.to(self.device), attention_mask=mask.to(self.device), pixel_values=pixels
             ).logits.float()
         logprobs = torch.log_softmax(logits, dim=-1)
         totals = []
-        for row, option in enumerate(option_ids):
-            positions = range(len(prompt_ids) - 1, len(prompt_ids) - 1 + len(option))
-            totals.append(float(sum(logprobs[row, p, t] for p, t in zip(positions, option, strict=True))))
+        for row, (prompt_ids, reply) in enumerate(rows):
+            positions = range(len(prompt_ids) - 1, len(prompt_ids) - 1 + len(reply))
+            totals.append(float(sum(logprobs[row, p, t] for p, t in zip(positions, reply, strict=True))))
         return totals
 
     def answer_states(self, image, question: str, answer: str, task: Task):
-        """Last-layer hidden states averaged over the reference answer's positions (teacher-forced)."""
+        """Last-layer hidden states averaged over the reference answer's reply tokens (teacher-forced)."""
         import torch
 
-        prompt = self.processor.apply_chat_template(_messages(question, task.instruction), add_generation_prompt=True)
-        base = self._inputs([image], [prompt])
-        answer_ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"] or [self.tokenizer.eos_token_id]
-        ids = torch.cat([base["input_ids"], torch.tensor([answer_ids], device=self.device)], dim=1)
+        base, reply = self._prompt_and_reply(image, question, answer, task)
+        ids = torch.cat([base["input_ids"], torch.tensor([reply], device=self.device)], dim=1)
         mask = torch.ones_like(ids)
         with torch.no_grad():
             out = self.model(
                 input_ids=ids, attention_mask=mask, pixel_values=base["pixel_values"], output_hidden_states=True
             )
-        return out.hidden_states[-1][0, -len(answer_ids) :].float().mean(dim=0).cpu()
+        return out.hidden_states[-1][0, -len(reply) :].float().mean(dim=0).cpu()
 
 
 def _load_image(task: Task, item: dict[str, Any]):
