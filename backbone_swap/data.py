@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,16 +120,21 @@ def open_image(path: Path):
     """Load an image fully (so a truncated file fails here, not mid-training), as RGB."""
     from PIL import Image
 
-    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, MAX_IMAGE_PIXELS
     try:
-        with Image.open(path) as image:
-            image.load()
-            return image.convert("RGB")
-    except Image.DecompressionBombError:
+        with warnings.catch_warnings():
+            # PIL only warns between the limit and twice the limit: refuse there too
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                return image.convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise _Bad(f"image {path.name!r} is larger than {MAX_IMAGE_PIXELS} pixels") from None
     except (OSError, SyntaxError, ValueError) as e:  # PIL signals bad files with these
         raise _Bad(f"image {path.name!r} cannot be read ({str(e).splitlines()[0] if str(e) else 'not an image'})") \
             from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous  # PIL's limit is global: leave it as the caller had it
 
 
 def to_messages(conversations: Any, has_image: bool) -> list[dict[str, Any]]:

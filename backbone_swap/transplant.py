@@ -175,8 +175,11 @@ class _Build:
             ) from None
         self.original_len = len(tok)
         self.added: list[str] = []
-        if self.image_token not in tok.get_vocab():
-            tok.add_tokens([AddedToken(self.image_token, special=True, normalized=False)], special_tokens=True)
+        # registered as a special token even when the vocabulary already has the string, so that the text
+        # "<image>" is never split or merged with its neighbours; an existing id is reused
+        before = len(tok)
+        tok.add_tokens([AddedToken(self.image_token, special=True, normalized=False)], special_tokens=True)
+        if len(tok) > before:
             self.added.append(self.image_token)
         template = template_override if template_override is not None else tok.chat_template
         if not template:

@@ -143,3 +143,12 @@ def test_a_template_that_raises_marks_the_sample_bad(transplanted, tmp_path, ima
                          image_tokens=16, max_length=256, end_of_turn="</s>", on_bad_sample="skip")
     assert [s.id for s in data.samples] == ["ok"]
     assert "roles must alternate" in data.bad[0].reason
+
+
+def test_huge_images_are_refused_as_decompression_bombs(transplanted, tmp_path, image_root, monkeypatch):
+    import backbone_swap.data as data_module
+
+    monkeypatch.setattr(data_module, "MAX_IMAGE_PIXELS", 150)  # a.png has 200 pixels: over, but under twice
+    records = [{"id": "big", "image": "a.png", "conversations": TWO_TURNS}]
+    with pytest.raises(BackboneSwapError, match="larger than 150 pixels"):
+        _build(transplanted["mistral"], tmp_path, image_root, records)

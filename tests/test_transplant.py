@@ -217,3 +217,56 @@ def test_a_siglip_tower_transplants_and_generates(kit, tmp_path):
         messages, add_generation_prompt=True), return_tensors="pt")
     assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == 16  # no CLS token to drop
     assert model.generate(**inputs, max_new_tokens=2, do_sample=False).shape[1] == inputs["input_ids"].shape[1] + 2
+
+
+@pytest.mark.parametrize(("family", "end_of_turn"), [("phi3", "<|end|>"), ("gemma2", "<end_of_turn>")])
+def test_other_llm_families_receive_the_tower(kit, tmp_path, family, end_of_turn):
+    from backbone_swap.demo import tiny_models as tm
+
+    llm = tm.build_llm(tmp_path / family, getattr(tm, f"{family}_spec")())
+    out = transplant(kit.vlm, llm, tmp_path / "out", hash_inputs=False).output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["changes"]["end_of_turn"] == end_of_turn
+    model, info = LlavaForConditionalGeneration.from_pretrained(out, output_loading_info=True)
+    assert not any(info.values())
+    processor = AutoProcessor.from_pretrained(out)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}]
+    inputs = processor(images=Image.new("RGB", (40, 40)), text=processor.apply_chat_template(
+        messages, add_generation_prompt=True), add_special_tokens=False, return_tensors="pt")
+    assert model.generate(**inputs, max_new_tokens=2, do_sample=False).shape[1] == inputs["input_ids"].shape[1] + 2
+    from backbone_swap.train import lora_target_regex
+
+    pattern = lora_target_regex(model, "family")
+    import re
+
+    targets = [n for n, _ in model.named_modules() if re.fullmatch(pattern, n)]
+    assert targets and all(".language_model." in n for n in targets)
+
+
+def test_an_image_token_the_llm_already_has_is_reused(kit, tmp_path):
+    from transformers import AutoTokenizer
+
+    from backbone_swap.demo import tiny_models as tm
+
+    llm = tm.build_llm(tmp_path / "llm", tm.mistral_spec())
+    tok = AutoTokenizer.from_pretrained(llm)
+    tok.add_tokens(["<image>"])  # an ordinary (not special) added token, with a row of its own
+    tok.save_pretrained(llm)
+    config = json.loads((llm / "config.json").read_text())
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(llm / "model.safetensors")
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        weights[name] = torch.cat([weights[name], weights[name][:1]])
+    save_file(weights, llm / "model.safetensors", metadata={"format": "pt"})
+    config["vocab_size"] = len(tok)
+    (llm / "config.json").write_text(json.dumps(config))
+    out = transplant(kit.vlm, llm, tmp_path / "out", hash_inputs=False).output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "<image>" not in manifest["changes"]["added_tokens"]
+    assert manifest["changes"]["image_token"]["id"] == tok.convert_tokens_to_ids("<image>")
+    new_tok = AutoTokenizer.from_pretrained(out)
+    ids = new_tok("look:<image>\n", add_special_tokens=False)["input_ids"]
+    assert ids.count(manifest["changes"]["image_token"]["id"]) == 1
+    _, info = LlavaForConditionalGeneration.from_pretrained(out, output_loading_info=True)
+    assert not any(info.values())

@@ -277,3 +277,27 @@ def mistral_spec(**overrides) -> LLMSpec:
     base = dict(family="mistral", hidden_size=40, intermediate_size=80, heads=4, kv_heads=1, tokenizer=tok)
     base.update(overrides)
     return LLMSpec(**base)
+
+
+def phi3_spec(**overrides) -> LLMSpec:
+    """A Phi-3-like LLM: fused qkv and gate/up projections, ``<|end|>`` ends a turn, no pad token."""
+    template = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
+                "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+    tok = TokenizerSpec(vocab_size=310, chat_template=template, pad=None,
+                        extra_special=("<|end|>", "<|user|>", "<|assistant|>"))
+    base = dict(family="phi3", hidden_size=64, heads=4, kv_heads=4, intermediate_size=128, tokenizer=tok)
+    base.update(overrides)
+    return LLMSpec(**base)
+
+
+def gemma2_spec(**overrides) -> LLMSpec:
+    """A Gemma-2-like LLM: ``<start_of_turn>model`` turns ending in ``<end_of_turn>``, tied embeddings."""
+    template = ("{{ bos_token }}{% for m in messages %}<start_of_turn>"
+                "{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n{{ m['content'] }}<end_of_turn>\n"
+                "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+    tok = TokenizerSpec(vocab_size=330, bos="<bos>", eos="<eos>", pad="<pad>", chat_template=template,
+                        extra_special=("<start_of_turn>", "<end_of_turn>"))
+    base = dict(family="gemma2", hidden_size=64, heads=4, kv_heads=2, intermediate_size=128,
+                tie_word_embeddings=True, tokenizer=tok)
+    base.update(overrides)
+    return LLMSpec(**base)
