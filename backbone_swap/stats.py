@@ -184,9 +184,14 @@ class Interval:
 
 def _as_scores(values: ArrayLike, name: str) -> NDArray[np.float64]:
     """A 1-D finite float vector; per-question scores may be soft (VQA accuracy), so 0/1 is not required."""
+    return _as_float_array(values, name, 1, "one-dimensional")
+
+
+def _as_float_array(values: ArrayLike, name: str, ndim: int, shape_words: str) -> NDArray[np.float64]:
+    """``values`` as finite float64 of ``ndim`` dimensions (float16-derived inputs overflow otherwise)."""
     array = np.asarray(values)
-    if array.ndim != 1:
-        raise ValueError(f"{name} must be one-dimensional, got shape {array.shape}")
+    if array.ndim != ndim:
+        raise ValueError(f"{name} must be {shape_words}, got shape {array.shape}")
     if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
         raise ValueError(f"{name} must be numeric or boolean, got dtype {array.dtype}")
     array = array.astype(np.float64)
@@ -480,15 +485,7 @@ def brier(confidence: ArrayLike, correct: ArrayLike) -> float:
 
 
 def _as_features(values: ArrayLike, name: str) -> NDArray[np.float64]:
-    array = np.asarray(values)
-    if array.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D (examples x features) array, got shape {array.shape}")
-    if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
-        raise ValueError(f"{name} must be numeric, got dtype {array.dtype}")
-    array = array.astype(np.float64)  # float16/bfloat16-derived features overflow in the Gram products
-    if not np.all(np.isfinite(array)):
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return array
+    return _as_float_array(values, name, 2, "a 2-D (examples x features) array")
 
 
 def linear_cka(x: ArrayLike, y: ArrayLike) -> float:
