@@ -270,3 +270,29 @@ def test_an_image_token_the_llm_already_has_is_reused(kit, tmp_path):
     assert ids.count(manifest["changes"]["image_token"]["id"]) == 1
     _, info = LlavaForConditionalGeneration.from_pretrained(out, output_loading_info=True)
     assert not any(info.values())
+
+
+@pytest.mark.parametrize("layout", ["hub", "runtime"])
+def test_both_llava_key_layouts_are_read(kit, tmp_path, layout):
+    """llava-hf files on the hub name the tower ``vision_tower.vision_model.*``; transformers 5 and our own
+    outputs use ``model.vision_tower.*``."""
+    from safetensors.torch import load_file, save_file
+
+    if layout == "runtime":
+        vlm = transplant(kit.vlm, kit.llama48, tmp_path / "first", hash_inputs=False).output
+    else:
+        import shutil
+
+        vlm = tmp_path / "hub"
+        shutil.copytree(kit.vlm, vlm)
+        weights = load_file(vlm / "model.safetensors")
+        renamed = {("vision_tower.vision_model." + k.removeprefix("vision_tower.") if k.startswith("vision_tower.")
+                    else k): v for k, v in weights.items()}
+        save_file(renamed, vlm / "model.safetensors", metadata={"format": "pt"})
+    old = {k.removeprefix("model.").replace("vision_model.", ""): v for k, v in _tensors(vlm).items()}
+    out = transplant(vlm, kit.mistral, tmp_path / "out", hash_inputs=False).output
+    new = {k.removeprefix("model."): v for k, v in _tensors(out).items()}
+    vision = [k for k in old if k.startswith("vision_tower.")]
+    assert vision and all(torch.equal(new[k], old[k]) for k in vision)
+    _, info = LlavaForConditionalGeneration.from_pretrained(out, output_loading_info=True)
+    assert not any(info.values())
