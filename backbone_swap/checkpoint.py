@@ -160,6 +160,10 @@ def _open_weights(path: Path, *, allow_pickle: bool) -> Weights:
         entries: dict[str, st.TensorEntry] = {}
         for file in files:
             header, _ = st.read_header(file)
+            twice = sorted(set(header) & set(entries))
+            if twice:
+                raise BackboneSwapError(f"{path}: tensor {twice[0]} is stored in two weight files",
+                                        "Remove the stray file or re-save the checkpoint")
             entries.update(header)
         return Weights("safetensors", files, entries)
     index = path / "pytorch_model.bin.index.json"

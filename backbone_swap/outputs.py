@@ -45,7 +45,11 @@ def staged_dir(output: Path) -> Iterator[Path]:
         if output.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
             os.replace(output, old / output.name)
-            os.replace(stage, output)
+            try:
+                os.replace(stage, output)
+            except OSError:
+                os.replace(old / output.name, output)  # put the previous output back before giving up
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(stage, output)

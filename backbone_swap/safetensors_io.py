@@ -228,6 +228,8 @@ def _copy_range(entry: TensorEntry, out_fd: int) -> None:
                     if e.errno not in _NO_KERNEL_COPY:
                         raise
                     kernel_copy = False  # e.g. across file systems on older kernels: copy through memory
+                if n == 0:
+                    kernel_copy = False  # some file systems copy nothing instead of failing: check by reading
             if not kernel_copy:
                 src.seek(offset)
                 data = src.read(min(left, _COPY_CHUNK))

@@ -134,3 +134,13 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
         capture_output=True, text=True,
     )
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_a_tensor_stored_twice_is_refused(kit, cli, copy_of, tmp_path):
+    import shutil
+
+    vlm = copy_of(kit.vlm, "vlm")
+    shutil.copy(vlm / "model.safetensors", vlm / "extra.safetensors")
+    (vlm / "model.safetensors").rename(vlm / "base.safetensors")
+    result = cli("transplant", "--vlm", vlm, "--llm", kit.mistral, "-o", tmp_path / "out")
+    assert result.code == 1 and "stored in two weight files" in result.err
