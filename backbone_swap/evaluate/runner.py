@@ -94,7 +94,8 @@ class Evaluator:
         from transformers import GenerationConfig
 
         return GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=sorted(self.stop_ids),
-                                pad_token_id=self.tokenizer.pad_token_id)
+                                pad_token_id=self.tokenizer.pad_token_id, output_scores=True,
+                                return_dict_in_generate=True)
 
     def generate(self, images, questions: list[str], task: Task) -> list[tuple[str, float]]:
         """Greedy answers and their length-normalised probabilities."""
@@ -106,8 +107,7 @@ class Evaluator:
         ]
         inputs = self._inputs(images, prompts)
         with torch.no_grad():
-            out = self.model.generate(**inputs, generation_config=self._greedy(task.max_new_tokens),
-                                      output_scores=True, return_dict_in_generate=True)
+            out = self.model.generate(**inputs, generation_config=self._greedy(task.max_new_tokens))
             scores = self.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
         start = inputs["input_ids"].shape[1]
         answers = []
