@@ -292,8 +292,10 @@ class Trainer:
                     context = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
                     with context, accelerator.autocast():
                         loss = model(ids, mask, labels, feats).loss
-                        if feats is None and world > 1:
-                            # every process must use every trainable weight in a step, or DDP waits forever
+                        if feats is None:
+                            # a text-only batch never reaches the projector: keep every trainable weight in
+                            # the graph (a projector-only stage would have nothing to differentiate, and DDP
+                            # would wait forever for the missing gradients)
                             loss = loss + 0.0 * sum(p.sum() for p in model.parameters() if p.requires_grad)
                         accelerator.backward(loss / len(mine))
                     loss_sum += float(loss.detach())

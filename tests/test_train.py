@@ -171,3 +171,15 @@ def test_trained_model_stops_by_itself_with_the_end_of_turn(trained, colour_data
     generated = out[0, inputs["input_ids"].shape[1]:].tolist()
     assert eot_id in generated and len(generated) < 12
     assert generated.index(eot_id) == len(generated) - 1
+
+
+def test_text_only_batches_train_in_every_stage(transplanted, colour_data, tmp_path):
+    from backbone_swap.demo import scenes
+
+    records = [{"id": f"t{i}", "conversations": [{"from": "human", "value": "name a warm colour"},
+                                                 {"from": "gpt", "value": "red"}]} for i in range(16)]
+    data = scenes.write_jsonl(records, tmp_path / "text.jsonl")
+    recipe = apply_overrides(load_recipe("tiny-cpu"), ["stage1.max_steps=2", "stage2.max_steps=2"])
+    result = train(transplanted["mistral"], recipe=recipe, data=data, image_root=None, output=tmp_path / "run",
+                   feature_cache=tmp_path / "cache", show_progress=False)
+    assert [h["stage"] for h in result.history] == ["stage1", "stage1", "stage2", "stage2"]
