@@ -578,6 +578,8 @@ def train(
             finished=True,
             history=trainer.history,
         )
+        for folder in exported.values():  # each export carries its provenance when copied elsewhere
+            write_json(Path(folder) / "manifest.json", {k: v for k, v in manifest.items() if k != "history"})
         write_json(manifest_path, manifest)
     else:
         manifest = {}

@@ -101,6 +101,10 @@ def test_manifest_and_artifacts(trained, transplanted, colour_data):
     merged, info = LlavaForConditionalGeneration.from_pretrained(result.output / "final" / "merged",
                                                                  output_loading_info=True)
     assert not any(info.values())
+    for export in ("adapter", "merged"):
+        copy = json.loads((result.output / "final" / export / "manifest.json").read_text())
+        assert copy["recipe_hash"] == manifest["recipe_hash"] and copy["final_loss"] == manifest["final_loss"]
+        assert copy["inputs"]["data_sha256"] == manifest["inputs"]["data_sha256"] and copy["seconds"] > 0
     adapter = load_file(result.output / "final" / "adapter" / "adapter_model.safetensors")
     assert adapter and all("lora_" in k or "multi_modal_projector" in k for k in adapter)
 
