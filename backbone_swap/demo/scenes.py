@@ -43,8 +43,9 @@ def draw(shapes: Iterable[Shape], size: int = 64, background: tuple[int, int, in
         elif s.kind == "square":
             pen.rectangle(box, fill=fill)
         else:
-            pen.polygon([(s.x, s.y - s.radius), (s.x - s.radius, s.y + s.radius), (s.x + s.radius, s.y + s.radius)],
-                        fill=fill)
+            pen.polygon(
+                [(s.x, s.y - s.radius), (s.x - s.radius, s.y + s.radius), (s.x + s.radius, s.y + s.radius)], fill=fill
+            )
     return image
 
 
@@ -69,15 +70,17 @@ def colour_questions(folder: Path, n: int, *, seed: int, size: int = 64, prefix:
         shape = random_shape(rng, size, colour=colours[i % len(colours)])
         name = f"{prefix}{i:05d}.png"
         draw([shape], size).save(folder / name)
-        records.append({
-            "id": f"{prefix}{i:05d}",
-            "image": name,
-            "conversations": [
-                {"from": "human", "value": "<image>\nwhat colour is the shape?"},
-                {"from": "gpt", "value": shape.colour},
-            ],
-            "answer": shape.colour,
-        })
+        records.append(
+            {
+                "id": f"{prefix}{i:05d}",
+                "image": name,
+                "conversations": [
+                    {"from": "human", "value": "<image>\nwhat colour is the shape?"},
+                    {"from": "gpt", "value": shape.colour},
+                ],
+                "answer": shape.colour,
+            }
+        )
     rng.shuffle(records)
     return records
 
@@ -90,14 +93,64 @@ def write_jsonl(records: Iterable[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def colour_items(folder: Path, n: int, *, seed: int, size: int = 64, prefix: str = "q",
-                 choices: bool = False) -> list[dict[str, Any]]:
+def colour_items(
+    folder: Path, n: int, *, seed: int, size: int = 64, prefix: str = "q", choices: bool = False
+) -> list[dict[str, Any]]:
     """Evaluation items (id, image, question, answer[, choices]) for colour naming."""
     items = []
     for record in colour_questions(folder, n, seed=seed, size=size, prefix=prefix):
-        item = {"id": record["id"], "image": record["image"], "question": "what colour is the shape?",
-                "answer": record["answer"]}
+        item = {
+            "id": record["id"],
+            "image": record["image"],
+            "question": "what colour is the shape?",
+            "answer": record["answer"],
+        }
         if choices:
             item["choices"] = list(COLOURS)
         items.append(item)
     return items
+
+
+def example_suite(folder: Path, *, n: int = 12, seed: int = 0) -> Path:
+    """The shipped example suite: one task of each type on drawn images (``recipes/suites/shapes``)."""
+    import random as _random
+
+    rng = _random.Random(seed)
+    images = folder / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    tasks: dict[str, list[dict[str, Any]]] = {"colour": [], "pick": [], "describe": [], "where": []}
+    for i in range(n):
+        shape = random_shape(rng, 64)
+        name = f"s{i:03d}.png"
+        draw([shape], 64).save(images / name)
+        tasks["colour"].append(
+            {"id": f"colour{i}", "image": name, "question": "what colour is the shape?", "answer": shape.colour}
+        )
+        tasks["pick"].append(
+            {
+                "id": f"pick{i}",
+                "image": name,
+                "question": "which shape is it?",
+                "choices": list(SHAPES),
+                "answer": shape.kind,
+            }
+        )
+        tasks["describe"].append(
+            {
+                "id": f"describe{i}",
+                "image": name,
+                "question": "describe the picture",
+                "answer": f"a {shape.colour} {shape.kind} on a white background",
+            }
+        )
+        tasks["where"].append(
+            {
+                "id": f"where{i}",
+                "image": name,
+                "question": 'where is the centre of the shape? answer as json like {"x": 1, "y": 2}',
+                "answer": json.dumps({"x": shape.x, "y": shape.y}),
+            }
+        )
+    for task, items in tasks.items():
+        write_jsonl(items, folder / f"{task}.jsonl")
+    return folder
