@@ -105,8 +105,13 @@ def plan(options: UpgradeOptions) -> Plan:
     layers = _layers(new_ckpt.config)
     lora_params = 0
     if lora is not None:
-        # per layer and target, r * (in + out); Llama-like shapes approximated by the hidden size
-        lora_params = layers * len(new.lora_targets) * lora.r * 2 * new.hidden_size
+        # r * (in + out) for every targeted Linear of the decoder layers, read from the weight shapes
+        targets = tuple(lora.targets) if not isinstance(lora.targets, str) else tuple(new.lora_targets)
+        for name in new_ckpt.weights.names():
+            parts = name.split(".")
+            if "layers" in parts and len(parts) >= 2 and parts[-1] == "weight" and parts[-2] in targets:
+                out_features, in_features = new_ckpt.weights.shape(name)[:2]
+                lora_params += lora.r * (in_features + out_features)
     weight_bytes = {"bf16": 2, "fp16": 2, "fp32": 4}[recipe.precision]
     records, tokens = _data_tokens(options.data, old.vision.image_tokens if old.vision else 0)
     trainable = projector_params + lora_params

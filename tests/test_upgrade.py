@@ -127,3 +127,12 @@ def test_retrain_baseline_trains_both_sides_the_same_way(cli, kit, colour_data, 
     assert report["meta"]["baseline"] == "retrain"
     assert report["meta"]["model_a"] == str(out / "baseline" / "train" / "final" / "merged")
     assert not any("recipe" in w or "not trained here" in w for w in report["warnings"])
+
+
+def test_the_plan_counts_exactly_the_parameters_training_updates(finished, kit, colour_data, suite_file):
+    from safetensors.torch import load_file
+
+    root, _ = finished
+    planned = json.loads((root / "run" / "manifest.json").read_text())["plan"]["estimate"]["trainable_parameters"]
+    trained = load_file(root / "run" / "train" / "stage2" / "trainable.safetensors")
+    assert planned == sum(t.numel() for t in trained.values())
