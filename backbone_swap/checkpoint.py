@@ -7,7 +7,6 @@ pickle weights, remote code, corrupt files) is raised here, before any output ex
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -78,15 +77,7 @@ class Checkpoint:
 
     def sha256(self, on_bytes: Callable[[int], None] | None = None) -> dict[str, str]:
         """sha256 of every weight file, so a manifest can prove which inputs were used."""
-        digests = {}
-        for file in self.weights.files:
-            h = hashlib.sha256()
-            for chunk in st.iter_chunks(file):
-                h.update(chunk)
-                if on_bytes:
-                    on_bytes(len(chunk))
-            digests[file.name] = h.hexdigest()
-        return digests
+        return {file.name: st.sha256_file(file, on_bytes) for file in self.weights.files}
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -75,13 +75,6 @@ def select_features(hidden_states: Sequence[Any], layer: int | list[int], strate
     return chosen[0] if len(chosen) == 1 else torch.cat(chosen, dim=-1)
 
 
-def image_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    for chunk in st.iter_chunks(path, 1 << 20):
-        h.update(chunk)
-    return h.hexdigest()
-
-
 class FeatureCache:
     """Vision features by image, stored as one safetensors file per image under a key folder."""
 
@@ -98,7 +91,7 @@ class FeatureCache:
 
     def path_for(self, image: Path) -> Path:
         if image not in self._digests:
-            self._digests[image] = image_digest(image)
+            self._digests[image] = st.sha256_file(image)
         return self.folder / f"{self._digests[image]}.safetensors"
 
     def missing(self, images: Sequence[Path]) -> list[Path]:

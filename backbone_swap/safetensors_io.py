@@ -11,6 +11,7 @@ and ``from_pretrained`` in the tests.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import struct
@@ -257,6 +258,16 @@ def write_checkpoint(folder: Path, tensors: list[PlannedTensor], max_shard_bytes
     index = {"metadata": {"total_size": sum(t.nbytes for t in tensors)}, "weight_map": weight_map}
     (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     return names
+
+
+def sha256_file(path: Path, on_bytes: Callable[[int], None] | None = None) -> str:
+    """sha256 of a file read in chunks (weights can be tens of gigabytes)."""
+    h = hashlib.sha256()
+    for chunk in iter_chunks(path):
+        h.update(chunk)
+        if on_bytes:
+            on_bytes(len(chunk))
+    return h.hexdigest()
 
 
 def iter_chunks(path: Path, chunk: int = _COPY_CHUNK) -> Iterator[bytes]:

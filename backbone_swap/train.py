@@ -28,7 +28,7 @@ from backbone_swap.errors import BackboneSwapError
 from backbone_swap.manifest import step_record
 from backbone_swap.outputs import staged_dir, write_json
 from backbone_swap.recipe import Recipe, Stage, recipe_hash, recipe_to_dict
-from backbone_swap.safetensors_io import TORCH_DTYPES
+from backbone_swap.safetensors_io import TORCH_DTYPES, sha256_file
 
 PROJECTOR = "multi_modal_projector"
 
@@ -494,7 +494,7 @@ def train(
     if anatomy.kind != "vlm":
         raise BackboneSwapError(f"{model_dir} is not a VLM", "Train the output of backbone-swap transplant")
     manifest_path = output / "manifest.json"
-    data_sha = _sha256(Path(data)) if Path(data).is_file() else None
+    data_sha = sha256_file(Path(data)) if Path(data).is_file() else None
     if output.exists() and any(output.iterdir()) and not resume:
         raise BackboneSwapError(f"{output} already holds a training run",
                                 "Pass --resume to continue it, or choose another --output")
@@ -585,14 +585,3 @@ def train(
         manifest = {}
     trainer.accelerator.wait_for_everyone()
     return TrainResult(output, manifest, trainer.history)
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    from backbone_swap.safetensors_io import iter_chunks
-
-    h = hashlib.sha256()
-    for chunk in iter_chunks(path, 1 << 20):
-        h.update(chunk)
-    return h.hexdigest()
