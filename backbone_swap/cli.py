@@ -86,6 +86,10 @@ def transplant(
     max_shard_size: Annotated[str, typer.Option(help="Largest weight file written, e.g. 5GB.")] = "5GB",
     llm_kind: Annotated[str, typer.Option(help="base, instruct or unknown: recorded so comparisons can warn.")]
     = "unknown",
+    dtype: Annotated[str | None, typer.Option(help="Write every part in float32, bfloat16 or float16 "
+                                             "(default: each part keeps its dtype).")] = None,
+    pad_vocab_to: Annotated[int | None, typer.Option(help="Round the vocabulary rows up to a multiple, e.g. 64.")]
+    = None,
     overwrite: Annotated[bool, typer.Option(help="Replace OUTPUT if it exists (only once the new one is whole).")]
     = False,
     allow_pickle: AllowPickle = False,
@@ -97,7 +101,7 @@ def transplant(
     result = run_transplant(
         vlm, llm, output, seed=seed, projector=projector, chat_template=chat_template, overwrite=overwrite,
         allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, max_shard_size=max_shard_size,
-        llm_kind=llm_kind,
+        llm_kind=llm_kind, dtype=dtype, pad_vocab_to=pad_vocab_to,
     )
     changes = result.manifest["changes"]
     added = ", ".join(changes["added_tokens"]) or "none"

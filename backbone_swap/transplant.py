@@ -49,6 +49,9 @@ def parse_size(text: str | int) -> int:
         raise BackboneSwapError(f"{text!r} is not a size", "Write it like 5GB or 500MB") from None
 
 
+# --dtype choices (safetensors names by torch name); without it every part keeps its own dtype
+FLOAT_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
+
 # base and instruction-tuned LLMs differ in ways that look like backbone effects; only the user knows which
 LLM_KINDS = ("base", "instruct", "unknown")
 
@@ -73,6 +76,8 @@ def transplant(
     max_shard_size: str | int = "5GB",
     hash_inputs: bool = True,
     llm_kind: str = "unknown",
+    dtype: str | None = None,
+    pad_vocab_to: int | None = None,
 ) -> TransplantResult:
     """Put ``vlm``'s vision tower in front of ``llm`` with a new projector and write it to ``output``.
 
@@ -83,6 +88,11 @@ def transplant(
     if llm_kind not in LLM_KINDS:
         raise BackboneSwapError(f"--llm-kind must be one of {', '.join(LLM_KINDS)}, not {llm_kind!r}",
                                 "Say whether the new LLM is a base or an instruction-tuned model")
+    if dtype is not None and dtype not in FLOAT_DTYPES:
+        raise BackboneSwapError(f"--dtype must be one of {', '.join(FLOAT_DTYPES)}, not {dtype!r}",
+                                "Leave it out to keep each part's dtype")
+    if pad_vocab_to is not None and pad_vocab_to < 1:
+        raise BackboneSwapError(f"--pad-vocab-to must be a positive number, not {pad_vocab_to}", "Use e.g. 64")
     if projector not in {"new", "reuse"}:
         raise BackboneSwapError(f"--projector must be 'new' or 'reuse', not {projector!r}", "Use new or reuse")
     old = open_checkpoint(vlm, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
@@ -103,7 +113,8 @@ def transplant(
     output = check_output_dir(Path(output), [old.path, new.path], overwrite=overwrite)
     shard_bytes = parse_size(max_shard_size)
 
-    build = _Build(old, new, old_anatomy, new_anatomy, compat, trust_remote_code)
+    build = _Build(old, new, old_anatomy, new_anatomy, compat, trust_remote_code, dtype=dtype,
+                   pad_vocab_to=pad_vocab_to)
     build.prepare_tokenizer(template_text)
     build.prepare_config()
     planned = build.plan_tensors(projector=projector, seed=seed)
@@ -154,7 +165,9 @@ class _Build:
     """The state of one transplant between planning and writing."""
 
     def __init__(self, old: Checkpoint, new: Checkpoint, old_anatomy: Anatomy, new_anatomy: Anatomy,
-                 compat: Compatibility, trust_remote_code: bool) -> None:
+                 compat: Compatibility, trust_remote_code: bool, *, dtype: str | None = None,
+                 pad_vocab_to: int | None = None) -> None:
+        self.dtype, self.pad_vocab_to = dtype, pad_vocab_to
         self.old, self.new = old, new
         self.old_anatomy, self.new_anatomy = old_anatomy, new_anatomy
         self.compat = compat
@@ -202,6 +215,8 @@ class _Build:
         self.tokenizer = tok
         self.added_ids = [tok.convert_tokens_to_ids(t) for t in self.added]
         self.rows = max(self.new_anatomy.embedding_rows, len(tok))
+        if self.pad_vocab_to:  # e.g. 64: tensor-core friendly shapes; the extra rows start at the mean too
+            self.rows = -(-self.rows // self.pad_vocab_to) * self.pad_vocab_to
 
     # -- config -----------------------------------------------------------------------------------
     def prepare_config(self) -> None:
@@ -225,8 +240,10 @@ class _Build:
             tie_word_embeddings=self.new_anatomy.tie_word_embeddings,
         )
         self.config.architectures = ["LlavaForConditionalGeneration"]
-        self.config.dtype = self.new_anatomy.dtypes.get("language_model", "float32")
-        self.config.dtype = st.TORCH_DTYPES.get(self.config.dtype, self.config.dtype)
+        if self.dtype is not None:
+            self.config.dtype = self.dtype
+        else:
+            self.config.dtype = st.TORCH_DTYPES.get(self.new_anatomy.dtypes.get("language_model", "F32"), "float32")
         self.expected = self._expected_shapes()
 
     def _expected_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -256,7 +273,25 @@ class _Build:
             planned += self._new_projector(seed)
         planned += self._language_tensors()
         self._check_against_model(planned)
+        if self.dtype is not None:
+            planned = [self._cast(t, FLOAT_DTYPES[self.dtype]) for t in planned]
         return planned
+
+    @staticmethod
+    def _cast(tensor: st.PlannedTensor, dtype: str) -> st.PlannedTensor:
+        """The tensor converted to ``dtype`` as it is written (floating-point tensors only)."""
+        if tensor.dtype == dtype or tensor.dtype not in FLOAT_DTYPES.values():
+            return tensor
+
+        def produce() -> bytes:
+            import torch
+
+            raw = bytearray(tensor.produce())
+            source = getattr(torch, st.TORCH_DTYPES[tensor.dtype])
+            values = torch.frombuffer(raw, dtype=source) if raw else torch.empty(0, dtype=source)
+            return st.tensor_to_bytes(values.to(getattr(torch, st.TORCH_DTYPES[dtype])))
+
+        return st.PlannedTensor(tensor.name, dtype, tensor.shape, produce)
 
     def _vision_tensors(self) -> list[st.PlannedTensor]:
         targets = {k for k in self.expected if k.startswith("model.vision_tower.")}
@@ -418,6 +453,8 @@ class _Build:
                           "seed": seed if projector == "new" else None,
                           "shape": [self.compat.projector_in, self.compat.projector_out]},
             "chat_template": self.compat.chat_template,
-            "vision_tower": "copied unchanged from the VLM",
+            "vision_tower": "copied unchanged from the VLM" if self.dtype is None
+            else f"copied from the VLM, cast to {self.dtype}",
+            "dtype": self.dtype or "kept per part",
             "image_processor": "copied from the VLM",
         }

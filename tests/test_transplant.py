@@ -296,3 +296,20 @@ def test_both_llava_key_layouts_are_read(kit, tmp_path, layout):
     assert vision and all(torch.equal(new[k], old[k]) for k in vision)
     _, info = LlavaForConditionalGeneration.from_pretrained(out, output_loading_info=True)
     assert not any(info.values())
+
+
+def test_dtype_and_padded_vocabulary(kit, cli, tmp_path):
+    result = cli("transplant", "--vlm", kit.vlm, "--llm", kit.mistral, "-o", tmp_path / "out", "--dtype", "bfloat16",
+                 "--pad-vocab-to", "64")
+    assert result.code == 0, result.err
+    out, old = _tensors(tmp_path / "out"), _tensors(kit.vlm)
+    assert {t.dtype for t in out.values()} == {torch.bfloat16}
+    for name in [k for k in old if k.startswith("vision_tower.")]:
+        assert torch.equal(out["model." + name], old[name].to(torch.bfloat16))
+    rows = out["model.language_model.embed_tokens.weight"].shape[0]
+    assert rows % 64 == 0 and rows >= len(AutoTokenizer.from_pretrained(tmp_path / "out"))
+    model, info = LlavaForConditionalGeneration.from_pretrained(tmp_path / "out", output_loading_info=True)
+    assert not any(info.values()) and model.dtype == torch.bfloat16
+    assert model.config.text_config.vocab_size == rows
+    bad = cli("transplant", "--vlm", kit.vlm, "--llm", kit.mistral, "-o", tmp_path / "bad", "--dtype", "int8")
+    assert bad.code == 1 and "--dtype" in bad.err
