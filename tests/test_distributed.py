@@ -59,4 +59,6 @@ def test_two_process_eval_writes_the_same_per_item_files(transplanted, suite_fil
             assert two[item]["prediction"] == line["prediction"] and two[item]["correct"] == line["correct"]
             assert two[item]["confidence"] == pytest.approx(line["confidence"], rel=1e-4)
     assert not list((tmp_path / "two").glob(".*.rank*.jsonl"))
+    assert json.loads((tmp_path / "one" / "manifest.json").read_text())["processes"] == 1
+    assert json.loads((tmp_path / "two" / "manifest.json").read_text())["processes"] == 2
     assert (tmp_path / "two" / "probes" / "colour.safetensors").is_file()

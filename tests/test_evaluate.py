@@ -183,3 +183,14 @@ def test_option_scores_are_the_log_likelihood_of_the_reply_as_trained(transplant
         logprobs = torch.log_softmax(logits, -1)
         expected = sum(float(logprobs[i - 1, t]) for i, t in enumerate(labels) if t != IGNORE)
         assert score == pytest.approx(expected, rel=1e-4, abs=1e-4)
+
+
+def test_answers_left_by_a_stopped_multi_process_run_are_kept(transplanted, suite_file, evaluated, tmp_path):
+    out = tmp_path / "resume"
+    out.mkdir()
+    full = (evaluated.output / "colour.jsonl").read_text().splitlines()
+    (out / ".colour.rank1.jsonl").write_text("\n".join(full[:5]) + "\n")
+    evaluate(transplanted["mistral"], load_suite(suite_file), out, batch_size=5, probes=False, show_progress=False)
+    lines = (out / "colour.jsonl").read_text().splitlines()
+    assert len(lines) == 12 and lines[:5] == full[:5]
+    assert not list(out.glob(".*.rank*.jsonl"))

@@ -85,17 +85,23 @@ class Evaluator:
 
             images = [pad_to_square(image, self.processor.image_processor) for image in images]
         # the rendered template already holds the BOS it wants, as in training: add no second one
-        return self.processor(images=images, text=prompts, padding=True, add_special_tokens=False,
-                              return_tensors="pt").to(self.device)
+        return self.processor(
+            images=images, text=prompts, padding=True, add_special_tokens=False, return_tensors="pt"
+        ).to(self.device)
 
     def _greedy(self, max_new_tokens: int):
         """Plain greedy decoding: no penalties inherited from the LLM's generation config, which would
         change both the answers and their probabilities."""
         from transformers import GenerationConfig
 
-        return GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=sorted(self.stop_ids),
-                                pad_token_id=self.tokenizer.pad_token_id, output_scores=True,
-                                return_dict_in_generate=True)
+        return GenerationConfig(
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=sorted(self.stop_ids),
+            pad_token_id=self.tokenizer.pad_token_id,
+            output_scores=True,
+            return_dict_in_generate=True,
+        )
 
     def generate(self, images, questions: list[str], task: Task) -> list[tuple[str, float]]:
         """Greedy answers and their length-normalised probabilities."""
@@ -138,8 +144,9 @@ class Evaluator:
             raise BackboneSwapError(f"task {task.name}: {e}", "Use a chat template that renders replies") from None
         start, end = spans[-1]
         encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        reply_ids = [t for t, (b, _) in zip(encoded["input_ids"], encoded["offset_mapping"], strict=True)
-                     if start <= b < end]
+        reply_ids = [
+            t for t, (b, _) in zip(encoded["input_ids"], encoded["offset_mapping"], strict=True) if start <= b < end
+        ]
         return self._inputs([image], [text[:start]]), reply_ids or [self.tokenizer.eos_token_id]
 
     def option_logprobs(self, image, question: str, choices: list[str], task: Task) -> list[float]:
@@ -255,17 +262,18 @@ def merge_parts(output: Path, task: Task) -> Path:
     return path
 
 
-def evaluate_task(evaluator: Evaluator, task: Task, output: Path, *, on_items=None, rank: int = 0,
-                  world: int = 1) -> Path:
+def evaluate_task(
+    evaluator: Evaluator, task: Task, output: Path, *, on_items=None, rank: int = 0, world: int = 1
+) -> Path:
     """Answer every item of ``task`` not yet in ``output/<task>.jsonl``, appending as batches finish.
 
     With several processes each takes every ``world``-th item into a file of its own, merged afterwards.
     """
     items = read_items(task)
     path = output / f"{task.name}.jsonl" if world == 1 else _part(output, task, rank)
+    # only the merged file counts as done: per-process files are merged before any process starts, so
+    # every process sees the same list and the shares do not overlap or leave gaps
     done = _done_ids(output / f"{task.name}.jsonl", repair=world == 1)
-    for part in output.glob(f".{task.name}.rank*.jsonl"):
-        done |= _done_ids(part, repair=part == path)
     todo = [item for item in items if str(item["id"]) not in done]
     todo.sort(key=lambda item: (len(str(item["question"])), str(item["id"])))  # similar lengths share a batch
     todo = todo[rank::world]
@@ -357,9 +365,11 @@ def evaluate(
     )
     if finished and (output / "manifest.json").is_file():
         return EvalResult(output, json.loads((output / "manifest.json").read_text()))
+    import torch
     from accelerate import PartialState
 
-    state = PartialState()  # under torchrun / accelerate launch: this process's rank and device
+    # under torchrun / accelerate launch: this process's rank and device (gloo when there is no GPU)
+    state = PartialState(cpu=not torch.cuda.is_available())
     rank, world = state.process_index, state.num_processes
     evaluator = Evaluator(model_dir, batch_size=batch_size, device=device or str(state.device))
     total = sum(len(v) for v in items.values()) // world
@@ -369,6 +379,10 @@ def evaluate(
         if show_progress
         else contextlib.nullcontext(lambda n: None) as advance
     ):
+        if state.is_main_process:  # answers a stopped multi-process run left in per-process files
+            for task in suite.tasks:
+                merge_parts(output, task)
+        state.wait_for_everyone()
         for task in suite.tasks:
             evaluate_task(evaluator, task, output, on_items=advance, rank=rank, world=world)
     state.wait_for_everyone()
@@ -391,6 +405,7 @@ def evaluate(
         suite=suite.name,
         suite_source=suite.source,
         tasks={t.name: len(items[t.name]) for t in suite.tasks},
+        processes=world,
         batch_size=batch_size,
         seconds=round(time.time() - started, 3),
     )
