@@ -16,13 +16,14 @@ import numpy as np
 
 from backbone_swap import stats
 from backbone_swap.errors import BackboneSwapError
+from backbone_swap.evaluate.runner import read_answers
 from backbone_swap.evaluate.suite import Suite, Task, read_items
 
 
 def _lines(path: Path) -> dict[str, dict[str, Any]]:
     if not path.is_file():
         raise BackboneSwapError(f"{path} is missing", "Run backbone-swap eval for both models first")
-    return {str(line["id"]): line for line in map(json.loads, path.read_text(encoding="utf-8").splitlines())}
+    return {line["id"]: line for line in read_answers(path)}
 
 
 def _stability(eval_dir: Path, task: Task) -> float | None:

@@ -61,10 +61,11 @@ def staged_dir(output: Path) -> Iterator[Path]:
 def write_json(path: Path, data: Any) -> None:
     """Write JSON through a temporary file and a rename, so readers never see half a file."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    # a temporary name of its own, so that processes writing the same file never share one
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.",
+                                     suffix=".tmp", delete=False) as f:
         json.dump(data, f, indent=2, sort_keys=False, default=str)
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+    os.replace(f.name, path)

@@ -88,6 +88,15 @@ def collate(samples, features, pad_id: int):
     """Right-padded ids, labels (IGNORE on pads) and the attention mask, plus the batch's image features."""
     import torch
 
+    ids, mask, labels = pad_batch(samples, pad_id)
+    feats = [features(s.image) for s in samples if s.image is not None]
+    return ids, mask, labels, (torch.stack(feats) if feats else None)
+
+
+def pad_batch(samples, pad_id: int):
+    """Right-padded ids, the attention mask, and labels that ignore the pads."""
+    import torch
+
     width = max(s.length for s in samples)
     ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(samples), width), IGNORE, dtype=torch.long)
@@ -96,8 +105,7 @@ def collate(samples, features, pad_id: int):
         ids[row, : s.length] = torch.tensor(s.input_ids)
         labels[row, : s.length] = torch.tensor(s.labels)
         mask[row, : s.length] = 1
-    feats = [features(s.image) for s in samples if s.image is not None]
-    return ids, mask, labels, (torch.stack(feats) if feats else None)
+    return ids, mask, labels
 
 
 def split_for_processes(batch: list[int], micro_batch: int, world: int) -> list[list[int]] | None:

@@ -73,7 +73,7 @@ def hf_trainer(model_dir: Path, data: Path, images: Path, root: Path, steps: int
     from backbone_swap.data import build_dataset
     from backbone_swap.features import preprocess
     from backbone_swap.templates import end_of_turn
-    from backbone_swap.train import lora_target_regex
+    from backbone_swap.train import lora_target_regex, pad_batch
 
     processor = AutoProcessor.from_pretrained(model_dir)
     tok = processor.tokenizer
@@ -85,14 +85,7 @@ def hf_trainer(model_dir: Path, data: Path, images: Path, root: Path, steps: int
     model = get_peft_model(model, config)
 
     def collate(samples):
-        width = max(s.length for s in samples)
-        ids = torch.full((len(samples), width), tok.pad_token_id)
-        labels = torch.full((len(samples), width), -100)
-        mask = torch.zeros((len(samples), width), dtype=torch.long)
-        for row, s in enumerate(samples):
-            ids[row, : s.length] = torch.tensor(s.input_ids)
-            labels[row, : s.length] = torch.tensor(s.labels)
-            mask[row, : s.length] = 1
+        ids, mask, labels = pad_batch(samples, tok.pad_token_id)
         pixels = preprocess([Image.open(s.image).convert("RGB") for s in samples], processor.image_processor, "pad")
         return {"input_ids": ids, "attention_mask": mask, "labels": labels, "pixel_values": pixels}
 

@@ -214,7 +214,7 @@ def score_item(task: Task, item: dict[str, Any], prediction: str, confidence: fl
     return line
 
 
-def _read_lines(path: Path, *, repair: bool) -> list[dict[str, Any]]:
+def read_answers(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:
     """The complete lines of a per-item file; a line cut by a crash (and what follows) is dropped."""
     if not path.is_file():
         return []
@@ -235,7 +235,7 @@ def _read_lines(path: Path, *, repair: bool) -> list[dict[str, Any]]:
 
 
 def _done_ids(path: Path, *, repair: bool = True) -> set[str]:
-    return {line["id"] for line in _read_lines(path, repair=repair)}
+    return {line["id"] for line in read_answers(path, repair=repair)}
 
 
 def _part(output: Path, task: Task, rank: int) -> Path:
@@ -250,7 +250,7 @@ def merge_parts(output: Path, task: Task) -> Path:
         return path
     seen, merged = set(), []
     for source in [path, *parts]:
-        for line in _read_lines(source, repair=False):
+        for line in read_answers(source, repair=False):
             if line["id"] not in seen:
                 seen.add(line["id"])
                 merged.append(line)
@@ -359,7 +359,7 @@ def evaluate(
     if not marker.is_file():
         write_json(marker, identity)
     finished = all(
-        {str(i["id"]) for i in items[t.name]} <= _done_ids(output / f"{t.name}.jsonl")
+        {str(i["id"]) for i in items[t.name]} <= _done_ids(output / f"{t.name}.jsonl", repair=False)
         and (not probes or not suite.probes or (output / "probes" / f"{t.name}.safetensors").is_file())
         for t in suite.tasks
     )
