@@ -164,7 +164,7 @@ def compare(
 ) -> dict[str, Any]:
     """Evaluate (or reuse) A and B on ``suite``, compare task by task, and write the report to ``output``."""
     from backbone_swap.evaluate.runner import evaluate
-    from backbone_swap.recommend import Thresholds, capabilities, overall_verdict, task_verdict
+    from backbone_swap.recommend import Thresholds, capabilities, check_expectation, overall_verdict, task_verdict
     from backbone_swap.report import write_report
 
     started = time.time()
@@ -191,6 +191,8 @@ def compare(
         "overall": overall_verdict(tasks, weights),
         "capabilities": capabilities(tasks),
         "warnings": confounds(model_a, model_b) + list(extra_warnings or []),
+        "expectations": [check_expectation(record, task.expect, thresholds)
+                         for record, task in zip(tasks, suite.tasks, strict=True) if task.expect],
     }
     comparison["meta"]["seconds"] = round(time.time() - started, 3)
     output.mkdir(parents=True, exist_ok=True)

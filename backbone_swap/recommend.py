@@ -29,6 +29,8 @@ from backbone_swap.errors import BackboneSwapError
 
 VERDICTS = ("upgrade", "keep", "no clear difference", "complementary")
 OVERALL_VERDICTS = ("upgrade", "keep", "mixed: route per task", "no clear difference")
+# What a suite may declare it expects of a task: a verdict, or that only one model can do it at all.
+EXPECTATIONS = (*VERDICTS, "only A", "only B")
 _SCORE = {"upgrade": 1.0, "keep": -1.0}
 # Rates and differences are ratios of counts; a threshold hit exactly (0.02 = 4/200) must count as hit
 # even when the float division lands a rounding step below it.
@@ -180,6 +182,28 @@ def capabilities(tasks: Iterable[Mapping[str, Any]], t: Thresholds | None = None
     """
     found = (capability_of(task, t) for task in tasks)
     return [entry for entry in found if entry is not None]
+
+
+def check_expectation(task: Mapping[str, Any], expected: str, t: Thresholds | None = None) -> dict[str, Any]:
+    """Whether the run shows the finding a suite expects of ``task`` (a task record with its verdict).
+
+    A run that does not show it says so rather than being left out: a benchmark built to show a finding
+    (the demo's) is only honest if its report can also say the finding did not appear.
+    """
+    if expected not in EXPECTATIONS:
+        raise ValueError(f"unknown expectation {expected!r}; expected one of {', '.join(EXPECTATIONS)}")
+    if expected in VERDICTS:
+        observed = str(task.get("verdict"))
+        shown = observed == expected
+    else:
+        entry = capability_of(task, t)
+        who = entry["who"] if entry else None
+        shown = who == expected[-1]
+        measure = "valid outputs" if task.get("type") == "structured" and task.get("valid_rate_a") is not None \
+            else "accuracy"
+        rates = f"{measure} A {fmt_pct(_rate(task, 'a'))}, B {fmt_pct(_rate(task, 'b'))}"
+        observed = f"only {who} ({rates})" if who else f"neither alone ({rates})"
+    return {"task": str(task["name"]), "expected": expected, "observed": observed, "shown": shown}
 
 
 def _diff_sentence(task: Mapping[str, Any]) -> str:

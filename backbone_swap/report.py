@@ -3,12 +3,13 @@
 The comparison dict is built by ``compare.py``::
 
     {"meta": {...}, "tasks": [task statistics + "verdict" + "reasons"], "overall": {...},
-     "capabilities": [...], "warnings": [str]}
+     "capabilities": [...], "warnings": [str], "expectations": [...]}
 
 ``report.json`` is exactly that dict made JSON-safe (numpy scalars become Python numbers, NaN and
 infinities become null); ``REPORT_SCHEMA`` describes it and ``validate_report`` checks it. The markdown and
 the HTML say the same things in the same order: the overall verdict and its reasons first, then the
-warnings (possible confounds), the per-task table, each task's reasons, and what only one model can do.
+warnings (possible confounds), the findings the suite expects and whether this run shows them, the
+per-task table, each task's reasons, and what only one model can do.
 
 Every file is written through a temporary file and a rename, so a reader never sees half a report, and
 ``report.json`` is written last. matplotlib is used through its object API with the Agg canvas (no pyplot,
@@ -36,6 +37,7 @@ import numpy as np
 from backbone_swap.evaluate.scoring import TASK_TYPES
 from backbone_swap.evaluate.suite import NEEDS
 from backbone_swap.recommend import (
+    EXPECTATIONS,
     OVERALL_VERDICTS,
     VERDICTS,
     fmt_num,
@@ -62,6 +64,7 @@ REPORT_SCHEMA: dict[str, Any] = {
         "overall": "overall",
         "capabilities": "list[capability]",
         "warnings": "list[string]",
+        "expectations": "list[expectation]",
     },
     "meta": {
         "model_a": "string",
@@ -129,6 +132,12 @@ REPORT_SCHEMA: dict[str, Any] = {
         "rate_a": "number",
         "rate_b": "number",
     },
+    "expectation": {
+        "task": "string",
+        "expected": "enum:expectation",
+        "observed": "string",
+        "shown": "boolean",
+    },
     "enums": {
         "baseline": ["as-is", "retrain"],
         "type": list(TASK_TYPES),
@@ -137,6 +146,7 @@ REPORT_SCHEMA: dict[str, Any] = {
         "overall_verdict": list(OVERALL_VERDICTS),
         "who": ["A", "B"],
         "measure": ["valid outputs", "accuracy"],
+        "expectation": list(EXPECTATIONS),
     },
 }
 
@@ -280,6 +290,9 @@ def validate_report(data: Any) -> list[str]:
             value = task[key]
             if is_number(value) and not 0.0 <= value <= 1.0:
                 problems.append(f"{where}.{key}: {value} is outside [0, 1]")
+    for i, entry in enumerate(data["expectations"]):
+        if entry["task"] not in names:
+            problems.append(f"expectations[{i}].task: {entry['task']!r} is not a task of this report")
     for i, entry in enumerate(data["capabilities"]):
         if entry["name"] not in names:
             problems.append(f"capabilities[{i}].name: {entry['name']!r} is not a task of this report")
@@ -384,6 +397,11 @@ def _capability_line(entry: Mapping[str, Any]) -> str:
             f"B {fmt_pct(entry['rate_b'])})")
 
 
+def expectation_line(entry: Mapping[str, Any]) -> str:
+    mark = "shown" if entry["shown"] else "NOT shown"
+    return f"{entry['task']}: expected {entry['expected']}, observed {entry['observed']}: {mark}"
+
+
 def _baseline_note(baseline: str) -> str:
     if baseline == "retrain":
         return "retrain: A was retrained with the same recipe, so the differences isolate the backbone"
@@ -447,6 +465,11 @@ def render_markdown(comparison: Mapping[str, Any]) -> str:
         lines += [f"> - {md_escape(w)}" for w in warnings]
     else:
         lines += ["> **Warnings (possible confounds):** none were detected."]
+    expectations = comparison.get("expectations") or []
+    if expectations:
+        shown = sum(bool(e["shown"]) for e in expectations)
+        lines += ["", f"## Expected findings: {shown} of {len(expectations)} shown by this run", ""]
+        lines += [f"- {md_escape(expectation_line(e))}" for e in expectations]
     lines += ["", "## Per task", ""]
     lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join(["---"] * len(COLUMNS)) + "|"]
     for task in comparison["tasks"]:
@@ -514,7 +537,11 @@ img { max-width: 100%; }
 {% endfor %}</ul>
 {% else %}<strong>Warnings (possible confounds):</strong> none were detected.
 {% endif %}</div>
-<h2>Per task</h2>
+{% if expectations %}<h2>Expected findings: {{ expectations_shown }} of {{ expectations|length }} shown by this run</h2>
+<ul>
+{% for line in expectations %}<li>{{ line }}</li>
+{% endfor %}</ul>
+{% endif %}<h2>Per task</h2>
 <table>
 <tr>{% for c in columns %}<th>{{ c }}</th>{% endfor %}</tr>
 {% for row in rows %}<tr>{% for cell in row.cells %}<td>{{ cell }}</td>{% endfor %}
@@ -564,6 +591,8 @@ def render_html(comparison: Mapping[str, Any], images: Mapping[str, bytes]) -> s
         overall_class=f"verdict-{_css(overall['verdict'])}",
         score=f"{float(overall['score']):+.2f}",
         warnings=comparison.get("warnings") or [],
+        expectations=[expectation_line(e) for e in comparison.get("expectations") or []],
+        expectations_shown=sum(bool(e["shown"]) for e in comparison.get("expectations") or []),
         columns=COLUMNS,
         rows=[{"cells": task_row(task)[:-1], "verdict": task_row(task)[-1], "css": _css(task.get("verdict"))}
               for task in comparison["tasks"]],
@@ -795,7 +824,15 @@ def terminal_table(comparison: Mapping[str, Any]) -> Any:
             fmt_p(task.get("mcnemar_p")),
             Text(v, style=_RICH_STYLE.get(v, "")),
         )
+    caption = []
+    expectations = comparison.get("expectations") or []
+    if expectations:
+        shown = sum(bool(e["shown"]) for e in expectations)
+        caption.append(Text(f"expected findings shown: {shown} of {len(expectations)}",
+                            style="green" if shown == len(expectations) else "yellow"))
     warnings = comparison.get("warnings") or []
     if warnings:
-        table.caption = Text(f"{len(warnings)} warning(s): see the report", style="yellow")
+        caption.append(Text(f"{len(warnings)} warning(s): see the report", style="yellow"))
+    if caption:
+        table.caption = Text("; ").join(caption)
     return table

@@ -118,6 +118,8 @@ def test_probe_states_are_saved(evaluated, transplanted):
         ("tasks:\n  - {name: a, type: structured, needs: format, data: x.jsonl}\n", "tasks[0].format"),
         ("tasks:\n  - {name: a, type: short_answer, needs: format, data: x.jsonl, colour: 1}\n", "tasks[0].colour"),
         ("bogus: 1\ntasks: []\n", "bogus"),
+        ("tasks:\n  - {name: a, type: short_answer, needs: format, data: x.jsonl, expect: better}\n",
+         "tasks[0].expect must be one of upgrade, keep, no clear difference, complementary, only A, only B"),
     ],
 )
 def test_bad_suites_name_the_key(tmp_path, text, words):

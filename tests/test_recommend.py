@@ -17,6 +17,7 @@ from backbone_swap.errors import BackboneSwapError
 from backbone_swap.recommend import (
     Thresholds,
     capabilities,
+    check_expectation,
     format_weights,
     overall_verdict,
     parse_weights,
@@ -187,6 +188,30 @@ def test_capability_thresholds_are_inclusive():
     found = capabilities([task, make_task("vqa", *outcomes(90, 10, 40, 60))])
     assert found == [{"name": "json", "who": "B", "measure": "valid outputs", "rate_a": 0.05, "rate_b": 0.2,
                       "type": "structured", "needs": "format"}]
+
+
+def test_expectations_compare_the_verdict_or_who_alone_can_do_the_task():
+    vqa = with_verdict(make_task("vqa", *outcomes(90, 10, 40, 60)))  # B solves 30 more of 200: an upgrade
+    assert vqa["verdict"] == "upgrade"
+    assert check_expectation(vqa, "upgrade") == {"task": "vqa", "expected": "upgrade", "observed": "upgrade",
+                                                 "shown": True}
+    assert check_expectation(vqa, "no clear difference")["shown"] is False
+    # 0 of 100 valid for A, 20 of 100 for B: B alone can answer in the format (thresholds 5% and 20%)
+    a, b = outcomes(1, 2, 3, 94, seed=6)
+    pointing = with_verdict(make_task("pointing", a, b, type="structured", needs="format", valid_a=0.0,
+                                      valid_b=0.2))
+    assert check_expectation(pointing, "only B") == {
+        "task": "pointing", "expected": "only B", "observed": "only B (valid outputs A 0.0%, B 20.0%)", "shown": True}
+    assert check_expectation(pointing, "only A")["shown"] is False
+    weak = {**pointing, "valid_rate_b": 0.19}
+    assert check_expectation(weak, "only B") == {
+        "task": "pointing", "expected": "only B", "observed": "neither alone (valid outputs A 0.0%, B 19.0%)",
+        "shown": False}
+    # without valid rates, accuracy decides who can do it: 3% and 4% are both out of reach
+    plain = {**pointing, "type": "short_answer", "valid_rate_a": None, "valid_rate_b": None}
+    assert check_expectation(plain, "only B")["observed"] == "neither alone (accuracy A 3.0%, B 4.0%)"
+    with pytest.raises(ValueError, match="unknown expectation"):
+        check_expectation(vqa, "better")
 
 
 def test_p_below_alpha_with_an_interval_including_zero_is_not_significant():

@@ -13,7 +13,7 @@ import pytest
 from rich.console import Console
 from test_recommend import make_task, outcomes, with_verdict
 
-from backbone_swap.recommend import Thresholds, capabilities, overall_verdict
+from backbone_swap.recommend import Thresholds, capabilities, check_expectation, overall_verdict
 from backbone_swap.report import (
     REPORT_SCHEMA,
     plot_accuracy,
@@ -50,6 +50,7 @@ def build_comparison(names: tuple[str, str, str] = ("vqa", "ocr", "pointing")) -
         "overall": overall_verdict(tasks, None),
         "capabilities": capabilities(tasks, Thresholds()),
         "warnings": ["B was trained on 3 epochs, A on 1: the recipe differs, not only the backbone"],
+        "expectations": [check_expectation(tasks[1], "no clear difference"), check_expectation(tasks[2], "only B")],
     }
 
 
@@ -98,6 +99,9 @@ def test_report_json_is_the_comparison_and_matches_the_schema(written, compariso
     (lambda d: d["meta"].update(created="yesterday"), "meta.created: 'yesterday' is not an ISO 8601"),
     (lambda d: d["capabilities"][0].update(name="nope"), "capabilities[0].name: 'nope' is not a task"),
     (lambda d: d.update(warnings="none"), "warnings: expected list[string], got string"),
+    (lambda d: d["expectations"][0].update(shown="yes"), "expectations[0].shown: expected boolean, got string"),
+    (lambda d: d["expectations"][0].update(task="nope"), "expectations[0].task: 'nope' is not a task"),
+    (lambda d: d["expectations"][0].update(expected="better"), "expectations[0].expected: 'better' is not one of"),
 ])
 def test_validate_report_finds_missing_keys_and_wrong_types(written, damage, problem):
     data = json.loads(written["json"].read_text(encoding="utf-8"))
@@ -124,6 +128,18 @@ def test_markdown_leads_with_the_verdict_and_shows_warnings_table_and_capabiliti
     assert "- pointing: only B can do it (valid outputs A 0.0%, B 70.0%)" in text
     for image in ("accuracy.png", "overlap.png", "reliability.png"):
         assert f"]({image})" in text
+
+
+def test_expected_findings_are_reported_whether_shown_or_not(written):
+    """The ocr task was expected to show no clear difference but B is worse: the report must say so."""
+    text = written["markdown"].read_text(encoding="utf-8")
+    assert "## Expected findings: 1 of 2 shown by this run" in text
+    assert text.index("Warnings") < text.index("## Expected findings") < text.index("## Per task")
+    assert "- ocr: expected no clear difference, observed keep: NOT shown" in text
+    assert "- pointing: expected only B, observed only B (valid outputs A 0.0%, B 70.0%): shown" in text
+    html = written["html"].read_text(encoding="utf-8")
+    assert "Expected findings: 1 of 2 shown by this run" in html
+    assert "<li>ocr: expected no clear difference, observed keep: NOT shown</li>" in html
 
 
 def test_html_is_self_contained_and_escapes_user_text(written):
@@ -184,7 +200,8 @@ def test_many_tasks_and_odd_names_still_plot(plain):
         task["name"] = f"task $x_{i}$ with a rather long name number {i}"  # '$' would start mathtext
         tasks.append(task)
     tasks[4]["reliability_a"] = tasks[4]["reliability_b"] = []
-    comparison = to_jsonable({**plain, "tasks": tasks, "overall": overall_verdict(tasks, None), "capabilities": []})
+    comparison = to_jsonable({**plain, "tasks": tasks, "overall": overall_verdict(tasks, None), "capabilities": [],
+                                   "expectations": []})
     assert validate_report(comparison) == []
     for plot in (plot_accuracy, plot_reliability):
         assert plot(comparison)[:8] == b"\x89PNG\r\n\x1a\n"

@@ -17,6 +17,7 @@ import yaml
 
 from backbone_swap.errors import BackboneSwapError
 from backbone_swap.evaluate.scoring import STRUCTURED_FORMATS, TASK_TYPES
+from backbone_swap.recommend import EXPECTATIONS
 
 NEEDS = ("perception", "reasoning", "format")
 _TASK_KEYS = {
@@ -30,6 +31,7 @@ _TASK_KEYS = {
     "max_new_tokens",
     "instruction",
     "pass_score",
+    "expect",
 }
 
 
@@ -45,6 +47,7 @@ class Task:
     max_new_tokens: int = 16
     instruction: str = ""  # appended to every question, e.g. "Answer with one word."
     pass_score: float = 0.5  # description tasks: ROUGE-L at or above which an answer counts as correct
+    expect: str | None = None  # the finding the suite's author expects (recommend.EXPECTATIONS); the report checks it
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,8 @@ def suite_from_dict(data: Any, path: Path) -> Suite:
                 raise _bad(path, f"{where}.{key}", "must be a non-negative number")
         if "max_new_tokens" in item and (not isinstance(item["max_new_tokens"], int) or item["max_new_tokens"] < 1):
             raise _bad(path, f"{where}.max_new_tokens", "must be a positive integer")
+        if "expect" in item and item["expect"] not in EXPECTATIONS:
+            raise _bad(path, f"{where}.expect", f"must be one of {', '.join(EXPECTATIONS)}, not {item['expect']!r}")
         base = path.parent
         data_path = (base / item["data"]).resolve()
         root = (base / item.get("image_root", ".")).resolve() if "image_root" in item else data_path.parent
@@ -148,6 +153,7 @@ def suite_from_dict(data: Any, path: Path) -> Suite:
                 max_new_tokens=item.get("max_new_tokens", 16),
                 instruction=str(item.get("instruction", "")),
                 pass_score=float(item.get("pass_score", 0.5)),
+                expect=item.get("expect"),
             )
         )
     names = [t.name for t in tasks]
