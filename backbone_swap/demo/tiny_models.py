@@ -301,3 +301,136 @@ def gemma2_spec(**overrides) -> LLMSpec:
                 tie_word_embeddings=True, tokenizer=tok)
     base.update(overrides)
     return LLMSpec(**base)
+
+
+def build_llava_next(
+    path: str | Path,
+    llm: LLMSpec | None = None,
+    vision: VisionSpec | None = None,
+    *,
+    grid_pinpoints: Sequence[Sequence[int]] = ((32, 64), (64, 32), (64, 64)),
+    image_token: str = "<image>",
+    seed: int = 0,
+) -> Path:
+    """Write a tiny ``LlavaNextForConditionalGeneration`` checkpoint (any-resolution tiling) to ``path``."""
+    import torch
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    path = Path(path)
+    llm = llm or LLMSpec(family="llama", tokenizer=TokenizerSpec(chat_template=LLAVA_TEMPLATE, pad="<pad>"))
+    vision = vision or VisionSpec()
+    pinpoints = [list(p) for p in grid_pinpoints]
+    tokenizer = train_tokenizer(llm.tokenizer)
+    tokenizer.add_special_tokens({"additional_special_tokens": [image_token]})
+    config = LlavaNextConfig(
+        vision_config=vision_config(vision),
+        text_config=text_config(llm, tokenizer),
+        image_token_index=tokenizer.convert_tokens_to_ids(image_token),
+        image_seq_length=(vision.image_size // vision.patch_size) ** 2,
+        image_grid_pinpoints=pinpoints,
+        vision_feature_layer=vision.feature_layer,
+        vision_feature_select_strategy=vision.select_strategy,
+        tie_word_embeddings=llm.tie_word_embeddings,
+    )
+    torch.manual_seed(seed)
+    model = LlavaNextForConditionalGeneration(config).to(getattr(torch, llm.dtype))
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    size = vision.image_size
+    processor = LlavaNextProcessor(
+        image_processor=LlavaNextImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size,
+                                                   "width": size}, image_grid_pinpoints=pinpoints),
+        tokenizer=tokenizer,
+        patch_size=vision.patch_size,
+        vision_feature_select_strategy=vision.select_strategy,
+        num_additional_image_tokens=1 if vision.model_type == "clip_vision_model" else 0,
+        image_token=image_token,
+        chat_template=llm.tokenizer.chat_template,
+    )
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def build_vision_tower(path: str | Path, vision: VisionSpec | None = None, *, seed: int = 0) -> Path:
+    """Write a tiny CLIP vision tower folder as the original LLaVA code loads it by ``mm_vision_tower``.
+
+    The weights carry ``vision_model.*`` names, as ``CLIPVisionModel`` checkpoints on the hub do (transformers
+    5 itself would save them without the prefix), next to ``config.json`` and ``preprocessor_config.json``.
+    """
+    import torch
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionModel
+
+    path = Path(path)
+    vision = vision or VisionSpec()
+    config = vision_config(vision)
+    torch.manual_seed(seed)
+    model = CLIPVisionModel(config)
+    state = {f"vision_model.{k.removeprefix('vision_model.')}": v.contiguous() for k, v in model.state_dict().items()
+             if "position_ids" not in k}
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(state, path / "model.safetensors", metadata={"format": "pt"})
+    config.architectures = ["CLIPVisionModel"]
+    config.save_pretrained(path)
+    image_processor(vision).save_pretrained(path)
+    return path
+
+
+def build_original_llava(
+    path: str | Path,
+    llm: LLMSpec | None = None,
+    vision: VisionSpec | None = None,
+    *,
+    mm_vision_tower: str = "openai/clip-vit-large-patch14-336",
+    select_feature: str = "patch",
+    select_layer: int = -2,
+    model_type: str = "llava_llama",
+    seed: int = 0,
+) -> Path:
+    """Write a tiny checkpoint in the layout of the original LLaVA training code (haotian-liu/LLaVA).
+
+    ``config.json`` is a Llama config with the ``mm_*`` keys that code writes; the weights are the Llama
+    model's plus ``model.mm_projector.0/.2`` (mlp2x_gelu); the vision tower is not included.
+    """
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    llm = llm or LLMSpec(family="llama", tokenizer=TokenizerSpec(chat_template=None, pad=None), seed=seed)
+    vision = vision or VisionSpec()
+    tokenizer = train_tokenizer(llm.tokenizer)
+    config = text_config(llm, tokenizer)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config).to(getattr(torch, llm.dtype))
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if llm.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    first = torch.nn.Linear(vision.hidden_size, llm.hidden_size)
+    second = torch.nn.Linear(llm.hidden_size, llm.hidden_size)
+    for index, layer in (("0", first), ("2", second)):
+        for name, param in layer.named_parameters():
+            state[f"model.mm_projector.{index}.{name}"] = param.detach().to(getattr(torch, llm.dtype)).contiguous()
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(state, path / "model.safetensors", metadata={"format": "pt"})
+    written = config.to_dict()
+    written.update(
+        architectures=["LlavaLlamaForCausalLM"],
+        model_type=model_type,
+        mm_vision_tower=mm_vision_tower,
+        mm_hidden_size=vision.hidden_size,
+        mm_projector_type="mlp2x_gelu",
+        mm_vision_select_layer=select_layer,
+        mm_vision_select_feature=select_feature,
+        mm_use_im_start_end=False,
+        mm_use_im_patch_token=False,
+        image_aspect_ratio="pad",
+        tune_mm_mlp_adapter=False,
+        use_mm_proj=True,
+    )
+    (path / "config.json").write_text(json.dumps(written, indent=2) + "\n")
+    tokenizer.save_pretrained(path)
+    return path
