@@ -40,6 +40,99 @@ MISTRAL_TEMPLATE = (
     "{% else %}{{ message['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
 )
 
+# Qwen3's own chat template (tokenizer_config.json of the Qwen3 instruct/hybrid-thinking models), verbatim.
+# It is not incremental: the last assistant reply after the last user query gets a <think> block (empty
+# when the message has no reasoning), while earlier replies have theirs stripped.
+QWEN3_TEMPLATE = """{%- if tools %}
+    {{- '<|im_start|>system\\n' }}
+    {%- if messages[0].role == 'system' %}
+        {{- messages[0].content + '\\n\\n' }}
+    {%- endif %}
+    {{- "# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\nYou are provided with function signatures within <tools></tools> XML tags:\\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\"name\\": <function-name>, \\"arguments\\": <args-json-object>}\\n</tool_call><|im_end|>\\n" }}
+{%- else %}
+    {%- if messages[0].role == 'system' %}
+        {{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}
+    {%- endif %}
+{%- endif %}
+{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}
+{%- for message in messages[::-1] %}
+    {%- set index = (messages|length - 1) - loop.index0 %}
+    {%- if ns.multi_step_tool and message.role == "user" and message.content is string and not(message.content.startswith('<tool_response>') and message.content.endswith('</tool_response>')) %}
+        {%- set ns.multi_step_tool = false %}
+        {%- set ns.last_query_index = index %}
+    {%- endif %}
+{%- endfor %}
+{%- for message in messages %}
+    {%- if message.content is string %}
+        {%- set content = message.content %}
+    {%- else %}
+        {%- set content = '' %}
+    {%- endif %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) %}
+        {{- '<|im_start|>' + message.role + '\\n' + content + '<|im_end|>' + '\\n' }}
+    {%- elif message.role == "assistant" %}
+        {%- set reasoning_content = '' %}
+        {%- if message.reasoning_content is string %}
+            {%- set reasoning_content = message.reasoning_content %}
+        {%- else %}
+            {%- if '</think>' in content %}
+                {%- set reasoning_content = content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') %}
+                {%- set content = content.split('</think>')[-1].lstrip('\\n') %}
+            {%- endif %}
+        {%- endif %}
+        {%- if loop.index0 > ns.last_query_index %}
+            {%- if loop.last or (not loop.last and reasoning_content) %}
+                {{- '<|im_start|>' + message.role + '\\n<think>\\n' + reasoning_content.strip('\\n') + '\\n</think>\\n\\n' + content.lstrip('\\n') }}
+            {%- else %}
+                {{- '<|im_start|>' + message.role + '\\n' + content }}
+            {%- endif %}
+        {%- else %}
+            {{- '<|im_start|>' + message.role + '\\n' + content }}
+        {%- endif %}
+        {%- if message.tool_calls %}
+            {%- for tool_call in message.tool_calls %}
+                {%- if (loop.first and content) or (not loop.first) %}
+                    {{- '\\n' }}
+                {%- endif %}
+                {%- if tool_call.function %}
+                    {%- set tool_call = tool_call.function %}
+                {%- endif %}
+                {{- '<tool_call>\\n{"name": "' }}
+                {{- tool_call.name }}
+                {{- '", "arguments": ' }}
+                {%- if tool_call.arguments is string %}
+                    {{- tool_call.arguments }}
+                {%- else %}
+                    {{- tool_call.arguments | tojson }}
+                {%- endif %}
+                {{- '}\\n</tool_call>' }}
+            {%- endfor %}
+        {%- endif %}
+        {{- '<|im_end|>\\n' }}
+    {%- elif message.role == "tool" %}
+        {%- if loop.first or (messages[loop.index0 - 1].role != "tool") %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\\n<tool_response>\\n' }}
+        {{- content }}
+        {{- '\\n</tool_response>' }}
+        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
+            {{- '<|im_end|>\\n' }}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\\n' }}
+    {%- if enable_thinking is defined and enable_thinking is false %}
+        {{- '<think>\\n\\n</think>\\n\\n' }}
+    {%- endif %}
+{%- endif %}"""  # noqa: E501 (kept verbatim, long lines included)
+
 DEFAULT_CORPUS = (
     "what colour is the shape in the picture",
     "the red circle is left of the blue square",
@@ -63,6 +156,7 @@ class TokenizerSpec:
     unk: str | None = "<unk>"
     pad: str | None = None
     extra_special: tuple[str, ...] = ()
+    added: tuple[str, ...] = ()  # added tokens that are not special (Qwen3's <think>, </think>)
     chat_template: str | None = None
     corpus: tuple[str, ...] = DEFAULT_CORPUS
     model_max_length: int = 512
@@ -94,6 +188,8 @@ def train_tokenizer(spec: TokenizerSpec):
     )
     if spec.extra_special:
         fast.add_special_tokens({"additional_special_tokens": list(spec.extra_special)})
+    if spec.added:
+        fast.add_tokens(list(spec.added))
     if spec.chat_template:
         fast.chat_template = spec.chat_template
     return fast
@@ -267,6 +363,24 @@ def qwen2_spec(**overrides) -> LLMSpec:
         chat_template=CHATML_TEMPLATE,
     )
     base = dict(family="qwen2", hidden_size=64, intermediate_size=128, tie_word_embeddings=True, tokenizer=tok)
+    base.update(overrides)
+    return LLMSpec(**base)
+
+
+def qwen3_spec(**overrides) -> LLMSpec:
+    """A Qwen3-like LLM: its real thinking chat template, ``<|im_end|>`` as eos and end of turn, q/k norms."""
+    tok = TokenizerSpec(
+        vocab_size=360,
+        bos=None,
+        eos="<|im_end|>",
+        unk=None,
+        pad="<|endoftext|>",
+        extra_special=("<|im_start|>",),
+        added=("<think>", "</think>"),
+        chat_template=QWEN3_TEMPLATE,
+    )
+    base = dict(family="qwen3", hidden_size=64, heads=4, kv_heads=2, intermediate_size=128, tie_word_embeddings=True,
+                tokenizer=tok)
     base.update(overrides)
     return LLMSpec(**base)
 

@@ -22,7 +22,7 @@ from backbone_swap.evaluate import scoring
 from backbone_swap.evaluate.suite import Suite, Task, read_items
 from backbone_swap.manifest import step_record
 from backbone_swap.outputs import write_json
-from backbone_swap.templates import end_of_turn
+from backbone_swap.templates import end_of_turn, reply_prefix
 
 
 @dataclass
@@ -80,6 +80,7 @@ class Evaluator:
         self.end_of_turn = end_of_turn(self.tokenizer)
         if self.end_of_turn is not None:
             self.stop_ids.add(self.tokenizer.convert_tokens_to_ids(self.end_of_turn))
+        self.reply_prefix = reply_prefix(self.tokenizer)
         # a model trained here records how its images were shaped; evaluate it the same way
         recorded = Path(model_dir) / "preprocessing.json"
         self.image_aspect = json.loads(recorded.read_text()).get("image_aspect") if recorded.is_file() else None
@@ -130,7 +131,7 @@ class Evaluator:
                 if token in self.stop_ids:
                     keep = i + 1  # the end of the answer is part of what the model chose
                     break
-            text = self.tokenizer.decode(tokens[:keep], skip_special_tokens=True).strip()
+            text = answer_text(self.tokenizer.decode(tokens[:keep], skip_special_tokens=True), self.reply_prefix)
             chosen = [lp for lp in logprobs[:keep] if math.isfinite(lp)]
             confidence = math.exp(sum(chosen) / len(chosen)) if chosen else 0.0
             answers.append((text, min(max(confidence, 0.0), 1.0)))
@@ -196,6 +197,15 @@ class Evaluator:
                 **_image_sizes([base]),
             )
         return out.hidden_states[-1][0, -len(reply) :].float().mean(dim=0).cpu()
+
+
+def answer_text(decoded: str, prefix: str) -> str:
+    """The answer in a decoded reply: without the block the template writes before every reply (Qwen3's
+    empty think block), which the model learned to generate but which is no part of what it answers."""
+    text = decoded.strip()
+    if prefix.strip() and text.startswith(prefix.strip()):
+        text = text[len(prefix.strip()):].strip()
+    return text
 
 
 def _image_sizes(inputs: list[Any]) -> dict[str, Any]:
