@@ -161,3 +161,25 @@ def test_a_next_model_is_evaluated(next_kit, suite_file, tmp_path):
         assert all(0.0 <= line["confidence"] <= 1.0 for line in lines)
     assert (tmp_path / "ev" / "probes" / "colour.safetensors").is_file()
     assert result.manifest["step"] == "eval"
+
+
+def test_the_llava_hf_next_key_layout_is_read(next_kit, kit, tmp_path):
+    """llava-hf's LLaVA-NeXT files name the tower ``vision_tower.vision_model.*`` beside a top-level
+    ``image_newline``."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    vlm = tmp_path / "hub"
+    shutil.copytree(next_kit["vlm"], vlm)
+    weights = load_file(vlm / "model.safetensors")
+    renamed = {("vision_tower.vision_model." + k.removeprefix("vision_tower.") if k.startswith("vision_tower.")
+                else k): v for k, v in weights.items()}
+    assert "image_newline" in renamed and any(k.startswith("vision_tower.vision_model.") for k in renamed)
+    save_file(renamed, vlm / "model.safetensors", metadata={"format": "pt"})
+    out = transplant(vlm, kit.llama48, tmp_path / "out", projector="reuse", hash_inputs=False).output
+    new = _tensors(out)
+    assert _tower(new) == _tower(renamed)
+    assert _sha(new["model.image_newline"]) == _sha(renamed["image_newline"])
+    _, info = LlavaNextForConditionalGeneration.from_pretrained(out, output_loading_info=True)
+    assert not any(info.values())
