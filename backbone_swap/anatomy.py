@@ -318,8 +318,8 @@ def read_anatomy(ckpt: Checkpoint, vision_tower: Checkpoint | None = None) -> An
     fmt = vlm_format(config) if kind == "vlm" else None
     if vision_tower is not None and fmt != ORIGINAL_FORMAT:
         raise BackboneSwapError(
-            f"{ckpt.path} carries its own vision tower, so --vision-tower {vision_tower.path} has no use",
-            "Pass --vision-tower only with a checkpoint of the original LLaVA training code",
+            f"--vision-tower is for checkpoints of the original LLaVA training code, and {ckpt.path} is not one",
+            "Leave --vision-tower out" + (": this VLM carries its own vision tower" if kind == "vlm" else ""),
         )
     names = ckpt.weights.names()
     if fmt == ORIGINAL_FORMAT:

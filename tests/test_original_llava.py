@@ -110,7 +110,7 @@ def test_missing_vision_tower_is_one_clear_error(original, kit, cli, tmp_path, d
 @pytest.mark.parametrize(
     ("case", "words"),
     [
-        ("tower for a llava folder", "has no use"),
+        ("tower for a llava folder", "carries its own vision tower"),
         ("tower of another width", "mm_hidden_size 32"),
         ("not a tower", "not a vision tower"),
         ("tuned tower inside", "vision tower weights of its own"),
