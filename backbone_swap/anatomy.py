@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from backbone_swap import original_llava as original
 from backbone_swap.checkpoint import Checkpoint
 from backbone_swap.errors import BackboneSwapError
 
@@ -39,11 +40,19 @@ FAMILIES: dict[str, Family] = {
 # Vision towers whose tensors LlavaForConditionalGeneration can hold, with the extra (CLS) positions.
 VISION_TOWERS: dict[str, int] = {"clip_vision_model": 1, "siglip_vision_model": 0}
 
-# VLM formats read by the transplant, by config model_type.
-VLM_FORMATS: dict[str, str] = {"llava": "LlavaForConditionalGeneration"}
+# VLM formats read by the transplant, by config model_type; the transplant writes the same class back.
+VLM_FORMATS: dict[str, str] = {
+    "llava": "LlavaForConditionalGeneration",
+    "llava_next": "LlavaNextForConditionalGeneration",
+}
+# checkpoints of the original LLaVA training code (``mm_*`` keys in config.json): read, written as LLaVA
+ORIGINAL_FORMAT = "llava_original"
 
 _VISION_PREFIXES = ("model.vision_tower.", "vision_tower.")
-_PROJECTOR_PREFIXES = ("model.multi_modal_projector.", "multi_modal_projector.")
+# LLaVA-NeXT's image_newline is a vector in the LLM's embedding space, appended after the projector: it
+# belongs with the projector, not with the vision tower
+_PROJECTOR_PREFIXES = ("model.multi_modal_projector.", "multi_modal_projector.", original.PROJECTOR_PREFIX,
+                       "model.image_newline", "image_newline")
 
 _VISION_DEFAULTS = {
     "clip_vision_model": {"hidden_size": 768, "image_size": 224, "patch_size": 32, "num_hidden_layers": 12},
@@ -81,6 +90,7 @@ class Projector:
     activation: str
     bias: bool
     tensors: dict[str, list[int]]
+    type: str = "mlp2x_gelu"  # the only type LLaVA in transformers holds; others can only be replaced
 
 
 @dataclass
@@ -111,6 +121,10 @@ class Anatomy:
     weight_bytes: int
     lora_targets: list[str]
     notes: list[str] = field(default_factory=list)
+    # llava, llava_next or llava_original for a VLM, None for an LLM
+    vlm_format: str | None = None
+    # format-specific settings the transplant keeps: LLaVA-NeXT's image_grid_pinpoints, the original code's mm_*
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -129,6 +143,9 @@ def component_of(name: str, kind: str) -> str:
 def kind_of(config: dict[str, Any], path: Any) -> str:
     model_type = config.get("model_type", "")
     architectures = config.get("architectures") or []
+    if original.is_original(config):
+        original.family_of(config, path)  # refuses a model type it does not know
+        return "vlm"
     if "vision_config" in config or model_type in VLM_FORMATS:
         if model_type not in VLM_FORMATS:
             raise BackboneSwapError(
@@ -142,6 +159,11 @@ def kind_of(config: dict[str, Any], path: Any) -> str:
         f"{path} is neither a LLaVA-style VLM nor a causal LM (architectures: {', '.join(architectures) or 'none'})",
         "Pass a LlavaForConditionalGeneration checkpoint as the VLM and an AutoModelForCausalLM checkpoint as the LLM",
     )
+
+
+def vlm_format(config: dict[str, Any]) -> str:
+    """``llava``, ``llava_next`` or ``llava_original`` for a config that ``kind_of`` calls a VLM."""
+    return ORIGINAL_FORMAT if original.is_original(config) else config["model_type"]
 
 
 def _token_text(value: Any) -> str | None:
@@ -176,24 +198,23 @@ def _find(names: list[str], prefixes: tuple[str, ...], suffix: str) -> str | Non
     return None
 
 
-def _vision(ckpt: Checkpoint, names: list[str]) -> VisionTower:
-    config = ckpt.config
-    vcfg = dict(config.get("vision_config") or {})
+def _vision(path: Any, vcfg: dict[str, Any], weights: Any, names: list[str], *, feature_layer: int | list[int],
+            select_strategy: str) -> VisionTower:
+    """The vision tower described by ``vcfg``, checked against the shapes of its tensors ``names``."""
     model_type = vcfg.get("model_type", "clip_vision_model")
     if model_type not in VISION_TOWERS:
         raise BackboneSwapError(
-            f"{ckpt.path} has a {model_type} vision tower, which backbone-swap does not support",
+            f"{path} has a {model_type} vision tower, which backbone-swap does not support",
             f"Supported vision towers: {', '.join(VISION_TOWERS)}",
         )
     values = {**_VISION_DEFAULTS[model_type], **vcfg}
     hidden, image, patch = values["hidden_size"], values["image_size"], values["patch_size"]
-    weights = ckpt.weights
     patch_name = next((n for n in names if n.endswith("embeddings.patch_embedding.weight")), None)
     if patch_name is not None:
         w_hidden, _, w_patch, _ = weights.shape(patch_name)
         if (w_hidden, w_patch) != (hidden, patch):
             raise BackboneSwapError(
-                f"{ckpt.path}: the vision tower's weights have hidden size {w_hidden} and patch {w_patch}, "
+                f"{path}: the vision tower's weights have hidden size {w_hidden} and patch {w_patch}, "
                 f"but config.json says {hidden} and {patch}",
                 "The config does not belong to these weights; restore the original config.json",
             )
@@ -203,7 +224,7 @@ def _vision(ckpt: Checkpoint, names: list[str]) -> VisionTower:
         expected = (image // patch) ** 2 + VISION_TOWERS[model_type]
         if positions != expected:
             raise BackboneSwapError(
-                f"{ckpt.path}: the vision tower has {positions} position embeddings, but image size {image} "
+                f"{path}: the vision tower has {positions} position embeddings, but image size {image} "
                 f"and patch {patch} in config.json need {expected}",
                 "The config does not belong to these weights; restore the original config.json",
             )
@@ -213,9 +234,29 @@ def _vision(ckpt: Checkpoint, names: list[str]) -> VisionTower:
         image_size=image,
         patch_size=patch,
         num_layers=values["num_hidden_layers"],
-        feature_layer=config.get("vision_feature_layer", -2),
-        select_strategy=config.get("vision_feature_select_strategy", "default"),
+        feature_layer=feature_layer,
+        select_strategy=select_strategy,
     )
+
+
+def _original_vision(ckpt: Checkpoint, tower: Checkpoint | None) -> VisionTower | None:
+    """The separately stored tower of an original LLaVA checkpoint, checked against what it was trained with."""
+    config = ckpt.config
+    strategy = original.select_strategy(config, ckpt.path)
+    if tower is None:
+        return None
+    vcfg = original.tower_config(tower)
+    names = [name for name, _ in original.tower_tensors(tower)]
+    vision = _vision(tower.path, vcfg, tower.weights, names, feature_layer=original.feature_layer(config),
+                     select_strategy=strategy)
+    trained_with = config.get("mm_hidden_size")
+    if trained_with is not None and trained_with != vision.hidden_size:
+        raise BackboneSwapError(
+            f"the vision tower {tower.path} has hidden size {vision.hidden_size}, but {ckpt.path} was trained "
+            f"with mm_hidden_size {trained_with} ({config.get('mm_vision_tower', 'its mm_vision_tower')})",
+            "Pass the local folder of the vision tower named in mm_vision_tower",
+        )
+    return vision
 
 
 def _projector(ckpt: Checkpoint, names: list[str]) -> Projector:
@@ -237,6 +278,28 @@ def _projector(ckpt: Checkpoint, names: list[str]) -> Projector:
     )
 
 
+def _original_projector(ckpt: Checkpoint, names: list[str]) -> Projector:
+    """``model.mm_projector``: its first Linear takes the vision features, its last gives the LLM's width."""
+    kind = original.projector_type(ckpt.config)
+    matrices = sorted((n for n in names if n.endswith(".weight") and len(ckpt.weights.shape(n)) == 2),
+                      key=original.projector_layer_index)
+    if not matrices:
+        raise BackboneSwapError(
+            f"{ckpt.path} has no model.mm_projector weights",
+            "Pass the checkpoint of the finished LLaVA run (the projector is saved with the model)",
+        )
+    in_features = ckpt.weights.shape(matrices[0])[1]
+    out_features = ckpt.weights.shape(matrices[-1])[0]
+    return Projector(
+        in_features=in_features,
+        out_features=out_features,
+        activation="gelu",
+        bias=any(n.endswith(".bias") for n in names),
+        tensors={n: list(ckpt.weights.shape(n)) for n in names},
+        type=kind,
+    )
+
+
 def _dtype_of(ckpt: Checkpoint, names: list[str]) -> str:
     counts: dict[str, int] = {}
     for n in names:
@@ -244,16 +307,36 @@ def _dtype_of(ckpt: Checkpoint, names: list[str]) -> str:
     return max(counts, key=counts.__getitem__) if counts else "none"
 
 
-def read_anatomy(ckpt: Checkpoint) -> Anatomy:
-    """Name the parts of ``ckpt`` and check that config and weights agree; loads no tensor."""
+def read_anatomy(ckpt: Checkpoint, vision_tower: Checkpoint | None = None) -> Anatomy:
+    """Name the parts of ``ckpt`` and check that config and weights agree; loads no tensor.
+
+    ``vision_tower`` is the separately stored tower of an original LLaVA checkpoint (``--vision-tower``);
+    every other VLM format carries its tower inside.
+    """
     config = ckpt.config
     kind = kind_of(config, ckpt.path)
+    fmt = vlm_format(config) if kind == "vlm" else None
+    if vision_tower is not None and fmt != ORIGINAL_FORMAT:
+        raise BackboneSwapError(
+            f"--vision-tower is for checkpoints of the original LLaVA training code, and {ckpt.path} is not one",
+            "Leave --vision-tower out" + (": this VLM carries its own vision tower" if kind == "vlm" else ""),
+        )
     names = ckpt.weights.names()
-    text = dict(config.get("text_config") or {}) if kind == "vlm" else config
-    family = text.get("model_type", "llama" if kind == "vlm" else config.get("model_type", "unknown"))
+    if fmt == ORIGINAL_FORMAT:
+        original.check_supported(config, ckpt.path)
+        text, family = config, original.family_of(config, ckpt.path)
+    else:
+        text = dict(config.get("text_config") or {}) if kind == "vlm" else config
+        family = text.get("model_type", "llama" if kind == "vlm" else config.get("model_type", "unknown"))
     by_part: dict[str, list[str]] = {}
     for name in names:
         by_part.setdefault(component_of(name, kind), []).append(name)
+    if fmt == ORIGINAL_FORMAT and by_part.get("vision_tower"):
+        raise BackboneSwapError(
+            f"{ckpt.path} holds vision tower weights of its own (a tower tuned with the LLM), which backbone-swap "
+            "cannot read from an original LLaVA checkpoint yet",
+            "Convert it to a transformers LLaVA folder first (transformers' convert_llava_weights_to_hf.py)",
+        )
     language = by_part.get("language_model", [])
     embed = _embedding_name(language)
     if embed is None:
@@ -277,9 +360,26 @@ def read_anatomy(ckpt: Checkpoint) -> Anatomy:
     tie = bool(text.get("tie_word_embeddings", config.get("tie_word_embeddings", False)))
     if not any(n.endswith("lm_head.weight") for n in language):
         tie = True  # no output matrix on disk: transformers ties it to the input embedding
-    vision = _vision(ckpt, by_part.get("vision_tower", [])) if kind == "vlm" else None
-    projector = _projector(ckpt, by_part.get("projector", [])) if kind == "vlm" else None
+    vision = projector = None
+    settings: dict[str, Any] = {}
+    if fmt == ORIGINAL_FORMAT:
+        vision = _original_vision(ckpt, vision_tower)
+        projector = _original_projector(ckpt, by_part.get("projector", []))
+        settings = original.settings(config)
+    elif kind == "vlm":
+        vision = _vision(ckpt.path, dict(config.get("vision_config") or {}), ckpt.weights,
+                         by_part.get("vision_tower", []), feature_layer=config.get("vision_feature_layer", -2),
+                         select_strategy=config.get("vision_feature_select_strategy", "default"))
+        projector = _projector(ckpt, by_part.get("projector", []))
+        if fmt == "llava_next":
+            settings = {"image_grid_pinpoints": config.get("image_grid_pinpoints")}
     if projector is not None and vision is not None and projector.in_features != vision.feature_dim:
+        if vision_tower is not None:
+            raise BackboneSwapError(
+                f"the projector of {ckpt.path} takes {projector.in_features} features but the vision tower "
+                f"{vision_tower.path} gives {vision.feature_dim}",
+                "Pass the local folder of the vision tower named in mm_vision_tower",
+            )
         raise BackboneSwapError(
             f"{ckpt.path}: the projector takes {projector.in_features} features but the vision tower gives "
             f"{vision.feature_dim}",
@@ -287,7 +387,9 @@ def read_anatomy(ckpt: Checkpoint) -> Anatomy:
         )
     vocab = vocabulary(ckpt)
     image_token = image_token_id = None
-    if kind == "vlm":
+    if fmt == ORIGINAL_FORMAT:
+        image_token = "<image>"  # the original code splices features in at a sentinel id, not a vocabulary token
+    elif kind == "vlm":
         image_token = ckpt.processor_config.get("image_token") or "<image>"
         image_token_id = config.get("image_token_index", config.get("image_token_id"))
     known = family in FAMILIES
@@ -296,7 +398,7 @@ def read_anatomy(ckpt: Checkpoint) -> Anatomy:
         notes.append(f"{family} is not in the family registry: LoRA targets are found from the module names")
     elif FAMILIES[family].notes:
         notes.append(FAMILIES[family].notes)
-    if ckpt.chat_template is None:
+    if ckpt.chat_template is None and kind == "llm":
         notes.append("no chat template: pass --chat-template FILE when transplanting onto it")
     pad = _token_text(ckpt.tokenizer_config.get("pad_token"))
     if pad is None:
@@ -306,6 +408,16 @@ def read_anatomy(ckpt: Checkpoint) -> Anatomy:
     for part, part_names in by_part.items():
         parameters[part] = sum(_numel(ckpt.weights.shape(n)) for n in part_names)
         dtypes[part] = _dtype_of(ckpt, part_names)
+    if fmt == ORIGINAL_FORMAT:
+        if vision_tower is not None:
+            tower_names = [name for name, _ in original.tower_tensors(vision_tower)]
+            parameters["vision_tower"] = sum(_numel(vision_tower.weights.shape(n)) for n in tower_names)
+            dtypes["vision_tower"] = _dtype_of(vision_tower, tower_names)
+        else:
+            notes.append(f"the vision tower ({config.get('mm_vision_tower', 'mm_vision_tower')}) is not stored in "
+                         "this folder: pass its local folder with --vision-tower")
+        if config.get("mm_use_im_start_end"):
+            notes.append("trained with image start/end tokens (mm_use_im_start_end); the transplant does not add them")
     return Anatomy(
         path=str(ckpt.path),
         kind=kind,
@@ -331,6 +443,8 @@ def read_anatomy(ckpt: Checkpoint) -> Anatomy:
         weight_bytes=ckpt.weights.total_bytes(),
         lora_targets=list(lora_targets(family, language)),
         notes=notes + ([] if vocab else ["no tokenizer.json: added tokens are decided by the tokenizer at transplant"]),
+        vlm_format=fmt,
+        settings=settings,
     )
 
 
@@ -351,6 +465,14 @@ def _numel(shape: tuple[int, ...]) -> int:
     for d in shape:
         n *= d
     return n
+
+
+def missing_tower_error(vlm: Anatomy) -> BackboneSwapError:
+    """What to do when an original LLaVA checkpoint is given without its separately stored vision tower."""
+    tower = vlm.settings.get("mm_vision_tower", "named in mm_vision_tower")
+    return BackboneSwapError(
+        f"{vlm.path} is a checkpoint of the original LLaVA training code, whose vision tower ({tower}) is stored "
+        "separately", "Pass the tower's local folder with --vision-tower PATH")
 
 
 @dataclass
@@ -374,7 +496,7 @@ class Compatibility:
 def compatibility(vlm: Anatomy, llm: Anatomy, llm_ckpt: Checkpoint, *, image_token: str | None = None,
                   template_override: bool = False) -> Compatibility:
     """Say whether ``llm`` can receive ``vlm``'s vision tower, from metadata alone."""
-    if vlm.kind != "vlm" or vlm.vision is None or vlm.projector is None:
+    if vlm.kind != "vlm" or vlm.projector is None:
         raise BackboneSwapError(f"{vlm.path} is not a VLM", "Pass a LLaVA checkpoint as --vlm")
     if llm.kind != "llm":
         raise BackboneSwapError(f"{llm.path} is a VLM, not a causal LM", "Pass a text-only LLM as --llm")
@@ -387,16 +509,19 @@ def compatibility(vlm: Anatomy, llm: Anatomy, llm_ckpt: Checkpoint, *, image_tok
         add.append(pad)
     new_rows = max(llm.embedding_rows, len(vocab) + len(add)) if vocab else llm.embedding_rows + len(add)
     problems = []
+    if vlm.vision is None:
+        problems.append(str(missing_tower_error(vlm)))
     if not llm.chat_template and not template_override:
         problems.append(f"{llm.path} has no chat template; pass --chat-template FILE")
     template = "from --chat-template" if template_override else ("the LLM's own" if llm.chat_template else "none")
     notes = list(llm.notes)
-    if vlm.hidden_size == llm.hidden_size:
+    reusable = vlm.projector.out_features == llm.hidden_size and vlm.projector.type == original.REUSABLE_PROJECTOR
+    if reusable:
         notes.append("same hidden size: --projector reuse is possible")
     return Compatibility(
-        projector_in=vlm.vision.feature_dim,
+        projector_in=vlm.vision.feature_dim if vlm.vision else vlm.projector.in_features,
         projector_out=llm.hidden_size,
-        reuse_projector_possible=vlm.projector.out_features == llm.hidden_size,
+        reuse_projector_possible=reusable,
         add_tokens=add,
         pad_token=pad,
         chat_template=template,

@@ -39,6 +39,11 @@ AllowPickle = Annotated[
 TrustRemoteCode = Annotated[
     bool, typer.Option("--trust-remote-code", help="Allow custom model code shipped inside a checkpoint folder.")
 ]
+VisionTower = Annotated[
+    Path | None,
+    typer.Option("--vision-tower", help="For a checkpoint of the original LLaVA training code: the local folder of "
+                 "the vision tower its config names in mm_vision_tower (such checkpoints do not store it)."),
+]
 
 
 @app.command()
@@ -48,6 +53,7 @@ def inspect(
         Path | None, typer.Option("--llm", help="A newer LLM: say whether it can receive PATH's vision tower.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    vision_tower: VisionTower = None,
     allow_pickle: AllowPickle = False,
     trust_remote_code: TrustRemoteCode = False,
 ) -> None:
@@ -56,7 +62,10 @@ def inspect(
     from backbone_swap.checkpoint import open_checkpoint
 
     ckpt = open_checkpoint(path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-    anatomy = read_anatomy(ckpt)
+    tower = None
+    if vision_tower is not None:
+        tower = open_checkpoint(vision_tower, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    anatomy = read_anatomy(ckpt, vision_tower=tower)
     result: dict[str, Any] = anatomy.to_dict()
     if llm is not None:
         llm_ckpt = open_checkpoint(llm, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
@@ -73,9 +82,11 @@ def inspect(
 
 @app.command()
 def transplant(
-    vlm: Annotated[Path, typer.Option("--vlm", help="The existing LLaVA checkpoint (its vision side is kept).")],
+    vlm: Annotated[Path, typer.Option("--vlm", help="The existing LLaVA or LLaVA-NeXT checkpoint (its vision side "
+                                      "is kept), or one of the original LLaVA training code.")],
     llm: Annotated[Path, typer.Option("--llm", help="The newer causal LM to move it onto.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the new VLM checkpoint.")],
+    vision_tower: VisionTower = None,
     seed: Annotated[int, typer.Option(help="Seed of the new projector's initialisation.")] = 0,
     projector: Annotated[
         str, typer.Option(help="'new': fresh projector for the new hidden size; 'reuse': copy the old one.")
@@ -101,7 +112,7 @@ def transplant(
     result = run_transplant(
         vlm, llm, output, seed=seed, projector=projector, chat_template=chat_template, overwrite=overwrite,
         allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, max_shard_size=max_shard_size,
-        llm_kind=llm_kind, dtype=dtype, pad_vocab_to=pad_vocab_to,
+        llm_kind=llm_kind, dtype=dtype, pad_vocab_to=pad_vocab_to, vision_tower=vision_tower,
     )
     changes = result.manifest["changes"]
     added = ", ".join(changes["added_tokens"]) or "none"

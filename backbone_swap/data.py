@@ -180,25 +180,42 @@ def _reply_text(message: dict[str, Any]) -> str:
 def supervised_spans(tokenizer, messages: list[dict[str, Any]], end_of_turn: str | None) -> tuple[str, list[tuple]]:
     """The rendered conversation and the character spans of each assistant reply (with its end of turn).
 
-    A reply's span starts where the template's generation prompt ends and runs through the end-of-turn
-    token the template writes after it; anything the template adds after that (a newline) is not learned.
+    The conversation is rendered once, whole, and each reply is located in that text. A reply starts where
+    the template's generation prompt ends (the conversation before it, rendered with
+    ``add_generation_prompt``, must be a prefix of the whole text) and runs through the end-of-turn token
+    the template writes after it; anything the template adds after that (a newline) is not learned.
+
+    Most templates render incrementally: the conversation through a reply is a prefix of the whole, which
+    gives the reply's end exactly. Some do not: Qwen3's template writes an empty ``<think></think>`` block
+    before the last reply only and strips such blocks from earlier ones. There the reply runs to the first
+    end-of-turn token after its start, and it must end with the reply's own text, so a span never reaches
+    into the next turn.
     """
     text = _render(tokenizer, messages, False)
-    spans = []
+    spans: list[tuple[int, int]] = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
         prompt = _render(tokenizer, messages[:i], True)
+        start = len(prompt)
+        if not text.startswith(prompt) or (spans and start < spans[-1][1]):
+            raise _Bad("the chat template renders the conversation before a reply differently from the whole "
+                       "conversation, so the reply cannot be located")
         through = _render(tokenizer, messages[: i + 1], False)
-        if not (through.startswith(prompt) and text.startswith(through)):
-            raise _Bad("the chat template does not render this conversation incrementally, so replies cannot be "
-                       "located")
-        start, end = len(prompt), len(through)
-        tail = through[start:]
-        if end_of_turn and end_of_turn in tail:
-            end = start + tail.rindex(end_of_turn) + len(end_of_turn)
+        if through.startswith(prompt) and text.startswith(through):
+            tail = through[start:]
+            if end_of_turn and end_of_turn in tail:
+                end = start + tail.rindex(end_of_turn) + len(end_of_turn)
+            else:
+                end = start + len(tail.rstrip())
+        elif end_of_turn and end_of_turn in text[start:]:
+            end = text.index(end_of_turn, start) + len(end_of_turn)
+            if not text[start: end - len(end_of_turn)].rstrip().endswith(_reply_text(message).strip()):
+                raise _Bad(f"the reply is not followed by the end-of-turn token {end_of_turn!r} in the rendered "
+                           "conversation, so where it ends is unknown")
         else:
-            end = start + len(tail.rstrip())
+            raise _Bad("the chat template does not render this conversation incrementally and has no end-of-turn "
+                       "token, so replies cannot be located")
         spans.append((start, end))
     return text, spans
 

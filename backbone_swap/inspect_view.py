@@ -21,6 +21,10 @@ def anatomy_table(a: dict[str, Any]) -> Table:
     table.add_column()
     family = a["family"] + ("" if a["family_known"] else " (not in the registry)")
     table.add_row("kind", f"{a['kind'].upper()} ({a['architecture']}, model_type {a['model_type']})")
+    if a.get("vlm_format"):
+        table.add_row("format", a["vlm_format"])
+        for key, value in (a.get("settings") or {}).items():
+            table.add_row(key, str(value))
     table.add_row("LLM family", family)
     table.add_row("hidden size", str(a["hidden_size"]))
     tie = "tied" if a["tie_word_embeddings"] else "untied"
@@ -32,10 +36,12 @@ def anatomy_table(a: dict[str, Any]) -> Table:
             f"{v['model_type']}, hidden {v['hidden_size']}, image {v['image_size']}px, patch {v['patch_size']}, "
             f"{v['num_layers']} layers; features from layer {v['feature_layer']} ({v['select_strategy']})",
         )
+    elif a["kind"] == "vlm":
+        table.add_row("vision tower", "not in this folder (pass --vision-tower)")
     if a["projector"]:
         p = a["projector"]
         table.add_row("projector", f"{p['in_features']} -> {p['out_features']} -> {p['out_features']} "
-                      f"({p['activation']}, bias {p['bias']})")
+                      f"({p['type']}, {p['activation']}, bias {p['bias']})")
         table.add_row("image token", f"{a['image_token']!r} (id {a['image_token_id']})")
     table.add_row("chat template", "yes" if a["chat_template"] else "no")
     table.add_row("pad token", repr(a["pad_token"]) if a["pad_token"] else "none")

@@ -58,3 +58,21 @@ def end_of_turn(tokenizer: Any, template: str | None = None) -> str | None:
         if stripped.startswith(token):
             return token
     return None
+
+
+def reply_prefix(tokenizer: Any, template: str | None = None) -> str:
+    """What the template writes between the generation prompt and a reply's text (usually nothing).
+
+    Qwen3's template puts an empty ``<think>\\n\\n</think>\\n\\n`` block before the last reply: a model trained
+    on its renderings generates that block before answering, and the answer is what follows it.
+    """
+    chat = [{"role": "user", "content": "question"}, {"role": "assistant", "content": _MARKER}]
+    try:
+        prompt = tokenizer.apply_chat_template(chat[:1], tokenize=False, add_generation_prompt=True,
+                                               chat_template=template)
+        text = tokenizer.apply_chat_template(chat, tokenize=False, chat_template=template)
+    except Exception:  # a template may refuse this minimal conversation; then nothing is known
+        return ""
+    if not text.startswith(prompt) or _MARKER not in text[len(prompt):]:
+        return ""
+    return text[len(prompt):].split(_MARKER, 1)[0]

@@ -467,6 +467,24 @@ def export(model, processor, output: Path, *, dtype_name: str, image_aspect: str
     return exported
 
 
+def refuse_untrainable(anatomy) -> None:
+    """Training feeds one fixed-size image per sample through the cached features into a LLaVA model;
+    LLaVA-NeXT's tiling gives each image its own number of tokens, which that path does not handle yet."""
+    path = anatomy.path
+    if anatomy.kind != "vlm":
+        raise BackboneSwapError(f"{path} is not a VLM", "Train the output of backbone-swap transplant")
+    if anatomy.vlm_format == "llava_next":
+        raise BackboneSwapError(
+            f"{path} is a LLaVA-NeXT model, and training LLaVA-NeXT is not supported yet",
+            "Transplant a LLaVA (1.5) model to train; a LLaVA-NeXT transplant can be evaluated with eval and compare",
+        )
+    if anatomy.vlm_format != "llava":
+        raise BackboneSwapError(
+            f"{path} is a checkpoint of the original LLaVA training code, which train cannot load",
+            "Transplant it first: backbone-swap transplant --vlm OLD --vision-tower TOWER --llm NEW -o DIR",
+        )
+
+
 def train(
     model_dir: str | Path,
     *,
@@ -499,8 +517,7 @@ def train(
     from backbone_swap.checkpoint import open_checkpoint
 
     anatomy = read_anatomy(open_checkpoint(model_dir))
-    if anatomy.kind != "vlm":
-        raise BackboneSwapError(f"{model_dir} is not a VLM", "Train the output of backbone-swap transplant")
+    refuse_untrainable(anatomy)
     manifest_path = output / "manifest.json"
     data_sha = sha256_file(Path(data)) if Path(data).is_file() else None
     if output.exists() and any(output.iterdir()) and not resume:

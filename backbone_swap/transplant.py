@@ -4,23 +4,29 @@ The vision tower is copied byte for byte (the new backbone must see exactly the 
 saw), the projector is created for the new hidden size, the LLM's tensors are copied unchanged except the
 embedding rows of added tokens. Tensors are streamed one at a time from the input files into the output
 files, so memory stays near the largest single tensor whatever the model's size. The result is an
-ordinary ``LlavaForConditionalGeneration`` checkpoint with its processor.
+ordinary ``LlavaForConditionalGeneration`` checkpoint with its processor, or a
+``LlavaNextForConditionalGeneration`` one when the old VLM is LLaVA-NeXT (its image grid and processor kept).
+A checkpoint of the original LLaVA training code is converted on the way in (see ``original_llava``).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from backbone_swap import original_llava as original
 from backbone_swap import safetensors_io as st
 from backbone_swap.anatomy import (
+    ORIGINAL_FORMAT,
     VISION_TOWERS,
     Anatomy,
     Compatibility,
     compatibility,
     component_of,
+    missing_tower_error,
     read_anatomy,
 )
 from backbone_swap.checkpoint import Checkpoint, open_checkpoint
@@ -78,11 +84,13 @@ def transplant(
     llm_kind: str = "unknown",
     dtype: str | None = None,
     pad_vocab_to: int | None = None,
+    vision_tower: str | Path | None = None,
 ) -> TransplantResult:
     """Put ``vlm``'s vision tower in front of ``llm`` with a new projector and write it to ``output``.
 
     ``projector`` is ``"new"`` (fresh init from ``seed``) or ``"reuse"`` (copy the old projector, only
-    when its shapes fit the new hidden size).
+    when its shapes fit the new hidden size). ``vision_tower`` is the local folder of the tower an original
+    LLaVA checkpoint names in ``mm_vision_tower`` (such checkpoints do not store it).
     """
     started = time.time()
     if llm_kind not in LLM_KINDS:
@@ -97,24 +105,34 @@ def transplant(
         raise BackboneSwapError(f"--projector must be 'new' or 'reuse', not {projector!r}", "Use new or reuse")
     old = open_checkpoint(vlm, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     new = open_checkpoint(llm, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-    old_anatomy, new_anatomy = read_anatomy(old), read_anatomy(new)
+    tower = None
+    if vision_tower is not None:
+        tower = open_checkpoint(vision_tower, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    old_anatomy, new_anatomy = read_anatomy(old, vision_tower=tower), read_anatomy(new)
     if old_anatomy.kind != "vlm":
         raise BackboneSwapError(f"{old.path} is a text-only LLM, not a VLM", "Pass a LLaVA checkpoint as --vlm")
+    if old_anatomy.vision is None:
+        raise missing_tower_error(old_anatomy)
     template_text = _read_template(chat_template)
     compat = compatibility(old_anatomy, new_anatomy, new, template_override=template_text is not None)
     if compat.problems:
         raise BackboneSwapError(compat.problems[0], "")
     if projector == "reuse" and not compat.reuse_projector_possible:
+        if old_anatomy.projector.type != original.REUSABLE_PROJECTOR:
+            raise BackboneSwapError(
+                f"the old projector is {old_anatomy.projector.type}, which a LLaVA model cannot hold, so it "
+                "cannot be reused", "Use --projector new (the default)")
         raise BackboneSwapError(
             f"the old projector outputs {old_anatomy.projector.out_features} features but {new.path} has "
             f"hidden size {new_anatomy.hidden_size}, so it cannot be reused",
             "Use --projector new (the default)",
         )
-    output = check_output_dir(Path(output), [old.path, new.path], overwrite=overwrite)
+    inputs_read = [old.path, new.path] + ([tower.path] if tower is not None else [])
+    output = check_output_dir(Path(output), inputs_read, overwrite=overwrite)
     shard_bytes = parse_size(max_shard_size)
 
     build = _Build(old, new, old_anatomy, new_anatomy, compat, trust_remote_code, dtype=dtype,
-                   pad_vocab_to=pad_vocab_to)
+                   pad_vocab_to=pad_vocab_to, tower=tower)
     build.prepare_tokenizer(template_text)
     build.prepare_config()
     planned = build.plan_tensors(projector=projector, seed=seed)
@@ -123,6 +141,8 @@ def transplant(
         "vlm": {"path": str(old.path), "weights": _hashes(old) if hash_inputs else {}},
         "llm": {"path": str(new.path), "weights": _hashes(new) if hash_inputs else {}},
     }
+    if tower is not None:
+        inputs["vision_tower"] = {"path": str(tower.path), "weights": _hashes(tower) if hash_inputs else {}}
     total = sum(t.nbytes for t in planned)
     try:
         with staged_dir(output) as stage:
@@ -166,9 +186,11 @@ class _Build:
 
     def __init__(self, old: Checkpoint, new: Checkpoint, old_anatomy: Anatomy, new_anatomy: Anatomy,
                  compat: Compatibility, trust_remote_code: bool, *, dtype: str | None = None,
-                 pad_vocab_to: int | None = None) -> None:
+                 pad_vocab_to: int | None = None, tower: Checkpoint | None = None) -> None:
         self.dtype, self.pad_vocab_to = dtype, pad_vocab_to
-        self.old, self.new = old, new
+        self.old, self.new, self.tower = old, new, tower
+        self.format = old_anatomy.vlm_format
+        self.is_next = self.format == "llava_next"
         self.old_anatomy, self.new_anatomy = old_anatomy, new_anatomy
         self.compat = compat
         self.trust_remote_code = trust_remote_code
@@ -220,7 +242,7 @@ class _Build:
 
     # -- config -----------------------------------------------------------------------------------
     def prepare_config(self) -> None:
-        from transformers import AutoConfig, LlavaConfig
+        from transformers import AutoConfig, LlavaConfig, LlavaNextConfig
 
         text = AutoConfig.from_pretrained(self.new.path, trust_remote_code=self.trust_remote_code)
         text.vocab_size = self.rows
@@ -228,32 +250,44 @@ class _Build:
         old = self.old.config
         vision = self.old_anatomy.vision
         assert vision is not None and self.old_anatomy.projector is not None
-        self.config = LlavaConfig(
-            vision_config=dict(old["vision_config"]),
+        common = dict(
+            vision_config=self._vision_config(),
             text_config=text,
             image_token_index=self.image_token_id,
-            image_seq_length=vision.image_tokens,
             projector_hidden_act=self.old_anatomy.projector.activation,
             vision_feature_layer=vision.feature_layer,
             vision_feature_select_strategy=vision.select_strategy,
             multimodal_projector_bias=self.old_anatomy.projector.bias,
             tie_word_embeddings=self.new_anatomy.tie_word_embeddings,
         )
-        self.config.architectures = ["LlavaForConditionalGeneration"]
+        if self.is_next:
+            # the tiling of large images (image_grid_pinpoints) is part of the vision side: kept as it was
+            self.config = LlavaNextConfig(**common, image_grid_pinpoints=old.get("image_grid_pinpoints"),
+                                          image_seq_length=old.get("image_seq_length", vision.image_tokens))
+            self.config.architectures = ["LlavaNextForConditionalGeneration"]
+        else:
+            self.config = LlavaConfig(**common, image_seq_length=vision.image_tokens)
+            self.config.architectures = ["LlavaForConditionalGeneration"]
         if self.dtype is not None:
             self.config.dtype = self.dtype
         else:
             self.config.dtype = st.TORCH_DTYPES.get(self.new_anatomy.dtypes.get("language_model", "F32"), "float32")
         self.expected = self._expected_shapes()
 
-    def _expected_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Names and shapes of the tensors LlavaForConditionalGeneration will ask for, from a meta model."""
-        import torch
-        from transformers import LlavaForConditionalGeneration
+    def _vision_config(self) -> dict[str, Any]:
+        if self.tower is not None:
+            return original.tower_config(self.tower)
+        return dict(self.old.config["vision_config"])
 
+    def _expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Names and shapes of the tensors the output's model class will ask for, from a meta model."""
+        import torch
+        from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
+
+        model_class = LlavaNextForConditionalGeneration if self.is_next else LlavaForConditionalGeneration
         try:
             with torch.device("meta"):
-                model = LlavaForConditionalGeneration(self.config)
+                model = model_class(self.config)
         except (ValueError, KeyError) as e:
             raise BackboneSwapError(
                 f"transformers cannot build a LLaVA model around {self.new.path} ({str(e).splitlines()[0]})",
@@ -293,13 +327,17 @@ class _Build:
 
         return st.PlannedTensor(tensor.name, dtype, tensor.shape, produce)
 
+    def _vision_sources(self) -> list[tuple[Checkpoint, str, str]]:
+        """(checkpoint, tensor name, name inside the tower) of every vision tower tensor to copy."""
+        if self.tower is not None:
+            return [(self.tower, name, rest) for name, rest in original.tower_tensors(self.tower)]
+        return [(self.old, name, name.split("vision_tower.", 1)[1]) for name in self.old.weights.names()
+                if component_of(name, "vlm") == "vision_tower"]
+
     def _vision_tensors(self) -> list[st.PlannedTensor]:
         targets = {k for k in self.expected if k.startswith("model.vision_tower.")}
         planned = []
-        for name in self.old.weights.names():
-            if component_of(name, "vlm") != "vision_tower":
-                continue
-            rest = name.split("vision_tower.", 1)[1]
+        for source, name, rest in self._vision_sources():
             candidates = [rest, rest.removeprefix("vision_model."), "vision_model." + rest]
             target = next((f"model.vision_tower.{c}" for c in candidates if f"model.vision_tower.{c}" in targets),
                           None)
@@ -307,42 +345,53 @@ class _Build:
                 if "position_ids" in rest:
                     continue  # a buffer some old checkpoints saved; transformers rebuilds it
                 raise BackboneSwapError(
-                    f"{self.old.path} has vision tensor {name}, which a {self.old_anatomy.vision.model_type} "
+                    f"{source.path} has vision tensor {name}, which a {self.old_anatomy.vision.model_type} "
                     "tower does not have",
                     "The checkpoint's vision weights do not match its config",
                 )
-            planned.append(self.old.weights.copy(name, target))
+            planned.append(source.weights.copy(name, target))
         return planned
 
     def _reused_projector(self) -> list[st.PlannedTensor]:
         planned = []
         for name in self.old.weights.names():
-            if component_of(name, "vlm") == "projector":
-                rest = name.split("multi_modal_projector.", 1)[1]
-                planned.append(self.old.weights.copy(name, f"model.multi_modal_projector.{rest}"))
+            if component_of(name, "vlm") != "projector":
+                continue
+            if self.format == ORIGINAL_FORMAT:
+                target = f"model.multi_modal_projector.{original.projector_target(name)}"
+            elif name.endswith("image_newline"):
+                target = "model.image_newline"  # in the LLM's embedding space, like the projector's output
+            else:
+                target = f"model.multi_modal_projector.{name.split('multi_modal_projector.', 1)[1]}"
+            planned.append(self.old.weights.copy(name, target))
         return planned
 
     def _new_projector(self, seed: int) -> list[st.PlannedTensor]:
-        """LLaVA's mlp2x_gelu projector with PyTorch's default Linear init, drawn from ``seed`` alone."""
+        """LLaVA's mlp2x_gelu projector with PyTorch's default Linear init, drawn from ``seed`` alone.
+
+        LLaVA-NeXT's ``image_newline`` lives in the LLM's embedding space after the projector, so it is new
+        with it (drawn as transformers initialises it: normal with std 1/sqrt(hidden size)).
+        """
         import torch
 
         dtype_name = self.config.dtype if isinstance(self.config.dtype, str) else "float32"
         dtype = getattr(torch, dtype_name)
+        hidden = self.compat.projector_out
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            first = torch.nn.Linear(self.compat.projector_in, self.compat.projector_out,
-                                    bias=self.old_anatomy.projector.bias)
-            second = torch.nn.Linear(self.compat.projector_out, self.compat.projector_out,
-                                     bias=self.old_anatomy.projector.bias)
+            first = torch.nn.Linear(self.compat.projector_in, hidden, bias=self.old_anatomy.projector.bias)
+            second = torch.nn.Linear(hidden, hidden, bias=self.old_anatomy.projector.bias)
+            newline = torch.randn(hidden) / math.sqrt(hidden)
+        named = [(f"model.multi_modal_projector.{layer_name}.{param_name}", param.detach())
+                 for layer_name, layer in (("linear_1", first), ("linear_2", second))
+                 for param_name, param in layer.named_parameters()]
+        if self.is_next:
+            named.append(("model.image_newline", newline))
         planned = []
-        for layer_name, layer in (("linear_1", first), ("linear_2", second)):
-            for param_name, param in layer.named_parameters():
-                tensor = param.detach().to(dtype)
-                planned.append(st.PlannedTensor(
-                    f"model.multi_modal_projector.{layer_name}.{param_name}",
-                    st.safetensors_dtype(dtype), tuple(tensor.shape),
-                    lambda t=tensor: st.tensor_to_bytes(t),
-                ))
+        for name, value in named:
+            tensor = value.to(dtype)
+            planned.append(st.PlannedTensor(name, st.safetensors_dtype(dtype), tuple(tensor.shape),
+                                            lambda t=tensor: st.tensor_to_bytes(t)))
         return planned
 
     def _language_tensors(self) -> list[st.PlannedTensor]:
@@ -406,7 +455,7 @@ class _Build:
 
     # -- metadata ---------------------------------------------------------------------------------
     def save_metadata(self, stage: Path) -> None:
-        from transformers import AutoImageProcessor, GenerationConfig, LlavaProcessor
+        from transformers import AutoImageProcessor, GenerationConfig, LlavaNextProcessor, LlavaProcessor
 
         self.config.save_pretrained(stage)
         try:
@@ -422,15 +471,18 @@ class _Build:
             eot_id = self.tokenizer.convert_tokens_to_ids(self.end_of_turn)
             generation.eos_token_id = stops + [eot_id] if eot_id not in stops else stops
         generation.save_pretrained(stage)
+        source = self.tower or self.old
         try:
-            image_processor = AutoImageProcessor.from_pretrained(self.old.path)
+            image_processor = AutoImageProcessor.from_pretrained(source.path)
         except (OSError, ValueError) as e:
             raise BackboneSwapError(
-                f"the image processor of {self.old.path} could not be loaded ({str(e).splitlines()[0]})",
-                "The VLM folder needs its preprocessor_config.json or processor_config.json",
+                f"the image processor of {source.path} could not be loaded ({str(e).splitlines()[0]})",
+                f"The {'vision tower' if self.tower else 'VLM'} folder needs its preprocessor_config.json or "
+                "processor_config.json",
             ) from None
         vision = self.old_anatomy.vision
-        processor = LlavaProcessor(
+        processor_class = LlavaNextProcessor if self.is_next else LlavaProcessor
+        processor = processor_class(
             image_processor=image_processor,
             tokenizer=self.tokenizer,
             patch_size=vision.patch_size,
@@ -453,8 +505,32 @@ class _Build:
                           "seed": seed if projector == "new" else None,
                           "shape": [self.compat.projector_in, self.compat.projector_out]},
             "chat_template": self.compat.chat_template,
-            "vision_tower": "copied unchanged from the VLM" if self.dtype is None
-            else f"copied from the VLM, cast to {self.dtype}",
+            "vision_tower": f"copied unchanged from the {self._tower_source}" if self.dtype is None
+            else f"copied from the {self._tower_source}, cast to {self.dtype}",
             "dtype": self.dtype or "kept per part",
-            "image_processor": "copied from the VLM",
+            "image_processor": f"copied from the {self._tower_source}",
+            **self._format_changes(projector, seed),
         }
+
+    @property
+    def _tower_source(self) -> str:
+        return "vision tower folder" if self.tower is not None else "VLM"
+
+    def _format_changes(self, projector: str, seed: int) -> dict[str, Any]:
+        """What the old VLM's format kept or converted, in the manifest's words."""
+        if self.is_next:
+            return {"llava_next": {
+                "image_grid_pinpoints": self.config.image_grid_pinpoints,
+                "image_newline": "copied from the VLM" if projector == "reuse"
+                else f"new with the projector (normal, std 1/sqrt(hidden size), seed {seed})",
+            }}
+        if self.format == ORIGINAL_FORMAT:
+            vision = self.old_anatomy.vision
+            return {"converted_from_original_llava": {
+                "settings": self.old_anatomy.settings,
+                "vision_feature_layer": vision.feature_layer,
+                "vision_feature_select_strategy": vision.select_strategy,
+                "projector": "model.mm_projector.0/.2 -> multi_modal_projector.linear_1/.linear_2"
+                if projector == "reuse" else "not used (a new projector was made)",
+            }}
+        return {}

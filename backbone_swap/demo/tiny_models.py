@@ -40,6 +40,99 @@ MISTRAL_TEMPLATE = (
     "{% else %}{{ message['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
 )
 
+# Qwen3's own chat template (tokenizer_config.json of the Qwen3 instruct/hybrid-thinking models), verbatim.
+# It is not incremental: the last assistant reply after the last user query gets a <think> block (empty
+# when the message has no reasoning), while earlier replies have theirs stripped.
+QWEN3_TEMPLATE = """{%- if tools %}
+    {{- '<|im_start|>system\\n' }}
+    {%- if messages[0].role == 'system' %}
+        {{- messages[0].content + '\\n\\n' }}
+    {%- endif %}
+    {{- "# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\nYou are provided with function signatures within <tools></tools> XML tags:\\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\"name\\": <function-name>, \\"arguments\\": <args-json-object>}\\n</tool_call><|im_end|>\\n" }}
+{%- else %}
+    {%- if messages[0].role == 'system' %}
+        {{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}
+    {%- endif %}
+{%- endif %}
+{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}
+{%- for message in messages[::-1] %}
+    {%- set index = (messages|length - 1) - loop.index0 %}
+    {%- if ns.multi_step_tool and message.role == "user" and message.content is string and not(message.content.startswith('<tool_response>') and message.content.endswith('</tool_response>')) %}
+        {%- set ns.multi_step_tool = false %}
+        {%- set ns.last_query_index = index %}
+    {%- endif %}
+{%- endfor %}
+{%- for message in messages %}
+    {%- if message.content is string %}
+        {%- set content = message.content %}
+    {%- else %}
+        {%- set content = '' %}
+    {%- endif %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) %}
+        {{- '<|im_start|>' + message.role + '\\n' + content + '<|im_end|>' + '\\n' }}
+    {%- elif message.role == "assistant" %}
+        {%- set reasoning_content = '' %}
+        {%- if message.reasoning_content is string %}
+            {%- set reasoning_content = message.reasoning_content %}
+        {%- else %}
+            {%- if '</think>' in content %}
+                {%- set reasoning_content = content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') %}
+                {%- set content = content.split('</think>')[-1].lstrip('\\n') %}
+            {%- endif %}
+        {%- endif %}
+        {%- if loop.index0 > ns.last_query_index %}
+            {%- if loop.last or (not loop.last and reasoning_content) %}
+                {{- '<|im_start|>' + message.role + '\\n<think>\\n' + reasoning_content.strip('\\n') + '\\n</think>\\n\\n' + content.lstrip('\\n') }}
+            {%- else %}
+                {{- '<|im_start|>' + message.role + '\\n' + content }}
+            {%- endif %}
+        {%- else %}
+            {{- '<|im_start|>' + message.role + '\\n' + content }}
+        {%- endif %}
+        {%- if message.tool_calls %}
+            {%- for tool_call in message.tool_calls %}
+                {%- if (loop.first and content) or (not loop.first) %}
+                    {{- '\\n' }}
+                {%- endif %}
+                {%- if tool_call.function %}
+                    {%- set tool_call = tool_call.function %}
+                {%- endif %}
+                {{- '<tool_call>\\n{"name": "' }}
+                {{- tool_call.name }}
+                {{- '", "arguments": ' }}
+                {%- if tool_call.arguments is string %}
+                    {{- tool_call.arguments }}
+                {%- else %}
+                    {{- tool_call.arguments | tojson }}
+                {%- endif %}
+                {{- '}\\n</tool_call>' }}
+            {%- endfor %}
+        {%- endif %}
+        {{- '<|im_end|>\\n' }}
+    {%- elif message.role == "tool" %}
+        {%- if loop.first or (messages[loop.index0 - 1].role != "tool") %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\\n<tool_response>\\n' }}
+        {{- content }}
+        {{- '\\n</tool_response>' }}
+        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
+            {{- '<|im_end|>\\n' }}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\\n' }}
+    {%- if enable_thinking is defined and enable_thinking is false %}
+        {{- '<think>\\n\\n</think>\\n\\n' }}
+    {%- endif %}
+{%- endif %}"""  # noqa: E501 (kept verbatim, long lines included)
+
 DEFAULT_CORPUS = (
     "what colour is the shape in the picture",
     "the red circle is left of the blue square",
@@ -63,6 +156,7 @@ class TokenizerSpec:
     unk: str | None = "<unk>"
     pad: str | None = None
     extra_special: tuple[str, ...] = ()
+    added: tuple[str, ...] = ()  # added tokens that are not special (Qwen3's <think>, </think>)
     chat_template: str | None = None
     corpus: tuple[str, ...] = DEFAULT_CORPUS
     model_max_length: int = 512
@@ -94,6 +188,8 @@ def train_tokenizer(spec: TokenizerSpec):
     )
     if spec.extra_special:
         fast.add_special_tokens({"additional_special_tokens": list(spec.extra_special)})
+    if spec.added:
+        fast.add_tokens(list(spec.added))
     if spec.chat_template:
         fast.chat_template = spec.chat_template
     return fast
@@ -271,6 +367,24 @@ def qwen2_spec(**overrides) -> LLMSpec:
     return LLMSpec(**base)
 
 
+def qwen3_spec(**overrides) -> LLMSpec:
+    """A Qwen3-like LLM: its real thinking chat template, ``<|im_end|>`` as eos and end of turn, q/k norms."""
+    tok = TokenizerSpec(
+        vocab_size=360,
+        bos=None,
+        eos="<|im_end|>",
+        unk=None,
+        pad="<|endoftext|>",
+        extra_special=("<|im_start|>",),
+        added=("<think>", "</think>"),
+        chat_template=QWEN3_TEMPLATE,
+    )
+    base = dict(family="qwen3", hidden_size=64, heads=4, kv_heads=2, intermediate_size=128, tie_word_embeddings=True,
+                tokenizer=tok)
+    base.update(overrides)
+    return LLMSpec(**base)
+
+
 def mistral_spec(**overrides) -> LLMSpec:
     """A Mistral-like LLM: ``[INST]`` template and no pad token at all."""
     tok = TokenizerSpec(vocab_size=300, chat_template=MISTRAL_TEMPLATE, pad=None)
@@ -301,3 +415,136 @@ def gemma2_spec(**overrides) -> LLMSpec:
                 tie_word_embeddings=True, tokenizer=tok)
     base.update(overrides)
     return LLMSpec(**base)
+
+
+def build_llava_next(
+    path: str | Path,
+    llm: LLMSpec | None = None,
+    vision: VisionSpec | None = None,
+    *,
+    grid_pinpoints: Sequence[Sequence[int]] = ((32, 64), (64, 32), (64, 64)),
+    image_token: str = "<image>",
+    seed: int = 0,
+) -> Path:
+    """Write a tiny ``LlavaNextForConditionalGeneration`` checkpoint (any-resolution tiling) to ``path``."""
+    import torch
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    path = Path(path)
+    llm = llm or LLMSpec(family="llama", tokenizer=TokenizerSpec(chat_template=LLAVA_TEMPLATE, pad="<pad>"))
+    vision = vision or VisionSpec()
+    pinpoints = [list(p) for p in grid_pinpoints]
+    tokenizer = train_tokenizer(llm.tokenizer)
+    tokenizer.add_special_tokens({"additional_special_tokens": [image_token]})
+    config = LlavaNextConfig(
+        vision_config=vision_config(vision),
+        text_config=text_config(llm, tokenizer),
+        image_token_index=tokenizer.convert_tokens_to_ids(image_token),
+        image_seq_length=(vision.image_size // vision.patch_size) ** 2,
+        image_grid_pinpoints=pinpoints,
+        vision_feature_layer=vision.feature_layer,
+        vision_feature_select_strategy=vision.select_strategy,
+        tie_word_embeddings=llm.tie_word_embeddings,
+    )
+    torch.manual_seed(seed)
+    model = LlavaNextForConditionalGeneration(config).to(getattr(torch, llm.dtype))
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    size = vision.image_size
+    processor = LlavaNextProcessor(
+        image_processor=LlavaNextImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size,
+                                                   "width": size}, image_grid_pinpoints=pinpoints),
+        tokenizer=tokenizer,
+        patch_size=vision.patch_size,
+        vision_feature_select_strategy=vision.select_strategy,
+        num_additional_image_tokens=1 if vision.model_type == "clip_vision_model" else 0,
+        image_token=image_token,
+        chat_template=llm.tokenizer.chat_template,
+    )
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def build_vision_tower(path: str | Path, vision: VisionSpec | None = None, *, seed: int = 0) -> Path:
+    """Write a tiny CLIP vision tower folder as the original LLaVA code loads it by ``mm_vision_tower``.
+
+    The weights carry ``vision_model.*`` names, as ``CLIPVisionModel`` checkpoints on the hub do (transformers
+    5 itself would save them without the prefix), next to ``config.json`` and ``preprocessor_config.json``.
+    """
+    import torch
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionModel
+
+    path = Path(path)
+    vision = vision or VisionSpec()
+    config = vision_config(vision)
+    torch.manual_seed(seed)
+    model = CLIPVisionModel(config)
+    state = {f"vision_model.{k.removeprefix('vision_model.')}": v.contiguous() for k, v in model.state_dict().items()
+             if "position_ids" not in k}
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(state, path / "model.safetensors", metadata={"format": "pt"})
+    config.architectures = ["CLIPVisionModel"]
+    config.save_pretrained(path)
+    image_processor(vision).save_pretrained(path)
+    return path
+
+
+def build_original_llava(
+    path: str | Path,
+    llm: LLMSpec | None = None,
+    vision: VisionSpec | None = None,
+    *,
+    mm_vision_tower: str = "openai/clip-vit-large-patch14-336",
+    select_feature: str = "patch",
+    select_layer: int = -2,
+    model_type: str = "llava_llama",
+    seed: int = 0,
+) -> Path:
+    """Write a tiny checkpoint in the layout of the original LLaVA training code (haotian-liu/LLaVA).
+
+    ``config.json`` is a Llama config with the ``mm_*`` keys that code writes; the weights are the Llama
+    model's plus ``model.mm_projector.0/.2`` (mlp2x_gelu); the vision tower is not included.
+    """
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    llm = llm or LLMSpec(family="llama", tokenizer=TokenizerSpec(chat_template=None, pad=None), seed=seed)
+    vision = vision or VisionSpec()
+    tokenizer = train_tokenizer(llm.tokenizer)
+    config = text_config(llm, tokenizer)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config).to(getattr(torch, llm.dtype))
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if llm.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    first = torch.nn.Linear(vision.hidden_size, llm.hidden_size)
+    second = torch.nn.Linear(llm.hidden_size, llm.hidden_size)
+    for index, layer in (("0", first), ("2", second)):
+        for name, param in layer.named_parameters():
+            state[f"model.mm_projector.{index}.{name}"] = param.detach().to(getattr(torch, llm.dtype)).contiguous()
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(state, path / "model.safetensors", metadata={"format": "pt"})
+    written = config.to_dict()
+    written.update(
+        architectures=["LlavaLlamaForCausalLM"],
+        model_type=model_type,
+        mm_vision_tower=mm_vision_tower,
+        mm_hidden_size=vision.hidden_size,
+        mm_projector_type="mlp2x_gelu",
+        mm_vision_select_layer=select_layer,
+        mm_vision_select_feature=select_feature,
+        mm_use_im_start_end=False,
+        mm_use_im_patch_token=False,
+        image_aspect_ratio="pad",
+        tune_mm_mlp_adapter=False,
+        use_mm_proj=True,
+    )
+    (path / "config.json").write_text(json.dumps(written, indent=2) + "\n")
+    tokenizer.save_pretrained(path)
+    return path

@@ -22,7 +22,7 @@ from backbone_swap.evaluate import scoring
 from backbone_swap.evaluate.suite import Suite, Task, read_items
 from backbone_swap.manifest import step_record
 from backbone_swap.outputs import write_json
-from backbone_swap.templates import end_of_turn
+from backbone_swap.templates import end_of_turn, reply_prefix
 
 
 @dataclass
@@ -60,11 +60,16 @@ class Evaluator:
         self, model_dir: Path, *, batch_size: int = 16, device: str | None = None, dtype: str | None = None
     ) -> None:
         import torch
-        from transformers import AutoProcessor, LlavaForConditionalGeneration
+        import transformers
+        from transformers import AutoConfig, AutoProcessor
+
+        from backbone_swap.anatomy import VLM_FORMATS
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         torch_dtype = getattr(torch, dtype) if dtype else ("auto" if self.device != "cpu" else torch.float32)
-        self.model = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch_dtype).to(self.device)
+        # LLaVA or LLaVA-NeXT: the class its config names, from the registry of formats read
+        model_class = getattr(transformers, VLM_FORMATS[AutoConfig.from_pretrained(model_dir).model_type])
+        self.model = model_class.from_pretrained(model_dir, dtype=torch_dtype).to(self.device)
         self.model.eval()
         self.processor = AutoProcessor.from_pretrained(model_dir)
         self.tokenizer = self.processor.tokenizer
@@ -75,6 +80,7 @@ class Evaluator:
         self.end_of_turn = end_of_turn(self.tokenizer)
         if self.end_of_turn is not None:
             self.stop_ids.add(self.tokenizer.convert_tokens_to_ids(self.end_of_turn))
+        self.reply_prefix = reply_prefix(self.tokenizer)
         # a model trained here records how its images were shaped; evaluate it the same way
         recorded = Path(model_dir) / "preprocessing.json"
         self.image_aspect = json.loads(recorded.read_text()).get("image_aspect") if recorded.is_file() else None
@@ -125,7 +131,7 @@ class Evaluator:
                 if token in self.stop_ids:
                     keep = i + 1  # the end of the answer is part of what the model chose
                     break
-            text = self.tokenizer.decode(tokens[:keep], skip_special_tokens=True).strip()
+            text = answer_text(self.tokenizer.decode(tokens[:keep], skip_special_tokens=True), self.reply_prefix)
             chosen = [lp for lp in logprobs[:keep] if math.isfinite(lp)]
             confidence = math.exp(sum(chosen) / len(chosen)) if chosen else 0.0
             answers.append((text, min(max(confidence, 0.0), 1.0)))
@@ -168,7 +174,8 @@ class Evaluator:
         pixels = torch.cat([base["pixel_values"] for base, _ in pieces])
         with torch.no_grad():
             logits = self.model(
-                input_ids=ids.to(self.device), attention_mask=mask.to(self.device), pixel_values=pixels
+                input_ids=ids.to(self.device), attention_mask=mask.to(self.device), pixel_values=pixels,
+                **_image_sizes([base for base, _ in pieces]),
             ).logits.float()
         logprobs = torch.log_softmax(logits, dim=-1)
         totals = []
@@ -186,9 +193,28 @@ class Evaluator:
         mask = torch.ones_like(ids)
         with torch.no_grad():
             out = self.model(
-                input_ids=ids, attention_mask=mask, pixel_values=base["pixel_values"], output_hidden_states=True
+                input_ids=ids, attention_mask=mask, pixel_values=base["pixel_values"], output_hidden_states=True,
+                **_image_sizes([base]),
             )
         return out.hidden_states[-1][0, -len(reply) :].float().mean(dim=0).cpu()
+
+
+def answer_text(decoded: str, prefix: str) -> str:
+    """The answer in a decoded reply: without the block the template writes before every reply (Qwen3's
+    empty think block), which the model learned to generate but which is no part of what it answers."""
+    text = decoded.strip()
+    if prefix.strip() and text.startswith(prefix.strip()):
+        text = text[len(prefix.strip()):].strip()
+    return text
+
+
+def _image_sizes(inputs: list[Any]) -> dict[str, Any]:
+    """LLaVA-NeXT's processor also returns each image's size (its tiling depends on it); LLaVA's does not."""
+    import torch
+
+    if "image_sizes" not in inputs[0]:
+        return {}
+    return {"image_sizes": torch.cat([i["image_sizes"] for i in inputs])}
 
 
 def _load_image(task: Task, item: dict[str, Any]):
@@ -342,11 +368,17 @@ def evaluate(
 
     started = time.time()
     model_dir, output = Path(model_dir).expanduser(), Path(output).expanduser()
-    from backbone_swap.anatomy import read_anatomy
+    from backbone_swap.anatomy import VLM_FORMATS, read_anatomy
     from backbone_swap.checkpoint import open_checkpoint
 
-    if read_anatomy(open_checkpoint(model_dir)).kind != "vlm":
+    anatomy = read_anatomy(open_checkpoint(model_dir))
+    if anatomy.kind != "vlm":
         raise BackboneSwapError(f"{model_dir} is not a VLM", "Evaluate a LLaVA checkpoint")
+    if anatomy.vlm_format not in VLM_FORMATS:
+        raise BackboneSwapError(
+            f"{model_dir} is a checkpoint of the original LLaVA training code, which eval cannot load",
+            "Convert it to a transformers LLaVA folder first (transformers' convert_llava_weights_to_hf.py)",
+        )
     items = {task.name: read_items(task) for task in suite.tasks}  # every file checked before any work
     output.mkdir(parents=True, exist_ok=True)
     identity = {"model": str(model_dir.resolve()), "suite": suite.source or suite.name}
