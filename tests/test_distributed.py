@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,16 +15,25 @@ from safetensors.torch import load_file
 pytestmark = pytest.mark.slow
 
 
-def _launch(args, processes, cwd):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+ACCELERATE_CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "accelerate"
+
+
+def _launch(args, processes, cwd, config: str | None = None, env: dict[str, str] | None = None, fails: bool = False):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     if processes == 1:
         command = [sys.executable, "-m", "backbone_swap.cli", *args]
+    elif config:
+        # the user's command with a shipped configuration; without GPUs the processes run on CPU over gloo
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                   str(ACCELERATE_CONFIGS / config), "--num_processes", str(processes),
+                   "-m", "backbone_swap.cli", *args]
     else:
         # torchrun gives accelerate its multi-process CPU mode (gloo); on GPUs users run `accelerate launch`
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
                    "-m", "backbone_swap.cli", *args]
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert (result.returncode != 0) == fails, result.stderr[-3000:]
+    return result
 
 
 def test_two_processes_train_to_the_weights_of_one(transplanted, colour_data, tmp_path):
@@ -43,6 +53,47 @@ def test_two_processes_train_to_the_weights_of_one(transplanted, colour_data, tm
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5)
+
+
+def test_fsdp_two_processes_train_to_the_weights_of_one(transplanted, colour_data, tmp_path):
+    """The shipped FSDP2 configuration: every weight sharded over 2 processes, the trained ones gathered."""
+    args = ["train", str(transplanted["mistral"]), "--recipe", "tiny-cpu", "--data", str(colour_data["train"]),
+            "--image-root", str(colour_data["root"]), "--feature-cache", str(tmp_path / "cache"),
+            "--set", "stage1.max_steps=2", "--set", "stage2.max_steps=3",
+            "--set", "stage1.micro_batch=4", "--set", "stage2.micro_batch=2"]
+    _launch([*args, "-o", str(tmp_path / "one")], 1, tmp_path)
+    _launch([*args, "-o", str(tmp_path / "fsdp")], 2, tmp_path, config="fsdp-8gpu.yaml")
+    one = json.loads((tmp_path / "one" / "manifest.json").read_text())
+    two = json.loads((tmp_path / "fsdp" / "manifest.json").read_text())
+    for stage in ("stage1", "stage2"):
+        assert two["stages"][stage]["sharding"] == "fsdp"
+        assert two["stages"][stage]["weights_held"] < 0.6  # each process holds about half of every part
+        assert one["stages"][stage]["weights_held"] == 1.0
+    assert (one["stages"]["stage2"]["accumulation"], two["stages"]["stage2"]["accumulation"]) == (4, 2)
+    assert [h["loss"] for h in two["history"]] == pytest.approx([h["loss"] for h in one["history"]], rel=1e-4)
+    for stage in ("stage1", "stage2"):
+        a = load_file(tmp_path / "one" / stage / "trainable.safetensors")
+        b = load_file(tmp_path / "fsdp" / stage / "trainable.safetensors")
+        assert a.keys() == b.keys() and any("lora_" in k for k in b) == (stage == "stage2")
+        for name in a:
+            torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5)
+    from transformers import LlavaForConditionalGeneration
+
+    merged = {}
+    for run in ("one", "fsdp"):
+        model = LlavaForConditionalGeneration.from_pretrained(tmp_path / run / "final" / "merged")
+        merged[run] = model.state_dict()
+    assert merged["one"].keys() == merged["fsdp"].keys()
+    for name, value in merged["one"].items():
+        torch.testing.assert_close(merged["fsdp"][name], value, rtol=1e-4, atol=1e-5)
+
+
+def test_fsdp_version_1_is_refused_in_one_line(transplanted, colour_data, tmp_path):
+    args = ["train", str(transplanted["mistral"]), "--recipe", "tiny-cpu", "--data", str(colour_data["train"]),
+            "-o", str(tmp_path / "run")]
+    result = _launch(args, 2, tmp_path, env={"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, fails=True)
+    assert "error: FSDP on CPU processes needs FSDP version 2. Set fsdp_version: 2" in result.stderr
+    assert "BackboneSwapError" not in result.stderr  # a message, not our traceback
 
 
 def test_two_process_eval_writes_the_same_per_item_files(transplanted, suite_file, tmp_path):
