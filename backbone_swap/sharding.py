@@ -16,7 +16,9 @@ loop. Three things depend on the scheme, and they live here:
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 from backbone_swap.errors import BackboneSwapError
@@ -36,17 +38,40 @@ def make_accelerator(precision: str):
                               cpu=not torch.cuda.is_available())
     if accelerator.distributed_type == DistributedType.MULTI_CPU and _env_flag("ACCELERATE_USE_FSDP"):
         _fsdp_on_cpu(accelerator)
+    if accelerator.distributed_type == DistributedType.MULTI_CPU and _env_flag("ACCELERATE_USE_DEEPSPEED"):
+        _deepspeed_on_cpu(accelerator)
     if accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2:
         # FSDP1 flattens parameters, and mixing frozen and trainable ones needs use_orig_params plus its own
         # state-dict handling; FSDP2 shards each parameter separately, which is what LoRA training wants
         raise BackboneSwapError("backbone-swap trains under FSDP version 2 only",
                                 "Set fsdp_version: 2 in the accelerate config (see recipes/accelerate/fsdp-8gpu.yaml)")
-    if accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3:
-        config = accelerator.state.deepspeed_plugin.deepspeed_config
-        if config.get("zero_optimization", {}).get("offload_param", {}).get("device", "none") not in ("none", None):
-            raise BackboneSwapError("ZeRO-3 parameter offload is not supported by backbone-swap's trainer",
-                                    "Set offload_param_device: none in the accelerate config")
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero3_init_flag:
+        # the trainer loads whole models (LoRA added, trained weights loaded) and lets the engine partition
+        # them; a model created straight into partitions would need all of that done on slices
+        raise BackboneSwapError("backbone-swap does not support zero3_init_flag: true",
+                                "Set zero3_init_flag: false in the accelerate config (see recipes/accelerate/)")
     return accelerator
+
+
+@contextlib.contextmanager
+def loading_whole(accelerator) -> Iterator[None]:
+    """Load checkpoints as whole tensors even under ZeRO-3.
+
+    accelerate registers its DeepSpeed config with transformers, and under ZeRO-3 ``from_pretrained`` then
+    creates models straight into partitions whatever ``zero3_init_flag`` says; the engine partitions the
+    whole model when it is prepared instead.
+    """
+    plugin = accelerator.state.deepspeed_plugin  # None unless DeepSpeed
+    if plugin is None or not plugin.hf_ds_config.is_zero3():
+        yield
+        return
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        plugin.set_deepspeed_weakref()
 
 
 def _fsdp_on_cpu(accelerator) -> None:
@@ -69,6 +94,30 @@ def _fsdp_on_cpu(accelerator) -> None:
     PartialState._shared_state["distributed_type"] = DistributedType.FSDP
 
 
+def _deepspeed_on_cpu(accelerator) -> None:
+    """Turn a multi-process CPU run launched with a DeepSpeed configuration into a DeepSpeed run over gloo.
+
+    DeepSpeed has a CPU accelerator (chosen by itself when there is no GPU, communicating over gloo), but
+    accelerate only sets DeepSpeed up on accelerators.
+    """
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DeepSpeedPlugin, DistributedType, is_deepspeed_available
+
+    if not is_deepspeed_available():
+        raise BackboneSwapError("the accelerate configuration asks for DeepSpeed, which is not installed",
+                                'Install it with pip install "backbone-swap[deepspeed]"')
+    import deepspeed.comm
+
+    plugin = DeepSpeedPlugin()  # every field from the ACCELERATE_DEEPSPEED_* environment variables
+    plugin.set_mixed_precision(accelerator.mixed_precision)
+    state = AcceleratorState()
+    state.deepspeed_plugins = plugin
+    state.distributed_type = DistributedType.DEEPSPEED
+    PartialState._shared_state["distributed_type"] = DistributedType.DEEPSPEED
+    plugin.select(_from_accelerator_state=True)
+    deepspeed.comm.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
+
+
 def scheme(accelerator) -> str:
     """``single``, ``ddp``, ``fsdp``, ``zero2`` or ``zero3`` (recorded in the stage's state)."""
     from accelerate.utils import DistributedType
@@ -81,9 +130,27 @@ def scheme(accelerator) -> str:
     return "ddp" if accelerator.num_processes > 1 else "single"
 
 
-def shards_weights(accelerator) -> bool:
-    """Whether preparing a module replaces its parameters with per-process slices."""
-    return scheme(accelerator) in {"fsdp", "zero3"}
+def consumes_module(accelerator) -> bool:
+    """Whether preparing a module leaves it unfit for another stage or the export.
+
+    FSDP and ZeRO-3 replace its parameters with per-process slices; a DeepSpeed engine of either stage
+    leaves its gradient hooks on the parameters, which would fire again under the next stage's engine.
+    """
+    return scheme(accelerator) in {"fsdp", "zero2", "zero3"}
+
+
+def release(accelerator, model) -> None:
+    """Let go of a finished stage's prepared module, engine and optimizer before the next one is built."""
+    import gc
+
+    import torch
+
+    if scheme(accelerator).startswith("zero") and hasattr(model, "destroy"):
+        model.destroy()  # the DeepSpeed engine: removes its hooks
+    accelerator.free_memory()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def configure_deepspeed(accelerator, *, micro_batch: int, accumulation: int, max_grad_norm: float | None) -> None:
@@ -105,8 +172,6 @@ def trainable_state(accelerator, module) -> dict[str, Any]:
 
     Every process must call it: under FSDP and ZeRO-3 assembling a tensor is a collective operation.
     """
-    import contextlib
-
     import torch
 
     named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
@@ -144,16 +209,16 @@ def _is_dtensor(tensor) -> bool:
 
 
 def optimizer_state(accelerator, model, optimizer) -> dict[str, Any] | None:
-    """The optimizer's whole state on the main process (None elsewhere); every process calls it."""
+    """The optimizer's whole state on the main process (None elsewhere); every process calls it.
+
+    Not for DeepSpeed, whose optimizer state lives in its engine: ``train`` refuses --save-every there.
+    """
     if scheme(accelerator) == "fsdp":
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
         state = get_optimizer_state_dict(model, _inner(optimizer),
                                          options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return state if accelerator.is_main_process else None
-    if scheme(accelerator).startswith("zero"):
-        raise BackboneSwapError("checkpoints inside a stage are not supported under DeepSpeed",
-                                "Leave out --save-every (finished stages are still kept and resumed)")
     return optimizer.state_dict() if accelerator.is_main_process else None
 
 

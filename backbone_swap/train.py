@@ -214,15 +214,16 @@ class Trainer:
     def run(self) -> Any:
         """Train every stage; returns the trained module, whole (not sharded), on the main process.
 
-        Under FSDP or ZeRO-3 preparing a module replaces its weights with per-process slices, so each later
-        stage, and the export, start from a fresh copy of the checkpoint with the earlier stages' trained
-        weights loaded, as a resumed run does. Other processes then return None.
+        Under FSDP or ZeRO-3 preparing a module replaces its weights with per-process slices (and a DeepSpeed
+        engine leaves hooks on them), so each later stage, and the export, start from a fresh copy of the
+        checkpoint with the earlier stages' trained weights loaded, as a resumed run does. Other processes
+        then return None.
         """
-        from backbone_swap.sharding import shards_weights
+        from backbone_swap.sharding import consumes_module
 
-        sharded = shards_weights(self.accelerator)
+        sharded = consumes_module(self.accelerator)
         self.model = self._load_base()
-        self._sharded = False  # whether self.model has been sliced by a sharded stage
+        self._sharded = False  # whether self.model has been consumed by a sharded stage
         for index, stage in enumerate(self.recipe.stages):
             if self._sharded:
                 self._rebuild(index)
@@ -239,9 +240,12 @@ class Trainer:
         import torch
         from transformers import LlavaForConditionalGeneration
 
+        from backbone_swap.sharding import loading_whole
+
         recipe = self.recipe
         torch.manual_seed(recipe.seed)
-        model = LlavaForConditionalGeneration.from_pretrained(self.model_dir, dtype=_dtype(recipe.precision))
+        with loading_whole(self.accelerator):
+            model = LlavaForConditionalGeneration.from_pretrained(self.model_dir, dtype=_dtype(recipe.precision))
         model.config.use_cache = False
         for p in model.parameters():
             p.requires_grad_(False)
@@ -312,7 +316,14 @@ class Trainer:
         import torch
         from transformers import get_scheduler
 
-        from backbone_swap.sharding import configure_deepspeed, local_fraction, scheme, trainable_state
+        from backbone_swap.sharding import (
+            configure_deepspeed,
+            consumes_module,
+            local_fraction,
+            release,
+            scheme,
+            trainable_state,
+        )
 
         accelerator = self.accelerator
         folder = self.output / stage.name
@@ -418,6 +429,8 @@ class Trainer:
                                                "sharding": scheme(accelerator), "weights_held": round(held, 4)})
             shutil.rmtree(checkpoint, ignore_errors=True)
         accelerator.wait_for_everyone()
+        if consumes_module(accelerator):
+            release(accelerator, model)
         self.history += history
         return True
 
@@ -609,10 +622,13 @@ def train(
                                         "Resume with the same model and data, or choose another --output")
         if previous.get("finished"):
             return TrainResult(output, previous, previous.get("history", []))
-    from backbone_swap.sharding import make_accelerator
+    from backbone_swap.sharding import make_accelerator, scheme
 
     # one process per device under `accelerate launch`; the main one writes, the others wait for it
     accelerator = make_accelerator(recipe.precision)
+    if save_every and scheme(accelerator).startswith("zero"):
+        raise BackboneSwapError("checkpoints inside a stage (--save-every) are not supported under DeepSpeed",
+                                "Leave out --save-every: finished stages are still kept and resumed")
     accelerator.wait_for_everyone()  # every process has checked the output folder before anything is written
     if accelerator.is_main_process:
         output.mkdir(parents=True, exist_ok=True)
@@ -642,8 +658,11 @@ def train(
     if todo:
         from transformers import LlavaForConditionalGeneration
 
+        from backbone_swap.sharding import loading_whole
+
         device = accelerator.device
-        tower = LlavaForConditionalGeneration.from_pretrained(model_dir).model.vision_tower.to(device).eval()
+        with loading_whole(accelerator):
+            tower = LlavaForConditionalGeneration.from_pretrained(model_dir).model.vision_tower.to(device).eval()
         bar = progress_bar("vision features", len(todo)) if show_progress else contextlib.nullcontext(lambda n: None)
         with bar as advance:
             computed = cache.fill(tower, todo, batch_size=32, device=device, on_batch=advance)
