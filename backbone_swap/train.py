@@ -119,8 +119,12 @@ def collate(samples, features, pad_id: int):
     import torch
 
     ids, mask, labels = pad_batch(samples, pad_id)
-    feats = [features(s.image) for s in samples if s.image is not None]
-    return ids, mask, labels, (torch.stack(feats) if feats else None)
+    images = [s.image for s in samples if s.image is not None]
+    if not images:
+        return ids, mask, labels, None
+    if hasattr(features, "batch"):  # the tower itself, run once for the whole batch
+        return ids, mask, labels, features.batch(images)
+    return ids, mask, labels, torch.stack([features(image) for image in images])
 
 
 def pad_batch(samples, pad_id: int):
@@ -580,6 +584,7 @@ def train(
     image_root: str | Path | None,
     output: str | Path,
     feature_cache: str | Path | None = None,
+    cache_features: bool = True,
     on_bad_sample: str = "fail",
     save_every: int | None = None,
     resume: bool = False,
@@ -588,13 +593,13 @@ def train(
 ) -> TrainResult:
     """Train ``model_dir`` with ``recipe`` on ``data`` into ``output``.
 
-    With ``resume``, finished stages are kept and an unfinished stage continues from its last checkpoint
-    (every ``save_every`` optimizer steps), ending with the weights of an uninterrupted run.
+    With ``cache_features`` off, the vision tower runs on every batch instead of once per image (for data
+    sets whose features would not fit on disk). With ``resume``, finished stages are kept and an
+    unfinished stage continues from its last checkpoint (every ``save_every`` optimizer steps), ending with
+    the weights of an uninterrupted run.
     """
     from transformers import AutoProcessor
 
-    from backbone_swap.features import FeatureCache, default_cache_dir
-    from backbone_swap.progress import progress_bar
     from backbone_swap.templates import end_of_turn
 
     started = time.time()
@@ -650,6 +655,63 @@ def train(
                       f"mean {summary['supervised_tokens_mean']}, min {summary['supervised_tokens_min']}; "
                       f"end of turn {eot!r}")
     images = sorted({s.image for s in dataset.samples if s.image is not None})
+    if not cache_features:
+        from transformers import LlavaForConditionalGeneration
+
+        from backbone_swap.features import TowerFeatures
+        from backbone_swap.sharding import loading_whole
+
+        with loading_whole(accelerator):
+            tower = LlavaForConditionalGeneration.from_pretrained(
+                model_dir, dtype=_dtype(recipe.precision)).model.vision_tower.to(accelerator.device).eval()
+        features = TowerFeatures(tower, processor.image_processor, image_aspect=recipe.image_aspect,
+                                 layer=anatomy.vision.feature_layer, strategy=anatomy.vision.select_strategy,
+                                 device=accelerator.device)
+        feature_record = {"cache": None, "computed": "every step"}
+    else:
+        features, feature_record = _cached_features(accelerator, model_dir, processor, anatomy, recipe, images,
+                                                    feature_cache, show_progress)
+
+    trainer = Trainer(accelerator, model_dir, recipe, dataset, processor, output, features=features,
+                      save_every=save_every, callbacks=list(callbacks or []), show_progress=show_progress)
+    model = trainer.run()
+    if trainer.accelerator.is_main_process:
+        dtype_name = TORCH_DTYPES.get(anatomy.dtypes.get("language_model", "F32"), "float32")
+        exported = export(model, processor, output, dtype_name=dtype_name, image_aspect=recipe.image_aspect)
+        write_loss_curve(trainer.history, output)
+        stages = {s.name: json.loads((output / s.name / "state.json").read_text()) for s in recipe.stages}
+        final_loss = trainer.history[-1]["loss"] if trainer.history else None
+        manifest = step_record(
+            "train",
+            inputs={"model": str(model_dir), "data": str(data), "data_sha256": data_sha,
+                    "image_root": str(image_root) if image_root else None},
+            recipe=recipe_to_dict(recipe),
+            recipe_hash=recipe_hash(recipe),
+            data=dataset.stats() | {"end_of_turn": eot},
+            features=feature_record,
+            stages={name: {k: v for k, v in s.items() if k != "history"} for name, s in stages.items()},
+            final_loss=final_loss,
+            exported=exported,
+            seconds=round(time.time() - started, 3),
+            identity={"model": str(model_dir), "data_sha256": data_sha},
+            finished=True,
+            history=trainer.history,
+        )
+        for folder in exported.values():  # each export carries its provenance when copied elsewhere
+            write_json(Path(folder) / "manifest.json", {k: v for k, v in manifest.items() if k != "history"})
+        write_json(manifest_path, manifest)
+    else:
+        manifest = {}
+    trainer.accelerator.wait_for_everyone()
+    return TrainResult(output, manifest, trainer.history)
+
+
+def _cached_features(accelerator, model_dir: Path, processor, anatomy, recipe: Recipe, images: list[Path],
+                     feature_cache: str | Path | None, show_progress: bool):
+    """The cache's reader, once the main process has computed what the cache lacked; and what that took."""
+    from backbone_swap.features import FeatureCache, default_cache_dir
+    from backbone_swap.progress import progress_bar
+
     cache = FeatureCache(Path(feature_cache) if feature_cache else default_cache_dir(), model_dir,
                          processor.image_processor, image_aspect=recipe.image_aspect,
                          layer=anatomy.vision.feature_layer, strategy=anatomy.vision.select_strategy)
@@ -668,37 +730,5 @@ def train(
             computed = cache.fill(tower, todo, batch_size=32, device=device, on_batch=advance)
         del tower
     accelerator.wait_for_everyone()  # the main process filled the cache; everyone reads it
-    features = cache.load  # read per batch: a data set's features need not fit in memory
-
-    trainer = Trainer(accelerator, model_dir, recipe, dataset, processor, output, features=features,
-                      save_every=save_every, callbacks=list(callbacks or []), show_progress=show_progress)
-    model = trainer.run()
-    if trainer.accelerator.is_main_process:
-        dtype_name = TORCH_DTYPES.get(anatomy.dtypes.get("language_model", "F32"), "float32")
-        exported = export(model, processor, output, dtype_name=dtype_name, image_aspect=recipe.image_aspect)
-        write_loss_curve(trainer.history, output)
-        stages = {s.name: json.loads((output / s.name / "state.json").read_text()) for s in recipe.stages}
-        final_loss = trainer.history[-1]["loss"] if trainer.history else None
-        manifest = step_record(
-            "train",
-            inputs={"model": str(model_dir), "data": str(data), "data_sha256": data_sha,
-                    "image_root": str(image_root) if image_root else None},
-            recipe=recipe_to_dict(recipe),
-            recipe_hash=recipe_hash(recipe),
-            data=dataset.stats() | {"end_of_turn": eot},
-            features={"cache": str(cache.folder), "computed": computed, "reused": len(images) - computed},
-            stages={name: {k: v for k, v in s.items() if k != "history"} for name, s in stages.items()},
-            final_loss=final_loss,
-            exported=exported,
-            seconds=round(time.time() - started, 3),
-            identity={"model": str(model_dir), "data_sha256": data_sha},
-            finished=True,
-            history=trainer.history,
-        )
-        for folder in exported.values():  # each export carries its provenance when copied elsewhere
-            write_json(Path(folder) / "manifest.json", {k: v for k, v in manifest.items() if k != "history"})
-        write_json(manifest_path, manifest)
-    else:
-        manifest = {}
-    trainer.accelerator.wait_for_everyone()
-    return TrainResult(output, manifest, trainer.history)
+    # read per batch: a data set's features need not fit in memory
+    return cache.load, {"cache": str(cache.folder), "computed": computed, "reused": len(images) - computed}
