@@ -54,24 +54,33 @@ def make_accelerator(precision: str):
 
 
 @contextlib.contextmanager
-def loading_whole(accelerator) -> Iterator[None]:
-    """Load checkpoints as whole tensors even under ZeRO-3.
+def loading_whole(accelerator, *, every_process: bool = False) -> Iterator[None]:
+    """Load checkpoints as whole tensors even under ZeRO-3 (and, with ``every_process``, FSDP).
 
     accelerate registers its DeepSpeed config with transformers, and under ZeRO-3 ``from_pretrained`` then
     creates models straight into partitions whatever ``zero3_init_flag`` says; the engine partitions the
-    whole model when it is prepared instead.
+    whole model when it is prepared instead. Under FSDP with ``fsdp_cpu_ram_efficient_loading``,
+    transformers may leave the weights of every process but the first of a machine unread (FSDP sends them
+    when the model is prepared): right for the model that trains, wrong for a vision tower that each
+    process runs itself. transformers 5.24 reads them everywhere and only skips their initialisation, but
+    the tower must not depend on that.
     """
     plugin = accelerator.state.deepspeed_plugin  # None unless DeepSpeed
-    if plugin is None or not plugin.hf_ds_config.is_zero3():
-        yield
-        return
-    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+    restore = []
+    if plugin is not None and plugin.hf_ds_config.is_zero3():
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
-    unset_hf_deepspeed_config()
+        unset_hf_deepspeed_config()
+        restore.append(plugin.set_deepspeed_weakref)
+    flag = "FSDP_CPU_RAM_EFFICIENT_LOADING"
+    if every_process and flag in os.environ:
+        value = os.environ.pop(flag)
+        restore.append(lambda: os.environ.__setitem__(flag, value))
     try:
         yield
     finally:
-        plugin.set_deepspeed_weakref()
+        for undo in restore:
+            undo()
 
 
 def _fsdp_on_cpu(accelerator) -> None:

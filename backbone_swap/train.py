@@ -661,7 +661,7 @@ def train(
         from backbone_swap.features import TowerFeatures
         from backbone_swap.sharding import loading_whole
 
-        with loading_whole(accelerator):
+        with loading_whole(accelerator, every_process=True):
             tower = LlavaForConditionalGeneration.from_pretrained(
                 model_dir, dtype=_dtype(recipe.precision)).model.vision_tower.to(accelerator.device).eval()
         features = TowerFeatures(tower, processor.image_processor, image_aspect=recipe.image_aspect,
@@ -723,7 +723,7 @@ def _cached_features(accelerator, model_dir: Path, processor, anatomy, recipe: R
         from backbone_swap.sharding import loading_whole
 
         device = accelerator.device
-        with loading_whole(accelerator):
+        with loading_whole(accelerator, every_process=True):
             tower = LlavaForConditionalGeneration.from_pretrained(model_dir).model.vision_tower.to(device).eval()
         bar = progress_bar("vision features", len(todo)) if show_progress else contextlib.nullcontext(lambda n: None)
         with bar as advance:
