@@ -131,6 +131,8 @@ def train_command(
     = None,
     feature_cache: Annotated[Path | None, typer.Option(help="Vision feature cache (default ~/.cache/backbone-swap).")]
     = None,
+    cache_features: Annotated[bool, typer.Option(help="Keep vision features on disk (off: run the tower every "
+                                                      "batch, for data sets whose features do not fit).")] = True,
     on_bad_sample: Annotated[str, typer.Option(help="fail (default) or skip bad records, counted in the manifest.")]
     = "fail",
     save_every: Annotated[int | None, typer.Option(help="Checkpoint every N optimizer steps.")] = None,
@@ -143,7 +145,7 @@ def train_command(
     chosen = apply_overrides(load_recipe(recipe), list(set_ or []))
     out = output or model.with_name(f"{model.name}-trained")
     result = train(model, recipe=chosen, data=data, image_root=image_root, output=out, feature_cache=feature_cache,
-                   on_bad_sample=on_bad_sample, save_every=save_every, resume=resume)
+                   cache_features=cache_features, on_bad_sample=on_bad_sample, save_every=save_every, resume=resume)
     m = result.manifest
     if not m:  # another process of a multi-process run: the main one reports
         return

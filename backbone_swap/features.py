@@ -133,3 +133,32 @@ class FeatureCache:
         from safetensors.torch import load_file
 
         return load_file(self.path_for(image))["features"]
+
+
+class TowerFeatures:
+    """The frozen tower run on every training batch instead of reading the cache.
+
+    For data sets whose features would not fit on disk (a CLIP-L/336 tower gives 576 x 1024 values per
+    image: about 1.2 MB in bfloat16), at the price of the tower's forward pass at every step. Same
+    preprocessing and feature selection as the cache, so both give the same numbers.
+    """
+
+    def __init__(self, vision_tower, image_processor, *, image_aspect: str, layer: int | list[int], strategy: str,
+                 device: Any) -> None:
+        self.tower, self.image_processor, self.device = vision_tower, image_processor, device
+        self.image_aspect, self.layer, self.strategy = image_aspect, layer, strategy
+        self.dtype = next(vision_tower.parameters()).dtype
+
+    def batch(self, images: Sequence[Path]):
+        """Features of several images in one forward pass (what the trainer's collate calls)."""
+        import torch
+
+        from backbone_swap.data import open_image
+
+        pixels = preprocess([open_image(p) for p in images], self.image_processor, self.image_aspect)
+        with torch.no_grad():
+            out = self.tower(pixels.to(device=self.device, dtype=self.dtype), output_hidden_states=True)
+            return select_features(out.hidden_states, self.layer, self.strategy)
+
+    def __call__(self, image: Path):
+        return self.batch([image])[0]

@@ -70,18 +70,48 @@ class CachedFeatureVLM:
             def __init__(self, vlm):
                 super().__init__()
                 self.vlm = vlm
+                # the decoder and encoder layer classes that occur in this model: FSDP makes each one a unit
+                # of its own (the class lists a CLIP text part that a LLaVA tower does not have)
+                present = {type(m).__name__ for m in vlm.modules()}
+                self._no_split_modules = sorted(set(getattr(vlm, "_no_split_modules", None) or []) & present)
+
+            # FSDP gives the (large) embedding and output layers units of their own when it can find them
+            def get_input_embeddings(self):
+                return self.vlm.get_input_embeddings()
+
+            def get_output_embeddings(self):
+                return self.vlm.get_output_embeddings()
 
             def forward(self, input_ids, attention_mask, labels, features):
                 vlm = self.vlm
                 embeds = vlm.get_input_embeddings()(input_ids)
+                projector = vlm.model.multi_modal_projector
                 if features is not None:
-                    projector = vlm.model.multi_modal_projector
                     projected = projector(features.to(embeds.dtype))
                     mask = (input_ids == vlm.config.image_token_id).unsqueeze(-1).expand_as(embeds)
                     embeds = embeds.masked_scatter(mask, projected.to(embeds.dtype))
-                return vlm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, use_cache=False)
+                out = vlm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, use_cache=False)
+                if features is None:
+                    # a text-only batch never reaches the projector: keep its weights in the graph with a zero
+                    # term, or a projector-only stage would have nothing to differentiate, and processes with
+                    # and without images would disagree on which gradients to exchange (DDP and FSDP hang).
+                    # It runs here, inside the forward, where sharded weights are gathered.
+                    width = _projector_input_width(projector)
+                    probe = projector(embeds.new_zeros((1, 1, width)))
+                    out.loss = out.loss + 0.0 * probe.sum()
+                return out
 
         return _Module(model)
+
+
+def _projector_input_width(projector) -> int:
+    """The vision feature width the projector takes (its first Linear's input), under peft's wrapper too."""
+    import torch
+
+    for module in projector.modules():
+        if isinstance(module, torch.nn.Linear):
+            return module.in_features
+    raise BackboneSwapError("the projector has no Linear layer", "Train a LLaVA checkpoint with an MLP projector")
 
 
 def collate(samples, features, pad_id: int):
@@ -89,8 +119,12 @@ def collate(samples, features, pad_id: int):
     import torch
 
     ids, mask, labels = pad_batch(samples, pad_id)
-    feats = [features(s.image) for s in samples if s.image is not None]
-    return ids, mask, labels, (torch.stack(feats) if feats else None)
+    images = [s.image for s in samples if s.image is not None]
+    if not images:
+        return ids, mask, labels, None
+    if hasattr(features, "batch"):  # the tower itself, run once for the whole batch
+        return ids, mask, labels, features.batch(images)
+    return ids, mask, labels, torch.stack([features(image) for image in images])
 
 
 def pad_batch(samples, pad_id: int):
@@ -147,10 +181,12 @@ def lora_target_regex(model, recipe_targets: tuple[str, ...] | str) -> str:
     return r".*\.language_model\..*\.(" + "|".join(leaves) + r")$"
 
 
-def _save_trainable(module, path: Path) -> None:
+def _save_trainable(module, path: Path, tensors: dict[str, Any] | None = None) -> None:
+    """Write the trainable weights (``tensors``, when gathered from a sharded module beforehand)."""
     from safetensors.torch import save_file
 
-    tensors = {n: p.detach().to("cpu").contiguous() for n, p in module.named_parameters() if p.requires_grad}
+    if tensors is None:
+        tensors = {n: p.detach().to("cpu").contiguous() for n, p in module.named_parameters() if p.requires_grad}
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(tensors, tmp)
     tmp.replace(path)
@@ -180,22 +216,64 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
 
     def run(self) -> Any:
+        """Train every stage; returns the trained module, whole (not sharded), on the main process.
+
+        Under FSDP or ZeRO-3 preparing a module replaces its weights with per-process slices (and a DeepSpeed
+        engine leaves hooks on them), so each later stage, and the export, start from a fresh copy of the
+        checkpoint with the earlier stages' trained weights loaded, as a resumed run does. Other processes
+        then return None.
+        """
+        from backbone_swap.sharding import consumes_module
+
+        sharded = consumes_module(self.accelerator)
+        self.model = self._load_base()
+        self._sharded = False  # whether self.model has been consumed by a sharded stage
+        for index, stage in enumerate(self.recipe.stages):
+            if self._sharded:
+                self._rebuild(index)
+            trained = self._run_stage(index, stage)
+            self._sharded = sharded and trained
+        if self._sharded:
+            if not self.accelerator.is_main_process:
+                self.model = None
+                return None
+            self._rebuild(len(self.recipe.stages))
+        return self.model
+
+    def _load_base(self):
         import torch
         from transformers import LlavaForConditionalGeneration
 
+        from backbone_swap.sharding import loading_whole
+
         recipe = self.recipe
         torch.manual_seed(recipe.seed)
-        model = LlavaForConditionalGeneration.from_pretrained(self.model_dir, dtype=_dtype(recipe.precision))
+        with loading_whole(self.accelerator):
+            model = LlavaForConditionalGeneration.from_pretrained(self.model_dir, dtype=_dtype(recipe.precision))
         model.config.use_cache = False
         for p in model.parameters():
             p.requires_grad_(False)
         if recipe.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
-        self.model = model
-        for index, stage in enumerate(recipe.stages):
-            self._run_stage(index, stage)
-        return self.model
+        return model
+
+    def _rebuild(self, stages: int) -> None:
+        """A whole model again: the checkpoint, then the first ``stages`` stages' trained weights."""
+        import gc
+
+        import torch
+
+        self.model = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self.model = self._load_base()
+        for index, stage in enumerate(self.recipe.stages[:stages]):
+            torch.manual_seed(self.recipe.seed + 1000 * index)
+            vlm, _ = self._prepare_stage(stage)
+            _load_trainable(CachedFeatureVLM.make(vlm), self.output / stage.name / "trainable.safetensors")
+        self._sharded = False
 
     # -- one stage --------------------------------------------------------------------------------
     def _prepare_stage(self, stage: Stage):
@@ -237,9 +315,19 @@ class Trainer:
         optimizer = torch.optim.AdamW(groups, weight_decay=stage.weight_decay)
         return vlm, optimizer
 
-    def _run_stage(self, index: int, stage: Stage) -> None:
+    def _run_stage(self, index: int, stage: Stage) -> bool:
+        """Train one stage (False: it had finished before, its weights are loaded instead)."""
         import torch
         from transformers import get_scheduler
+
+        from backbone_swap.sharding import (
+            configure_deepspeed,
+            consumes_module,
+            local_fraction,
+            release,
+            scheme,
+            trainable_state,
+        )
 
         accelerator = self.accelerator
         folder = self.output / stage.name
@@ -252,7 +340,7 @@ class Trainer:
         if done.is_file() and (folder / "state.json").is_file():
             _load_trainable(wrapper, done)
             self.history += json.loads((folder / "state.json").read_text())["history"]
-            return
+            return False
 
         world = accelerator.num_processes
         accumulation = stage.accumulation(world)
@@ -264,17 +352,26 @@ class Trainer:
         scheduler = get_scheduler(stage.scheduler if stage.scheduler != "constant" else "constant_with_warmup",
                                   optimizer, num_warmup_steps=math.ceil(stage.warmup_ratio * total),
                                   num_training_steps=total)
+        checkpoint = folder / "checkpoint"
+        resuming = (checkpoint / "state.json").is_file()
+        if resuming:
+            # the weights go in before the module is prepared: a sharded module takes them from here
+            _load_trainable(wrapper, checkpoint / "trainable.safetensors")
+        if scheme(accelerator).startswith("zero"):
+            configure_deepspeed(accelerator, micro_batch=stage.micro_batch, accumulation=accumulation,
+                                max_grad_norm=stage.max_grad_norm)
         model, optimizer = accelerator.prepare(wrapper, optimizer)
+        held = local_fraction(accelerator.unwrap_model(model))
 
         step, history = 0, []
-        checkpoint = folder / "checkpoint"
-        if (checkpoint / "state.json").is_file():
-            step, history = self._load_checkpoint(checkpoint, accelerator.unwrap_model(model), optimizer, scheduler)
+        if resuming:
+            step, history = self._load_checkpoint(checkpoint, model, optimizer, scheduler)
         pad_id = self.processor.tokenizer.pad_token_id
         seed = self.recipe.seed + 1000 * index
         progress = _StageProgress(stage.name, total, self.show_progress and accelerator.is_main_process)
         progress.advance_to(step)
         samples = self.dataset.samples
+        deepspeed = scheme(accelerator).startswith("zero")
         started, seen = time.perf_counter(), 0
         padding = []
         while step < total:
@@ -297,19 +394,18 @@ class Trainer:
                         accelerator.device)
                     feats = feats.to(accelerator.device) if feats is not None else None
                     sync = k == len(mine) - 1
+                    # DeepSpeed reads the accumulation boundary from here and steps its optimizer at it
+                    accelerator.gradient_state._set_sync_gradients(sync)
                     context = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
                     with context, accelerator.autocast():
                         loss = model(ids, mask, labels, feats).loss
-                        if feats is None:
-                            # a text-only batch never reaches the projector: keep every trainable weight in
-                            # the graph (a projector-only stage would have nothing to differentiate, and DDP
-                            # would wait forever for the missing gradients)
-                            loss = loss + 0.0 * sum(p.sum() for p in model.parameters() if p.requires_grad)
-                        accelerator.backward(loss / len(mine))
+                        backward_args = {"scale_wrt_gas": False} if deepspeed else {}  # divided here instead
+                        accelerator.backward(loss / len(mine), **backward_args)
                     loss_sum += float(loss.detach())
-                if stage.max_grad_norm:
-                    accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
-                                                stage.max_grad_norm)
+                if stage.max_grad_norm and not deepspeed:
+                    # all parameters, so that accelerate recognises the prepared module and takes its FSDP
+                    # path; frozen ones have no gradient and do not count. DeepSpeed clips inside its step.
+                    accelerator.clip_grad_norm_(model.parameters(), stage.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -321,43 +417,56 @@ class Trainer:
                 history.append({"stage": stage.name, "step": step, "loss": loss_value, "lr": lr})
                 progress.update(step, loss_value, lr, rate)
                 if self.save_every and step % self.save_every == 0 and step < total:
-                    self._save_checkpoint(checkpoint, accelerator.unwrap_model(model), optimizer, scheduler, step,
-                                          history)
+                    self._save_checkpoint(checkpoint, model, optimizer, scheduler, step, history)
                 info = StepInfo(stage.name, step, total, loss_value, lr, rate, accelerator.unwrap_model(model).vlm)
                 for callback in self.callbacks:
                     callback(info)
         progress.close()
         accelerator.wait_for_everyone()
+        trained = trainable_state(accelerator, accelerator.unwrap_model(model))  # every process takes part
         if accelerator.is_main_process:
             folder.mkdir(parents=True, exist_ok=True)
-            _save_trainable(accelerator.unwrap_model(model), done)
+            _save_trainable(None, done, trained)
             write_json(folder / "state.json", {"steps": total, "history": history,
                                                "padding_fraction": round(sum(padding) / max(len(padding), 1), 4),
-                                               "accumulation": accumulation, "world_size": world})
+                                               "accumulation": accumulation, "world_size": world,
+                                               "sharding": scheme(accelerator), "weights_held": round(held, 4)})
             shutil.rmtree(checkpoint, ignore_errors=True)
         accelerator.wait_for_everyone()
+        if consumes_module(accelerator):
+            release(accelerator, model)
         self.history += history
+        return True
 
-    def _save_checkpoint(self, folder: Path, module, optimizer, scheduler, step: int, history) -> None:
+    def _save_checkpoint(self, folder: Path, model, optimizer, scheduler, step: int, history) -> None:
+        """Weights, optimizer, scheduler and random state; every process takes part (sharded weights and
+        optimizer state are gathered onto the main process, which writes)."""
         import torch
 
-        if not self.accelerator.is_main_process:
+        from backbone_swap.sharding import optimizer_state, trainable_state
+
+        accelerator = self.accelerator
+        optimizer_sd = optimizer_state(accelerator, model, optimizer)
+        weights = trainable_state(accelerator, accelerator.unwrap_model(model))
+        if not accelerator.is_main_process:
             return
         with staged_dir(folder) as stage:
-            _save_trainable(module, stage / "trainable.safetensors")
-            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            _save_trainable(None, stage / "trainable.safetensors", weights)
+            torch.save({"optimizer": optimizer_sd, "scheduler": scheduler.state_dict(),
                         "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
                         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
                        stage / "optimizer.pt")
             write_json(stage / "state.json", {"step": step, "history": history})
 
-    def _load_checkpoint(self, folder: Path, module, optimizer, scheduler):
+    def _load_checkpoint(self, folder: Path, model, optimizer, scheduler):
+        """Optimizer, scheduler and random state of a checkpoint (its weights are loaded before preparing)."""
         import torch
 
-        _load_trainable(module, folder / "trainable.safetensors")
+        from backbone_swap.sharding import load_optimizer_state
+
         # our own file, written by _save_checkpoint; weights_only keeps it to tensors and plain data
         state = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.accelerator, model, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") and torch.cuda.is_available():
@@ -493,6 +602,7 @@ def train(
     image_root: str | Path | None,
     output: str | Path,
     feature_cache: str | Path | None = None,
+    cache_features: bool = True,
     on_bad_sample: str = "fail",
     save_every: int | None = None,
     resume: bool = False,
@@ -501,14 +611,13 @@ def train(
 ) -> TrainResult:
     """Train ``model_dir`` with ``recipe`` on ``data`` into ``output``.
 
-    With ``resume``, finished stages are kept and an unfinished stage continues from its last checkpoint
-    (every ``save_every`` optimizer steps), ending with the weights of an uninterrupted run.
+    With ``cache_features`` off, the vision tower runs on every batch instead of once per image (for data
+    sets whose features would not fit on disk). With ``resume``, finished stages are kept and an
+    unfinished stage continues from its last checkpoint (every ``save_every`` optimizer steps), ending with
+    the weights of an uninterrupted run.
     """
-    import torch
     from transformers import AutoProcessor
 
-    from backbone_swap.features import FeatureCache, default_cache_dir
-    from backbone_swap.progress import progress_bar
     from backbone_swap.templates import end_of_turn
 
     started = time.time()
@@ -535,11 +644,13 @@ def train(
                                         "Resume with the same model and data, or choose another --output")
         if previous.get("finished"):
             return TrainResult(output, previous, previous.get("history", []))
-    from accelerate import Accelerator
+    from backbone_swap.sharding import make_accelerator, scheme
 
     # one process per device under `accelerate launch`; the main one writes, the others wait for it
-    accelerator = Accelerator(mixed_precision="no" if recipe.precision == "fp32" else recipe.precision,
-                              cpu=not torch.cuda.is_available())
+    accelerator = make_accelerator(recipe.precision)
+    if save_every and scheme(accelerator).startswith("zero"):
+        raise BackboneSwapError("checkpoints inside a stage (--save-every) are not supported under DeepSpeed",
+                                "Leave out --save-every: finished stages are still kept and resumed")
     accelerator.wait_for_everyone()  # every process has checked the output folder before anything is written
     if accelerator.is_main_process:
         output.mkdir(parents=True, exist_ok=True)
@@ -561,22 +672,22 @@ def train(
                       f"mean {summary['supervised_tokens_mean']}, min {summary['supervised_tokens_min']}; "
                       f"end of turn {eot!r}")
     images = sorted({s.image for s in dataset.samples if s.image is not None})
-    cache = FeatureCache(Path(feature_cache) if feature_cache else default_cache_dir(), model_dir,
-                         processor.image_processor, image_aspect=recipe.image_aspect,
-                         layer=anatomy.vision.feature_layer, strategy=anatomy.vision.select_strategy)
-    computed = 0
-    todo = cache.missing(images) if images and accelerator.is_main_process else []
-    if todo:
+    if not cache_features:
         from transformers import LlavaForConditionalGeneration
 
-        device = accelerator.device
-        tower = LlavaForConditionalGeneration.from_pretrained(model_dir).model.vision_tower.to(device).eval()
-        bar = progress_bar("vision features", len(todo)) if show_progress else contextlib.nullcontext(lambda n: None)
-        with bar as advance:
-            computed = cache.fill(tower, todo, batch_size=32, device=device, on_batch=advance)
-        del tower
-    accelerator.wait_for_everyone()  # the main process filled the cache; everyone reads it
-    features = cache.load  # read per batch: a data set's features need not fit in memory
+        from backbone_swap.features import TowerFeatures
+        from backbone_swap.sharding import loading_whole
+
+        with loading_whole(accelerator, every_process=True):
+            tower = LlavaForConditionalGeneration.from_pretrained(
+                model_dir, dtype=_dtype(recipe.precision)).model.vision_tower.to(accelerator.device).eval()
+        features = TowerFeatures(tower, processor.image_processor, image_aspect=recipe.image_aspect,
+                                 layer=anatomy.vision.feature_layer, strategy=anatomy.vision.select_strategy,
+                                 device=accelerator.device)
+        feature_record = {"cache": None, "computed": "every step"}
+    else:
+        features, feature_record = _cached_features(accelerator, model_dir, processor, anatomy, recipe, images,
+                                                    feature_cache, show_progress)
 
     trainer = Trainer(accelerator, model_dir, recipe, dataset, processor, output, features=features,
                       save_every=save_every, callbacks=list(callbacks or []), show_progress=show_progress)
@@ -594,7 +705,7 @@ def train(
             recipe=recipe_to_dict(recipe),
             recipe_hash=recipe_hash(recipe),
             data=dataset.stats() | {"end_of_turn": eot},
-            features={"cache": str(cache.folder), "computed": computed, "reused": len(images) - computed},
+            features=feature_record,
             stages={name: {k: v for k, v in s.items() if k != "history"} for name, s in stages.items()},
             final_loss=final_loss,
             exported=exported,
@@ -610,3 +721,31 @@ def train(
         manifest = {}
     trainer.accelerator.wait_for_everyone()
     return TrainResult(output, manifest, trainer.history)
+
+
+def _cached_features(accelerator, model_dir: Path, processor, anatomy, recipe: Recipe, images: list[Path],
+                     feature_cache: str | Path | None, show_progress: bool):
+    """The cache's reader, once the main process has computed what the cache lacked; and what that took."""
+    from backbone_swap.features import FeatureCache, default_cache_dir
+    from backbone_swap.progress import progress_bar
+
+    cache = FeatureCache(Path(feature_cache) if feature_cache else default_cache_dir(), model_dir,
+                         processor.image_processor, image_aspect=recipe.image_aspect,
+                         layer=anatomy.vision.feature_layer, strategy=anatomy.vision.select_strategy)
+    computed = 0
+    todo = cache.missing(images) if images and accelerator.is_main_process else []
+    if todo:
+        from transformers import LlavaForConditionalGeneration
+
+        from backbone_swap.sharding import loading_whole
+
+        device = accelerator.device
+        with loading_whole(accelerator, every_process=True):
+            tower = LlavaForConditionalGeneration.from_pretrained(model_dir).model.vision_tower.to(device).eval()
+        bar = progress_bar("vision features", len(todo)) if show_progress else contextlib.nullcontext(lambda n: None)
+        with bar as advance:
+            computed = cache.fill(tower, todo, batch_size=32, device=device, on_batch=advance)
+        del tower
+    accelerator.wait_for_everyone()  # the main process filled the cache; everyone reads it
+    # read per batch: a data set's features need not fit in memory
+    return cache.load, {"cache": str(cache.folder), "computed": computed, "reused": len(images) - computed}

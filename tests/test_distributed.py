@@ -2,28 +2,41 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
+needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
+                                     reason="DeepSpeed is not installed (pip install backbone-swap[deepspeed])")
 
 
-def _launch(args, processes, cwd):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+ACCELERATE_CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "accelerate"
+
+
+def _launch(args, processes, cwd, config: str | None = None, env: dict[str, str] | None = None, fails: bool = False):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     if processes == 1:
         command = [sys.executable, "-m", "backbone_swap.cli", *args]
+    elif config:
+        # the user's command with a shipped configuration; without GPUs the processes run on CPU over gloo
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                   str(ACCELERATE_CONFIGS / config), "--num_processes", str(processes),
+                   "-m", "backbone_swap.cli", *args]
     else:
         # torchrun gives accelerate its multi-process CPU mode (gloo); on GPUs users run `accelerate launch`
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
                    "-m", "backbone_swap.cli", *args]
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert (result.returncode != 0) == fails, result.stderr[-3000:]
+    return result
 
 
 def test_two_processes_train_to_the_weights_of_one(transplanted, colour_data, tmp_path):
@@ -43,6 +56,72 @@ def test_two_processes_train_to_the_weights_of_one(transplanted, colour_data, tm
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5)
+
+
+SHARDED_ARGS = ["--recipe", "tiny-cpu", "--set", "stage1.max_steps=2", "--set", "stage2.max_steps=3",
+                "--set", "stage1.micro_batch=4", "--set", "stage2.micro_batch=2"]
+
+
+@pytest.fixture(scope="module")
+def one_process_run(transplanted, colour_data, tmp_path_factory):
+    """The reference for the sharded runs: one process, accumulation 4 in stage 2."""
+    root = tmp_path_factory.mktemp("one-process")
+    args = ["train", str(transplanted["mistral"]), *SHARDED_ARGS, "--data", str(colour_data["train"]),
+            "--image-root", str(colour_data["root"]), "--feature-cache", str(root / "cache")]
+    _launch([*args, "-o", str(root / "run")], 1, root)
+    return args, root / "run"
+
+
+@pytest.mark.parametrize(("config", "scheme", "held", "extra"), [
+    ("fsdp-8gpu.yaml", "fsdp", 0.5, ["--no-cache-features"]),
+    pytest.param("zero2-8gpu.yaml", "zero2", 1.0, [], marks=needs_deepspeed),
+    pytest.param("zero3-8gpu.yaml", "zero3", 0.5, [], marks=needs_deepspeed),
+])
+def test_sharded_two_processes_train_to_the_weights_of_one(one_process_run, tmp_path, config, scheme, held, extra):
+    """A shipped configuration launched as users launch it: FSDP2 and ZeRO-3 slice every weight (the
+    frozen tower and LLM too) over the processes, ZeRO-2 the optimizer state; the trained weights are
+    gathered for the stage files and the export. The FSDP run also runs the tower on every batch, in
+    each process (loaded whole, outside FSDP's memory-saving loading)."""
+    args, reference = one_process_run
+    # the feature cache is filled again here, by the main process of the sharded run
+    args = [a if a != args[args.index("--feature-cache") + 1] else str(tmp_path / "cache") for a in args]
+    _launch([*args, *extra, "-o", str(tmp_path / "run")], 2, tmp_path, config=config)
+    one = json.loads((reference / "manifest.json").read_text())
+    two = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    for stage in ("stage1", "stage2"):
+        assert two["stages"][stage]["sharding"] == scheme
+        assert two["stages"][stage]["weights_held"] == pytest.approx(held, abs=0.05)
+        assert one["stages"][stage]["weights_held"] == 1.0
+    assert (one["stages"]["stage2"]["accumulation"], two["stages"]["stage2"]["accumulation"]) == (4, 2)
+    assert [h["loss"] for h in two["history"]] == pytest.approx([h["loss"] for h in one["history"]], rel=1e-4)
+    for stage in ("stage1", "stage2"):
+        a = load_file(reference / stage / "trainable.safetensors")
+        b = load_file(tmp_path / "run" / stage / "trainable.safetensors")
+        assert a.keys() == b.keys() and any("lora_" in k for k in b) == (stage == "stage2")
+        for name in a:
+            torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5)
+    from transformers import LlavaForConditionalGeneration
+
+    merged = {run: LlavaForConditionalGeneration.from_pretrained(folder / "final" / "merged").state_dict()
+              for run, folder in (("one", reference), ("two", tmp_path / "run"))}
+    assert merged["one"].keys() == merged["two"].keys()
+    for name, value in merged["one"].items():
+        torch.testing.assert_close(merged["two"][name], value, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(("env", "extra", "message"), [
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, [],
+     "error: FSDP on CPU processes needs FSDP version 2. Set fsdp_version: 2"),
+    pytest.param({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}, ["--save-every", "1"],
+                 "error: checkpoints inside a stage (--save-every) are not supported under DeepSpeed",
+                 marks=needs_deepspeed),
+], ids=["fsdp1", "deepspeed-save-every"])
+def test_unsupported_settings_are_refused_in_one_line(transplanted, colour_data, tmp_path, env, extra, message):
+    args = ["train", str(transplanted["mistral"]), "--recipe", "tiny-cpu", "--data", str(colour_data["train"]),
+            "-o", str(tmp_path / "run"), *extra]
+    result = _launch(args, 2, tmp_path, env=env, fails=True)
+    assert message in result.stderr
+    assert "BackboneSwapError" not in result.stderr  # a message, not our traceback
 
 
 def test_two_process_eval_writes_the_same_per_item_files(transplanted, suite_file, tmp_path):

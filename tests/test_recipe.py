@@ -415,6 +415,35 @@ def test_every_subpackage_is_listed_in_pyproject():
     assert "*.yaml" in config["package-data"]["backbone_swap.recipes"]
 
 
+def test_every_shipped_data_file_is_in_package_data():
+    """A configuration or suite file that no package-data pattern matches is missing from the wheel."""
+    import fnmatch
+
+    tomllib = pytest.importorskip("tomllib")
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
+        "backbone_swap.recipes"]
+    shipped = [p.relative_to(ROOT / "recipes").as_posix() for p in (ROOT / "recipes").rglob("*")
+               if p.is_file() and p.suffix != ".py" and "__pycache__" not in p.parts]
+    # fnmatch's * also crosses "/", so compare folder depth as setuptools does
+    unmatched = [f for f in shipped if not any(fnmatch.fnmatch(f, pat) and f.count("/") == pat.count("/")
+                                               for pat in patterns)]
+    assert not unmatched
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "recipes" / "accelerate").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_accelerate_config_loads(path: Path):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(path))
+    assert config.num_processes == 8 and config.mixed_precision == "bf16"
+    assert "accelerate launch --config_file recipes/accelerate/" + path.name in path.read_text()
+    kind = str(config.distributed_type).split(".")[-1]
+    if kind == "FSDP":
+        assert str(config.fsdp_config["fsdp_version"]) == "2"  # the trainer refuses FSDP1
+    if kind == "DEEPSPEED":
+        assert config.deepspeed_config["zero_stage"] in (2, 3)
+
+
 def test_types_are_frozen():
     recipe = load_recipe("tiny-cpu")
     assert isinstance(recipe, Recipe)

@@ -187,3 +187,19 @@ def test_text_only_batches_train_in_every_stage(transplanted, colour_data, tmp_p
     result = train(transplanted["mistral"], recipe=recipe, data=data, image_root=None, output=tmp_path / "run",
                    feature_cache=tmp_path / "cache", show_progress=False)
     assert [h["stage"] for h in result.history] == ["stage1", "stage1", "stage2", "stage2"]
+
+
+def test_tower_on_every_batch_trains_to_the_weights_of_the_cache(transplanted, colour_data, tmp_path):
+    recipe = apply_overrides(load_recipe("tiny-cpu"), ["stage1.max_steps=2", "stage2.max_steps=2"])
+    common = dict(recipe=recipe, data=colour_data["train"], image_root=colour_data["root"], show_progress=False)
+    cached = train(transplanted["mistral"], output=tmp_path / "cached", feature_cache=tmp_path / "cache", **common)
+    live = train(transplanted["mistral"], output=tmp_path / "live", feature_cache=tmp_path / "unused",
+                 cache_features=False, **common)
+    assert live.manifest["features"] == {"cache": None, "computed": "every step"}
+    assert not (tmp_path / "unused").exists()
+    assert [h["loss"] for h in live.history] == pytest.approx([h["loss"] for h in cached.history], rel=1e-5)
+    a = load_file(tmp_path / "cached" / "stage2" / "trainable.safetensors")
+    b = load_file(tmp_path / "live" / "stage2" / "trainable.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6)

@@ -217,6 +217,7 @@ class LLMSpec:
     # Larger than the usual 0.02: with a frozen output layer and a final norm, a randomly initialised
     # tiny LLM can only move its logits by about init_range * hidden_size, too little to ever answer.
     initializer_range: float = 0.2
+    max_positions: int = 512
 
 
 _CONFIG_CLASSES = {
@@ -241,7 +242,7 @@ def text_config(spec: LLMSpec, tokenizer):
         num_hidden_layers=spec.layers,
         num_attention_heads=spec.heads,
         num_key_value_heads=spec.kv_heads,
-        max_position_embeddings=512,
+        max_position_embeddings=spec.max_positions,
         tie_word_embeddings=spec.tie_word_embeddings,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -281,6 +282,7 @@ class VisionSpec:
     patch_size: int = 8
     feature_layer: int | list[int] = -2
     select_strategy: str = "default"
+    intermediate_size: int | None = None  # default: twice the width (CLIP-L uses four times)
 
 
 def vision_config(spec: VisionSpec):
@@ -289,7 +291,7 @@ def vision_config(spec: VisionSpec):
     cls = {"clip_vision_model": CLIPVisionConfig, "siglip_vision_model": SiglipVisionConfig}[spec.model_type]
     return cls(
         hidden_size=spec.hidden_size,
-        intermediate_size=spec.hidden_size * 2,
+        intermediate_size=spec.intermediate_size or spec.hidden_size * 2,
         num_hidden_layers=spec.layers,
         num_attention_heads=spec.heads,
         image_size=spec.image_size,
