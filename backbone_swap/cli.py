@@ -123,7 +123,7 @@ def transplant(
 @app.command("train")
 def train_command(
     model: Annotated[Path, typer.Argument(help="A transplanted VLM folder (or any LLaVA checkpoint).")],
-    recipe: Annotated[str, typer.Option(help="A shipped recipe name (llava15-lora, tiny-cpu) or a YAML file.")],
+    recipe: Annotated[str, typer.Option(help="A shipped recipe (llava15-lora, tiny-cpu, demo-cpu) or a YAML file.")],
     data: Annotated[Path, typer.Option(help="LLaVA-format conversations (.json or .jsonl).")],
     image_root: Annotated[Path | None, typer.Option(help="Folder the records' image paths are relative to.")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Run folder (default: MODEL-trained).")] = None,
@@ -262,6 +262,34 @@ def upgrade_command(
         return
     console.print(terminal_table(result))
     console.print(f"overall: {result['overall']['verdict']}; report: {output / 'compare' / 'report.html'}")
+
+
+@app.command("demo")
+def demo_command(
+    output: Annotated[Path, typer.Option("--output", "-o", help="The demo folder (continued when started again).")]
+    = Path("backbone-swap-demo"),
+    quick: Annotated[bool, typer.Option(help="A smaller benchmark that finishes in about a minute.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the benchmark, the LLMs' pre-training and the run.")] = 0,
+) -> None:
+    """Run upgrade on a built-in benchmark: two tiny LLM generations pre-trained here, offline, on a CPU."""
+    from rich.console import Console
+
+    from backbone_swap.demo.run import run_demo
+    from backbone_swap.report import expectation_line, terminal_table
+
+    console = Console()
+
+    def say(text: str) -> None:
+        console.print(text, highlight=False, markup=False)
+
+    comparison = run_demo(output, quick=quick, seed=seed, say=say)
+    console.print(terminal_table(comparison))
+    expectations = comparison["expectations"]
+    shown = sum(bool(e["shown"]) for e in expectations)
+    say(f"findings of the controlled study shown by this run: {shown} of {len(expectations)}")
+    for entry in expectations:
+        say(f"  {expectation_line(entry)}")
+    say(f"report: {output / 'run' / 'compare' / 'report.html'}")
 
 
 def main(argv: list[str] | None = None) -> int:

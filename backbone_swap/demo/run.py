@@ -1,0 +1,106 @@
+"""``backbone-swap demo``: the whole upgrade on the built-in benchmark, offline, in minutes on a CPU.
+
+The demo folder holds what a user would hold: two LLM generations, a VLM whose vision side is reused,
+training data and a suite (``inputs/``), then the ``upgrade`` run folder (``run/``) with its report.
+Every preparation step is written atomically and skipped when found, and ``upgrade`` resumes by itself,
+so an interrupted demo continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from backbone_swap.demo import benchmark
+from backbone_swap.demo import tiny_models as tm
+from backbone_swap.errors import BackboneSwapError
+from backbone_swap.outputs import staged_dir, write_json
+
+RECIPE = "demo-cpu"
+# The vision side the old VLM came with: a small CLIP, 4x4 patches of a 32-pixel image.
+VISION = tm.VisionSpec(image_size=32, patch_size=8)
+
+
+def _settings(quick: bool, seed: int) -> dict[str, Any]:
+    size = benchmark.QUICK if quick else benchmark.FULL
+    return {"quick": quick, "seed": seed, "size": asdict(size), "recipe": RECIPE}
+
+
+def _step(folder: Path, say, label: str, build) -> Path:
+    """Build ``folder`` in a staging folder beside it unless a finished one is there already."""
+    if folder.exists():
+        say(f"{label}: found {folder}")
+        return folder
+    started = time.time()
+    say(f"{label} ...")
+    with staged_dir(folder) as stage:
+        build(stage)
+    say(f"{label}: done in {time.time() - started:.0f} s")
+    return folder
+
+
+def prepare_inputs(output: Path, *, quick: bool = False, seed: int = 0, say=print) -> dict[str, Path]:
+    """The benchmark, the two LLM generations and the VLM providing the vision side, under ``output/inputs``."""
+    size = benchmark.QUICK if quick else benchmark.FULL
+    inputs = output / "inputs"
+    data = _step(inputs / "benchmark", say, "drawing the benchmark images and questions",
+                 lambda stage: benchmark.build_data(stage, size, seed=seed + 3))
+    old = _step(inputs / "old-llm", say, f"pre-training the old LLM ({size.pretrain_steps_old} steps)",
+                lambda stage: benchmark.pretrain_llm(stage, "old", size.pretrain_steps_old, seed=seed + 1))
+    new = _step(inputs / "new-llm", say, f"pre-training the newer LLM ({size.pretrain_steps_new} steps)",
+                lambda stage: benchmark.pretrain_llm(stage, "new", size.pretrain_steps_new, seed=seed + 2))
+    vlm = _step(inputs / "vision-source", say, "building the VLM whose vision tower both sides use",
+                lambda stage: tm.build_llava(stage, vision=VISION, seed=seed))
+    return {"data": data / "train.jsonl", "images": data / "images", "suite": data / "suite.yaml",
+            "old_llm": old, "new_llm": new, "vlm": vlm}
+
+
+def run_demo(output: Path, *, quick: bool = False, seed: int = 0, show_progress: bool = True, say=print,
+             callbacks: list | None = None) -> dict[str, Any]:
+    """Prepare the inputs, run ``upgrade`` with ``--baseline retrain``, and return the comparison.
+
+    With ``--baseline retrain`` the old VLM is built inside the run from the old LLM with the same recipe,
+    data and seed as the new one, so the two sides differ only in the backbone, as in the controlled study.
+    """
+    from backbone_swap.evaluate.suite import load_suite
+    from backbone_swap.recipe import load_recipe
+    from backbone_swap.upgrade import UpgradeOptions, upgrade
+
+    output = Path(output).expanduser().resolve()
+    settings = _settings(quick, seed)
+    marker = output / "demo.json"
+    if output.exists() and not output.is_dir():
+        raise BackboneSwapError(f"{output} is a file, not a folder", "Pass a new folder with --output")
+    if output.exists() and any(output.iterdir()):
+        if not marker.is_file():
+            raise BackboneSwapError(f"{output} exists and is not a demo folder",
+                                    "Pass an empty or new folder with --output")
+        previous = json.loads(marker.read_text(encoding="utf-8")).get("settings")
+        if previous != settings:
+            raise BackboneSwapError(f"{output} holds a demo made with other settings ({_describe(previous)})",
+                                    "Pass the same settings to continue it, or a new folder with --output")
+    output.mkdir(parents=True, exist_ok=True)
+    write_json(marker, {"settings": settings, "status": "running"})
+    paths = prepare_inputs(output, quick=quick, seed=seed, say=say)
+    options = UpgradeOptions(
+        vlm=paths["vlm"], llm=paths["new_llm"], recipe=load_recipe(RECIPE), data=paths["data"],
+        image_root=paths["images"], suite=load_suite(paths["suite"]), output=output / "run", baseline="retrain",
+        old_llm=paths["old_llm"], seed=seed, feature_cache=output / "feature-cache",
+        n_resamples=2000 if quick else 10000, show_progress=show_progress, callbacks=list(callbacks or []),
+        save_every=20,
+    )
+    comparison = upgrade(options, on_plan=lambda plan: [say(f"  {line}") for line in plan.lines])
+    shown = [e for e in comparison["expectations"] if e["shown"]]
+    write_json(marker, {"settings": settings, "status": "finished",
+                        "report": str(output / "run" / "compare" / "report.html"),
+                        "findings_shown": len(shown), "findings_expected": len(comparison["expectations"])})
+    return comparison
+
+
+def _describe(settings: Any) -> str:
+    if not isinstance(settings, dict):
+        return "unknown"
+    return f"quick={settings.get('quick')}, seed={settings.get('seed')}"
