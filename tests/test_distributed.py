@@ -115,7 +115,10 @@ def test_sharded_two_processes_train_to_the_weights_of_one(one_process_run, tmp_
     pytest.param({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}, ["--save-every", "1"],
                  "error: checkpoints inside a stage (--save-every) are not supported under DeepSpeed",
                  marks=needs_deepspeed),
-], ids=["fsdp1", "deepspeed-save-every"])
+    pytest.param({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3",
+                  "ACCELERATE_DEEPSPEED_ZERO3_INIT": "true"}, [],
+                 "error: backbone-swap does not support zero3_init_flag: true", marks=needs_deepspeed),
+], ids=["fsdp1", "deepspeed-save-every", "zero3-init"])
 def test_unsupported_settings_are_refused_in_one_line(transplanted, colour_data, tmp_path, env, extra, message):
     args = ["train", str(transplanted["mistral"]), "--recipe", "tiny-cpu", "--data", str(colour_data["train"]),
             "-o", str(tmp_path / "run"), *extra]

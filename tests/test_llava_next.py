@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
-from safetensors import safe_open
 from transformers import AutoProcessor, LlavaNextForConditionalGeneration
+from weights import read_tensors, tensor_sha
 
 from backbone_swap.demo import tiny_models as tm
 from backbone_swap.transplant import transplant
@@ -18,21 +16,11 @@ from backbone_swap.transplant import transplant
 PINPOINTS = [[32, 64], [64, 32], [64, 64]]
 
 
-def _tensors(folder: Path) -> dict[str, torch.Tensor]:
-    out = {}
-    for file in sorted(folder.glob("*.safetensors")):
-        with safe_open(file, "pt") as f:
-            out.update({k: f.get_tensor(k) for k in f.keys()})  # noqa: SIM118 (safe_open is not a dict)
-    return out
-
-
-def _sha(tensor: torch.Tensor) -> str:
-    return hashlib.sha256(tensor.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
 def _tower(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
     """sha256 per vision tower tensor, by its name inside the tower, whatever the file's key layout."""
-    return {k.split("vision_tower.", 1)[1].removeprefix("vision_model."): _sha(v)
+    return {k.split("vision_tower.", 1)[1].removeprefix("vision_model."): tensor_sha(v)
             for k, v in tensors.items() if "vision_tower." in k}
 
 
@@ -50,7 +38,7 @@ def next_kit(kit, tmp_path_factory, digest):
 
 def test_next_vision_tower_and_settings_are_kept(next_kit):
     assert next_kit["inputs_unchanged"]
-    old, new = _tensors(next_kit["vlm"]), _tensors(next_kit["new"])
+    old, new = read_tensors(next_kit["vlm"]), read_tensors(next_kit["new"])
     assert _tower(old) and _tower(new) == _tower(old)
     old_config = json.loads((next_kit["vlm"] / "config.json").read_text())
     config = json.loads((next_kit["new"] / "config.json").read_text())
@@ -86,7 +74,7 @@ def test_next_output_loads_and_generates_from_an_image(next_kit):
 
 
 def test_next_projector_and_image_newline_are_new_and_seeded(next_kit):
-    out = _tensors(next_kit["new"])
+    out = read_tensors(next_kit["new"])
     assert out["model.multi_modal_projector.linear_1.weight"].shape == (40, 32)
     assert out["model.image_newline"].shape == (40,)  # the new LLM's hidden size: it follows the projector
     with torch.random.fork_rng():
@@ -102,10 +90,11 @@ def test_next_projector_and_image_newline_are_new_and_seeded(next_kit):
 
 
 def test_next_projector_and_image_newline_are_copied_when_reused(next_kit):
-    old, out = _tensors(next_kit["vlm"]), _tensors(next_kit["reused"])
-    assert _sha(out["model.image_newline"]) == _sha(old["image_newline"])
+    old, out = read_tensors(next_kit["vlm"]), read_tensors(next_kit["reused"])
+    assert tensor_sha(out["model.image_newline"]) == tensor_sha(old["image_newline"])
     for name in ("linear_1.weight", "linear_1.bias", "linear_2.weight", "linear_2.bias"):
-        assert _sha(out[f"model.multi_modal_projector.{name}"]) == _sha(old[f"multi_modal_projector.{name}"])
+        key = f"multi_modal_projector.{name}"
+        assert tensor_sha(out[f"model.{key}"]) == tensor_sha(old[key])
     _, info = LlavaNextForConditionalGeneration.from_pretrained(next_kit["reused"], output_loading_info=True)
     assert not any(info.values())
 
@@ -113,7 +102,7 @@ def test_next_projector_and_image_newline_are_copied_when_reused(next_kit):
 def test_a_next_transplant_is_itself_read_as_next(next_kit, kit, tmp_path):
     """The output's own key layout (``model.image_newline``, ``model.vision_tower.*``) is read as input too."""
     again = transplant(next_kit["new"], kit.qwen2, tmp_path / "again", hash_inputs=False).output
-    assert _tower(_tensors(again)) == _tower(_tensors(next_kit["vlm"]))
+    assert _tower(read_tensors(again)) == _tower(read_tensors(next_kit["vlm"]))
     _, info = LlavaNextForConditionalGeneration.from_pretrained(again, output_loading_info=True)
     assert not any(info.values())
 
@@ -178,8 +167,8 @@ def test_the_llava_hf_next_key_layout_is_read(next_kit, kit, tmp_path):
     assert "image_newline" in renamed and any(k.startswith("vision_tower.vision_model.") for k in renamed)
     save_file(renamed, vlm / "model.safetensors", metadata={"format": "pt"})
     out = transplant(vlm, kit.llama48, tmp_path / "out", projector="reuse", hash_inputs=False).output
-    new = _tensors(out)
+    new = read_tensors(out)
     assert _tower(new) == _tower(renamed)
-    assert _sha(new["model.image_newline"]) == _sha(renamed["image_newline"])
+    assert tensor_sha(new["model.image_newline"]) == tensor_sha(renamed["image_newline"])
     _, info = LlavaNextForConditionalGeneration.from_pretrained(out, output_loading_info=True)
     assert not any(info.values())

@@ -4,28 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
-from safetensors import safe_open
 from transformers import AutoProcessor, LlavaForConditionalGeneration
+from weights import read_tensors, tensor_sha
 
 from backbone_swap.demo import tiny_models as tm
 from backbone_swap.transplant import transplant
-
-
-def _tensors(folder: Path) -> dict[str, torch.Tensor]:
-    out = {}
-    for file in sorted(folder.glob("*.safetensors")):
-        with safe_open(file, "pt") as f:
-            out.update({k: f.get_tensor(k) for k in f.keys()})  # noqa: SIM118 (safe_open is not a dict)
-    return out
-
-
-def _sha(tensor: torch.Tensor) -> str:
-    return hashlib.sha256(tensor.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +33,13 @@ def test_tower_is_bit_identical_and_the_projector_converted(original, kit, cli, 
                  "-o", out, "--projector", "reuse")
     assert result.code == 0, result.err
     assert {p: digest(p) for p in before} == before
-    tower, old, new = _tensors(original["tower"]), _tensors(original["vlm"]), _tensors(out)
+    tower, old, new = read_tensors(original["tower"]), read_tensors(original["vlm"]), read_tensors(out)
     assert all(k.startswith("vision_model.") for k in tower)
     for name, tensor in tower.items():
-        assert _sha(new["model.vision_tower." + name.removeprefix("vision_model.")]) == _sha(tensor), name
+        assert tensor_sha(new["model.vision_tower." + name.removeprefix("vision_model.")]) == tensor_sha(tensor), name
     for source, target in (("0", "linear_1"), ("2", "linear_2")):
         for leaf in ("weight", "bias"):
-            assert _sha(new[f"model.multi_modal_projector.{target}.{leaf}"]) == _sha(
+            assert tensor_sha(new[f"model.multi_modal_projector.{target}.{leaf}"]) == tensor_sha(
                 old[f"model.mm_projector.{source}.{leaf}"])
     manifest = json.loads((out / "manifest.json").read_text())
     converted = manifest["changes"]["converted_from_original_llava"]
@@ -91,7 +78,7 @@ def test_settings_are_mapped_and_the_result_generates(original, kit, tmp_path, m
 def test_a_new_projector_is_sized_for_the_new_llm(original, kit, tmp_path):
     out = transplant(original["vlm"], kit.qwen2, tmp_path / "out", vision_tower=original["tower"],
                      hash_inputs=False).output
-    new = _tensors(out)
+    new = read_tensors(out)
     assert new["model.multi_modal_projector.linear_1.weight"].shape == (64, 32)
     assert not any("mm_projector" in k for k in new)
     _, info = LlavaForConditionalGeneration.from_pretrained(out, output_loading_info=True)
@@ -160,7 +147,7 @@ def test_inspect_reads_an_original_checkpoint(original, kit, cli):
     v = with_tower["vision"]
     assert (v["model_type"], v["hidden_size"], v["feature_layer"], v["select_strategy"]) == (
         "clip_vision_model", 32, -2, "default")
-    assert with_tower["parameters"]["vision_tower"] == sum(t.numel() for t in _tensors(original["tower"]).values())
+    assert with_tower["parameters"]["vision_tower"] == sum(t.numel() for t in read_tensors(original["tower"]).values())
     assert with_tower["parameters"]["projector"] == 32 * 48 + 48 + 48 * 48 + 48
     compat = json.loads(cli("inspect", original["vlm"], "--vision-tower", original["tower"], "--llm", kit.llama48,
                             "--json").out)["transplant"]

@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
-from safetensors import safe_open
 from transformers import AutoProcessor, AutoTokenizer, LlavaForConditionalGeneration
+from weights import read_tensors
 
 from backbone_swap import safetensors_io as st
 from backbone_swap.transplant import transplant
-
-
-def _tensors(folder: Path) -> dict[str, torch.Tensor]:
-    out = {}
-    for file in sorted(folder.glob("*.safetensors")):
-        with safe_open(file, "pt") as f:
-            out.update({k: f.get_tensor(k) for k in f.keys()})  # noqa: SIM118 (safe_open is not a dict)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +35,8 @@ def test_inputs_are_not_modified(made):
 
 @pytest.mark.parametrize("llm", ["mistral", "qwen2"])
 def test_vision_tower_is_bit_identical(kit, made, llm):
-    old = {k.removeprefix("model."): v for k, v in _tensors(kit.vlm).items()}
-    new = {k.removeprefix("model."): v for k, v in _tensors(made[0][llm]).items()}
+    old = {k.removeprefix("model."): v for k, v in read_tensors(kit.vlm).items()}
+    new = {k.removeprefix("model."): v for k, v in read_tensors(made[0][llm]).items()}
     vision = [k for k in old if k.startswith("vision_tower.")]
     assert vision
     for k in vision:
@@ -56,8 +47,8 @@ def test_vision_tower_is_bit_identical(kit, made, llm):
 @pytest.mark.parametrize("llm", ["mistral", "qwen2"])
 def test_language_model_is_the_new_llm_except_added_rows(kit, made, llm):
     source = getattr(kit, llm)
-    src = _tensors(source)
-    out = _tensors(made[0][llm])
+    src = read_tensors(source)
+    out = read_tensors(made[0][llm])
     tok = AutoTokenizer.from_pretrained(source)
     n = len(tok)
     added = AutoTokenizer.from_pretrained(made[0][llm])
@@ -78,11 +69,11 @@ def test_language_model_is_the_new_llm_except_added_rows(kit, made, llm):
 
 
 def test_projector_is_seeded_and_sized_for_the_new_llm(kit, made, tmp_path):
-    out = _tensors(made[0]["mistral"])
+    out = read_tensors(made[0]["mistral"])
     assert out["model.multi_modal_projector.linear_1.weight"].shape == (40, 32)
     assert out["model.multi_modal_projector.linear_2.weight"].shape == (40, 40)
-    again = _tensors(transplant(kit.vlm, kit.mistral, tmp_path / "same", seed=7, hash_inputs=False).output)
-    other = _tensors(transplant(kit.vlm, kit.mistral, tmp_path / "other", seed=8, hash_inputs=False).output)
+    again = read_tensors(transplant(kit.vlm, kit.mistral, tmp_path / "same", seed=7, hash_inputs=False).output)
+    other = read_tensors(transplant(kit.vlm, kit.mistral, tmp_path / "other", seed=8, hash_inputs=False).output)
     name = "model.multi_modal_projector.linear_1.weight"
     assert torch.equal(again[name], out[name])
     assert not torch.equal(other[name], out[name])
@@ -150,7 +141,7 @@ def test_manifest_records_inputs_changes_and_versions(kit, made):
 def test_reuse_copies_the_old_projector_when_shapes_allow(kit, cli, tmp_path):
     result = cli("transplant", "--vlm", kit.vlm, "--llm", kit.llama48, "-o", tmp_path / "reuse", "--projector", "reuse")
     assert result.code == 0, result.err
-    old, new = _tensors(kit.vlm), _tensors(tmp_path / "reuse")
+    old, new = read_tensors(kit.vlm), read_tensors(tmp_path / "reuse")
     for name in [k for k in old if "multi_modal_projector" in k]:
         assert torch.equal(new["model." + name.removeprefix("model.")], old[name])
     refused = cli("transplant", "--vlm", kit.vlm, "--llm", kit.mistral, "-o", tmp_path / "no", "--projector", "reuse")
@@ -206,7 +197,7 @@ def test_a_siglip_tower_transplants_and_generates(kit, tmp_path):
     vlm = tm.build_llava(tmp_path / "siglip-vlm",
                          vision=tm.VisionSpec(model_type="siglip_vision_model", select_strategy="full"))
     out = transplant(vlm, kit.mistral, tmp_path / "out", hash_inputs=False).output
-    old, new = _tensors(vlm), _tensors(out)
+    old, new = read_tensors(vlm), read_tensors(out)
     vision = [k for k in old if k.startswith("vision_tower.")]
     assert vision and all(torch.equal(new["model." + k], old[k]) for k in vision)
     model, info = LlavaForConditionalGeneration.from_pretrained(out, output_loading_info=True)
@@ -289,9 +280,9 @@ def test_both_llava_key_layouts_are_read(kit, tmp_path, layout):
         renamed = {("vision_tower.vision_model." + k.removeprefix("vision_tower.") if k.startswith("vision_tower.")
                     else k): v for k, v in weights.items()}
         save_file(renamed, vlm / "model.safetensors", metadata={"format": "pt"})
-    old = {k.removeprefix("model.").replace("vision_model.", ""): v for k, v in _tensors(vlm).items()}
+    old = {k.removeprefix("model.").replace("vision_model.", ""): v for k, v in read_tensors(vlm).items()}
     out = transplant(vlm, kit.mistral, tmp_path / "out", hash_inputs=False).output
-    new = {k.removeprefix("model."): v for k, v in _tensors(out).items()}
+    new = {k.removeprefix("model."): v for k, v in read_tensors(out).items()}
     vision = [k for k in old if k.startswith("vision_tower.")]
     assert vision and all(torch.equal(new[k], old[k]) for k in vision)
     _, info = LlavaForConditionalGeneration.from_pretrained(out, output_loading_info=True)
@@ -302,7 +293,7 @@ def test_dtype_and_padded_vocabulary(kit, cli, tmp_path):
     result = cli("transplant", "--vlm", kit.vlm, "--llm", kit.mistral, "-o", tmp_path / "out", "--dtype", "bfloat16",
                  "--pad-vocab-to", "64")
     assert result.code == 0, result.err
-    out, old = _tensors(tmp_path / "out"), _tensors(kit.vlm)
+    out, old = read_tensors(tmp_path / "out"), read_tensors(kit.vlm)
     assert {t.dtype for t in out.values()} == {torch.bfloat16}
     for name in [k for k in old if k.startswith("vision_tower.")]:
         assert torch.equal(out["model." + name], old[name].to(torch.bfloat16))
