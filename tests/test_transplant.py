@@ -210,11 +210,21 @@ def test_a_siglip_tower_transplants_and_generates(kit, tmp_path):
     assert model.generate(**inputs, max_new_tokens=2, do_sample=False).shape[1] == inputs["input_ids"].shape[1] + 2
 
 
-@pytest.mark.parametrize(("family", "end_of_turn"), [("phi3", "<|end|>"), ("gemma2", "<end_of_turn>")])
+@pytest.mark.parametrize(("family", "end_of_turn"), [("phi3", "<|end|>"), ("gemma2", "<end_of_turn>"),
+                                                     ("gemma", "<end_of_turn>"), ("gemma3", "<end_of_turn>"),
+                                                     ("olmo2", "<|im_end|>")])
 def test_other_llm_families_receive_the_tower(kit, tmp_path, family, end_of_turn):
+    from backbone_swap.anatomy import read_anatomy
+    from backbone_swap.checkpoint import open_checkpoint
     from backbone_swap.demo import tiny_models as tm
 
     llm = tm.build_llm(tmp_path / family, getattr(tm, f"{family}_spec")())
+    anatomy = read_anatomy(open_checkpoint(llm))
+    unknown = "olmo2 is not in the family registry: LoRA targets are found from the module names"
+    assert (unknown in anatomy.notes) == (family == "olmo2")
+    if family == "olmo2":  # every projection of the decoder layers, as a registry entry would list them
+        assert anatomy.lora_targets == sorted(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                               "down_proj"])
     out = transplant(kit.vlm, llm, tmp_path / "out", hash_inputs=False).output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["changes"]["end_of_turn"] == end_of_turn
@@ -304,3 +314,26 @@ def test_dtype_and_padded_vocabulary(kit, cli, tmp_path):
     assert model.config.text_config.vocab_size == rows
     bad = cli("transplant", "--vlm", kit.vlm, "--llm", kit.mistral, "-o", tmp_path / "bad", "--dtype", "int8")
     assert bad.code == 1 and "--dtype" in bad.err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["gemma3", "olmo2"])
+def test_newer_and_unknown_families_train_with_lora_on_every_projection(kit, colour_data, tmp_path, family):
+    from safetensors.torch import load_file
+
+    from backbone_swap.demo import tiny_models as tm
+    from backbone_swap.recipe import apply_overrides, load_recipe
+    from backbone_swap.train import train
+
+    llm = tm.build_llm(tmp_path / family, getattr(tm, f"{family}_spec")())
+    out = transplant(kit.vlm, llm, tmp_path / "vlm", hash_inputs=False).output
+    recipe = apply_overrides(load_recipe("tiny-cpu"), ["stage1.max_steps=1", "stage2.max_steps=2"])
+    result = train(out, recipe=recipe, data=colour_data["train"], image_root=colour_data["root"],
+                   output=tmp_path / "run", feature_cache=tmp_path / "cache", show_progress=False)
+    assert result.manifest["data"]["skipped"] == 0
+    trained = load_file(tmp_path / "run" / "stage2" / "trainable.safetensors")
+    leaves = {name.split(".lora_")[0].rsplit(".", 1)[-1] for name in trained if ".lora_" in name}
+    assert leaves == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    _, info = LlavaForConditionalGeneration.from_pretrained(tmp_path / "run" / "final" / "merged",
+                                                            output_loading_info=True)
+    assert not any(info.values())

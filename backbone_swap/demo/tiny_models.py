@@ -227,6 +227,9 @@ _CONFIG_CLASSES = {
     "phi3": "Phi3Config",
     "gemma2": "Gemma2Config",
     "qwen3": "Qwen3Config",
+    "gemma": "GemmaConfig",
+    "gemma3_text": "Gemma3TextConfig",
+    "olmo2": "Olmo2Config",
 }
 
 
@@ -249,7 +252,7 @@ def text_config(spec: LLMSpec, tokenizer):
         pad_token_id=tokenizer.pad_token_id,
         initializer_range=spec.initializer_range,
     )
-    if spec.family in {"gemma2", "qwen3"}:
+    if spec.family in {"gemma", "gemma2", "qwen3", "gemma3_text"}:
         kwargs["head_dim"] = spec.hidden_size // spec.heads
     return cls(**kwargs)
 
@@ -415,6 +418,23 @@ def gemma2_spec(**overrides) -> LLMSpec:
                         extra_special=("<start_of_turn>", "<end_of_turn>"))
     base = dict(family="gemma2", hidden_size=64, heads=4, kv_heads=2, intermediate_size=128,
                 tie_word_embeddings=True, tokenizer=tok)
+    base.update(overrides)
+    return LLMSpec(**base)
+
+
+def gemma_spec(**overrides) -> LLMSpec:
+    """A first-generation Gemma: the same turn template as Gemma 2, without soft-capping."""
+    return gemma2_spec(family="gemma", **overrides)
+
+
+def gemma3_spec(**overrides) -> LLMSpec:
+    """A Gemma-3-like text LLM (``gemma3_text``): Gemma's turn template, sliding-window layers, tied embeddings."""
+    return gemma2_spec(family="gemma3_text", **overrides)
+
+
+def olmo2_spec(**overrides) -> LLMSpec:
+    """An OLMo-2-like LLM: a family the registry does not know, so LoRA targets come from module names."""
+    base = dict(family="olmo2", hidden_size=64, intermediate_size=128, tokenizer=qwen2_spec().tokenizer)
     base.update(overrides)
     return LLMSpec(**base)
 
