@@ -144,3 +144,32 @@ def test_two_process_eval_writes_the_same_per_item_files(transplanted, suite_fil
     assert json.loads((tmp_path / "one" / "manifest.json").read_text())["processes"] == 1
     assert json.loads((tmp_path / "two" / "manifest.json").read_text())["processes"] == 2
     assert (tmp_path / "two" / "probes" / "colour.safetensors").is_file()
+
+
+def test_fsdp_run_killed_inside_a_stage_resumes_to_the_same_weights(one_process_run, tmp_path):
+    """SIGKILL after the first stage-2 checkpoint of a 2-process FSDP run; --resume then finishes it with
+    the weights of an uninterrupted run (the sharded optimizer state is gathered into the checkpoint)."""
+    import signal
+    import time
+
+    args, reference = one_process_run
+    args = [a if a != args[args.index("--feature-cache") + 1] else str(tmp_path / "cache") for a in args]
+    args = [*args, "-o", str(tmp_path / "run"), "--save-every", "1"]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(ACCELERATE_CONFIGS / "fsdp-8gpu.yaml"), "--num_processes", "2", "-m", "backbone_swap.cli", *args]
+    process = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    checkpoint = tmp_path / "run" / "stage2" / "checkpoint" / "state.json"
+    deadline = time.time() + 300
+    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert checkpoint.exists(), "training never reached its first stage-2 checkpoint"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "run" / "stage2" / "trainable.safetensors").exists()  # killed inside stage 2
+    _launch([*args, "--resume"], 2, tmp_path, config="fsdp-8gpu.yaml")
+    a = load_file(reference / "stage2" / "trainable.safetensors")
+    b = load_file(tmp_path / "run" / "stage2" / "trainable.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5)
