@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,8 +110,12 @@ def pretraining_conversations(generation: str, n: int, seed: int, size: int = 64
     return out
 
 
-def pretrain_llm(folder: Path, generation: str, steps: int, seed: int) -> Path:
-    """Pre-train one tiny LLM generation on its chat text and save it as an ordinary checkpoint."""
+def pretrain_llm(folder: Path, generation: str, steps: int, seed: int,
+                 advance: Callable[[int], None] | None = None) -> Path:
+    """Pre-train one tiny LLM generation on its chat text and save it as an ordinary checkpoint.
+
+    ``advance`` is called with 1 after each optimizer step (a progress bar's update).
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -148,6 +153,8 @@ def pretrain_llm(folder: Path, generation: str, steps: int, seed: int) -> Path:
         optimizer.step()
         schedule.step()
         optimizer.zero_grad()
+        if advance is not None:
+            advance(1)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")]
     model.save_pretrained(folder)

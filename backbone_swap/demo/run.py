@@ -42,16 +42,27 @@ def _step(folder: Path, say, label: str, build) -> Path:
     return folder
 
 
-def prepare_inputs(output: Path, *, quick: bool = False, seed: int = 0, say=print) -> dict[str, Path]:
+def _pretrain(stage: Path, generation: str, steps: int, seed: int, show_progress: bool) -> None:
+    if not show_progress:
+        benchmark.pretrain_llm(stage, generation, steps, seed=seed)
+        return
+    from backbone_swap.progress import progress_bar
+
+    with progress_bar(f"pre-training {generation}", steps) as advance:
+        benchmark.pretrain_llm(stage, generation, steps, seed=seed, advance=advance)
+
+
+def prepare_inputs(output: Path, *, quick: bool = False, seed: int = 0, say=print,
+                   show_progress: bool = False) -> dict[str, Path]:
     """The benchmark, the two LLM generations and the VLM providing the vision side, under ``output/inputs``."""
     size = benchmark.QUICK if quick else benchmark.FULL
     inputs = output / "inputs"
     data = _step(inputs / "benchmark", say, "drawing the benchmark images and questions",
                  lambda stage: benchmark.build_data(stage, size, seed=seed + 3))
     old = _step(inputs / "old-llm", say, f"pre-training the old LLM ({size.pretrain_steps_old} steps)",
-                lambda stage: benchmark.pretrain_llm(stage, "old", size.pretrain_steps_old, seed=seed + 1))
+                lambda stage: _pretrain(stage, "old", size.pretrain_steps_old, seed + 1, show_progress))
     new = _step(inputs / "new-llm", say, f"pre-training the newer LLM ({size.pretrain_steps_new} steps)",
-                lambda stage: benchmark.pretrain_llm(stage, "new", size.pretrain_steps_new, seed=seed + 2))
+                lambda stage: _pretrain(stage, "new", size.pretrain_steps_new, seed + 2, show_progress))
     vlm = _step(inputs / "vision-source", say, "building the VLM whose vision tower both sides use",
                 lambda stage: tm.build_llava(stage, vision=VISION, seed=seed))
     return {"data": data / "train.jsonl", "images": data / "images", "suite": data / "suite.yaml",
@@ -84,7 +95,7 @@ def run_demo(output: Path, *, quick: bool = False, seed: int = 0, show_progress:
                                     "Pass the same settings to continue it, or a new folder with --output")
     output.mkdir(parents=True, exist_ok=True)
     write_json(marker, {"settings": settings, "status": "running"})
-    paths = prepare_inputs(output, quick=quick, seed=seed, say=say)
+    paths = prepare_inputs(output, quick=quick, seed=seed, say=say, show_progress=show_progress)
     options = UpgradeOptions(
         vlm=paths["vlm"], llm=paths["new_llm"], recipe=load_recipe(RECIPE), data=paths["data"],
         image_root=paths["images"], suite=load_suite(paths["suite"]), output=output / "run", baseline="retrain",
