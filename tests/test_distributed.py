@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from processes import kill_once_written
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
@@ -149,23 +150,13 @@ def test_two_process_eval_writes_the_same_per_item_files(transplanted, suite_fil
 def test_fsdp_run_killed_inside_a_stage_resumes_to_the_same_weights(one_process_run, tmp_path):
     """SIGKILL after the first stage-2 checkpoint of a 2-process FSDP run; --resume then finishes it with
     the weights of an uninterrupted run (the sharded optimizer state is gathered into the checkpoint)."""
-    import signal
-    import time
-
     args, reference = one_process_run
     args = [a if a != args[args.index("--feature-cache") + 1] else str(tmp_path / "cache") for a in args]
     args = [*args, "-o", str(tmp_path / "run"), "--save-every", "1"]
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                str(ACCELERATE_CONFIGS / "fsdp-8gpu.yaml"), "--num_processes", "2", "-m", "backbone_swap.cli", *args]
-    process = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp_path,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    checkpoint = tmp_path / "run" / "stage2" / "checkpoint" / "state.json"
-    deadline = time.time() + 300
-    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    assert checkpoint.exists(), "training never reached its first stage-2 checkpoint"
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_once_written(command, tmp_path / "run" / "stage2" / "checkpoint" / "state.json",
+                      env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp_path)
     assert not (tmp_path / "run" / "stage2" / "trainable.safetensors").exists()  # killed inside stage 2
     _launch([*args, "--resume"], 2, tmp_path, config="fsdp-8gpu.yaml")
     a = load_file(reference / "stage2" / "trainable.safetensors")

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
+from processes import kill_once_written
 
 pytestmark = pytest.mark.slow
 
@@ -92,15 +90,8 @@ def test_killed_during_training_finishes_with_the_same_report(finished, kit, col
     root, _ = finished
     out = tmp_path / "run"
     args = [str(a) for a in _args(kit, colour_data, suite_file, out, root / "cache")] + ["--save-every", "2"]
-    process = subprocess.Popen([sys.executable, "-m", "backbone_swap.cli", *args], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
-    checkpoint = out / "train" / "stage2" / "checkpoint" / "state.json"
-    deadline = time.time() + 300
-    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    assert checkpoint.exists(), "training never reached its first stage-2 checkpoint"
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_once_written([sys.executable, "-m", "backbone_swap.cli", *args],
+                      out / "train" / "stage2" / "checkpoint" / "state.json")
     assert not (out / "compare" / "report.json").exists()
     resumed = subprocess.run([sys.executable, "-m", "backbone_swap.cli", *args], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]

@@ -312,6 +312,47 @@ def image_processor(spec: VisionSpec):
     )
 
 
+def _build_vlm(path: str | Path, llm: LLMSpec | None, vision: VisionSpec | None, *, image_token: str, seed: int,
+               kind: str, image_processor_for, **config_extra) -> Path:
+    """A tiny LLaVA (``kind`` "llava") or LLaVA-NeXT ("llava_next") checkpoint with its processor."""
+    import torch
+    import transformers
+
+    names = {"llava": ("LlavaConfig", "LlavaForConditionalGeneration", "LlavaProcessor"),
+             "llava_next": ("LlavaNextConfig", "LlavaNextForConditionalGeneration", "LlavaNextProcessor")}[kind]
+    config_cls, model_cls, processor_cls = (getattr(transformers, name) for name in names)
+    path = Path(path)
+    llm = llm or LLMSpec(family="llama", tokenizer=TokenizerSpec(chat_template=LLAVA_TEMPLATE, pad="<pad>"))
+    vision = vision or VisionSpec()
+    tokenizer = train_tokenizer(llm.tokenizer)
+    tokenizer.add_special_tokens({"additional_special_tokens": [image_token]})
+    config = config_cls(
+        vision_config=vision_config(vision),
+        text_config=text_config(llm, tokenizer),
+        image_token_index=tokenizer.convert_tokens_to_ids(image_token),
+        image_seq_length=(vision.image_size // vision.patch_size) ** 2,
+        vision_feature_layer=vision.feature_layer,
+        vision_feature_select_strategy=vision.select_strategy,
+        tie_word_embeddings=llm.tie_word_embeddings,
+        **config_extra,
+    )
+    torch.manual_seed(seed)
+    model = model_cls(config).to(getattr(torch, llm.dtype))
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    processor = processor_cls(
+        image_processor=image_processor_for(vision),
+        tokenizer=tokenizer,
+        patch_size=vision.patch_size,
+        vision_feature_select_strategy=vision.select_strategy,
+        num_additional_image_tokens=1 if vision.model_type == "clip_vision_model" else 0,
+        image_token=image_token,
+        chat_template=llm.tokenizer.chat_template,
+    )
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
 def build_llava(
     path: str | Path,
     llm: LLMSpec | None = None,
@@ -321,39 +362,8 @@ def build_llava(
     seed: int = 0,
 ) -> Path:
     """Write a tiny ``LlavaForConditionalGeneration`` checkpoint with its processor to ``path``."""
-    import torch
-    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
-
-    path = Path(path)
-    llm = llm or LLMSpec(family="llama", tokenizer=TokenizerSpec(chat_template=LLAVA_TEMPLATE, pad="<pad>"))
-    vision = vision or VisionSpec()
-    tokenizer = train_tokenizer(llm.tokenizer)
-    tokenizer.add_special_tokens({"additional_special_tokens": [image_token]})
-    config = LlavaConfig(
-        vision_config=vision_config(vision),
-        text_config=text_config(llm, tokenizer),
-        image_token_index=tokenizer.convert_tokens_to_ids(image_token),
-        image_seq_length=(vision.image_size // vision.patch_size) ** 2,
-        vision_feature_layer=vision.feature_layer,
-        vision_feature_select_strategy=vision.select_strategy,
-        tie_word_embeddings=llm.tie_word_embeddings,
-    )
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config).to(getattr(torch, llm.dtype))
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    additional = 1 if vision.model_type == "clip_vision_model" else 0
-    processor = LlavaProcessor(
-        image_processor=image_processor(vision),
-        tokenizer=tokenizer,
-        patch_size=vision.patch_size,
-        vision_feature_select_strategy=vision.select_strategy,
-        num_additional_image_tokens=additional,
-        image_token=image_token,
-        chat_template=llm.tokenizer.chat_template,
-    )
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    return _build_vlm(path, llm, vision, image_token=image_token, seed=seed, kind="llava",
+                      image_processor_for=image_processor)
 
 
 def qwen2_spec(**overrides) -> LLMSpec:
@@ -449,43 +459,17 @@ def build_llava_next(
     seed: int = 0,
 ) -> Path:
     """Write a tiny ``LlavaNextForConditionalGeneration`` checkpoint (any-resolution tiling) to ``path``."""
-    import torch
-    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
     from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
-    path = Path(path)
-    llm = llm or LLMSpec(family="llama", tokenizer=TokenizerSpec(chat_template=LLAVA_TEMPLATE, pad="<pad>"))
-    vision = vision or VisionSpec()
     pinpoints = [list(p) for p in grid_pinpoints]
-    tokenizer = train_tokenizer(llm.tokenizer)
-    tokenizer.add_special_tokens({"additional_special_tokens": [image_token]})
-    config = LlavaNextConfig(
-        vision_config=vision_config(vision),
-        text_config=text_config(llm, tokenizer),
-        image_token_index=tokenizer.convert_tokens_to_ids(image_token),
-        image_seq_length=(vision.image_size // vision.patch_size) ** 2,
-        image_grid_pinpoints=pinpoints,
-        vision_feature_layer=vision.feature_layer,
-        vision_feature_select_strategy=vision.select_strategy,
-        tie_word_embeddings=llm.tie_word_embeddings,
-    )
-    torch.manual_seed(seed)
-    model = LlavaNextForConditionalGeneration(config).to(getattr(torch, llm.dtype))
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    size = vision.image_size
-    processor = LlavaNextProcessor(
-        image_processor=LlavaNextImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size,
-                                                   "width": size}, image_grid_pinpoints=pinpoints),
-        tokenizer=tokenizer,
-        patch_size=vision.patch_size,
-        vision_feature_select_strategy=vision.select_strategy,
-        num_additional_image_tokens=1 if vision.model_type == "clip_vision_model" else 0,
-        image_token=image_token,
-        chat_template=llm.tokenizer.chat_template,
-    )
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+
+    def tiles(vision: VisionSpec):
+        size = vision.image_size
+        return LlavaNextImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+                                          image_grid_pinpoints=pinpoints)
+
+    return _build_vlm(path, llm, vision, image_token=image_token, seed=seed, kind="llava_next",
+                      image_processor_for=tiles, image_grid_pinpoints=pinpoints)
 
 
 def build_vision_tower(path: str | Path, vision: VisionSpec | None = None, *, seed: int = 0) -> Path:
