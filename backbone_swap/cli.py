@@ -275,6 +275,7 @@ def demo_command(
     from rich.console import Console
 
     from backbone_swap.demo.run import run_demo
+    from backbone_swap.recommend import count_shown
     from backbone_swap.report import expectation_line, terminal_table
 
     console = Console()
@@ -285,7 +286,7 @@ def demo_command(
     comparison = run_demo(output, quick=quick, seed=seed, say=say)
     console.print(terminal_table(comparison))
     expectations = comparison["expectations"]
-    shown = sum(bool(e["shown"]) for e in expectations)
+    shown = count_shown(expectations)
     say(f"findings of the controlled study shown by this run: {shown} of {len(expectations)}")
     for entry in expectations:
         say(f"  {expectation_line(entry)}")

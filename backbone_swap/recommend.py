@@ -206,6 +206,11 @@ def check_expectation(task: Mapping[str, Any], expected: str, t: Thresholds | No
     return {"task": str(task["name"]), "expected": expected, "observed": observed, "shown": shown}
 
 
+def count_shown(expectations: Iterable[Mapping[str, Any]]) -> int:
+    """How many of ``check_expectation``'s results the run showed."""
+    return sum(bool(entry["shown"]) for entry in expectations)
+
+
 def _diff_sentence(task: Mapping[str, Any]) -> str:
     diff, ci = task["diff"], _interval(task["diff_ci"])
     acc = f"{fmt_pct(task['accuracy_b'])} vs {fmt_pct(task['accuracy_a'])}"

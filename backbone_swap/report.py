@@ -40,6 +40,7 @@ from backbone_swap.recommend import (
     EXPECTATIONS,
     OVERALL_VERDICTS,
     VERDICTS,
+    count_shown,
     fmt_num,
     fmt_p,
     fmt_pct,
@@ -467,7 +468,7 @@ def render_markdown(comparison: Mapping[str, Any]) -> str:
         lines += ["> **Warnings (possible confounds):** none were detected."]
     expectations = comparison.get("expectations") or []
     if expectations:
-        shown = sum(bool(e["shown"]) for e in expectations)
+        shown = count_shown(expectations)
         lines += ["", f"## Expected findings: {shown} of {len(expectations)} shown by this run", ""]
         lines += [f"- {md_escape(expectation_line(e))}" for e in expectations]
     lines += ["", "## Per task", ""]
@@ -592,7 +593,7 @@ def render_html(comparison: Mapping[str, Any], images: Mapping[str, bytes]) -> s
         score=f"{float(overall['score']):+.2f}",
         warnings=comparison.get("warnings") or [],
         expectations=[expectation_line(e) for e in comparison.get("expectations") or []],
-        expectations_shown=sum(bool(e["shown"]) for e in comparison.get("expectations") or []),
+        expectations_shown=count_shown(comparison.get("expectations") or []),
         columns=COLUMNS,
         rows=[{"cells": task_row(task)[:-1], "verdict": task_row(task)[-1], "css": _css(task.get("verdict"))}
               for task in comparison["tasks"]],
@@ -827,7 +828,7 @@ def terminal_table(comparison: Mapping[str, Any]) -> Any:
     caption = []
     expectations = comparison.get("expectations") or []
     if expectations:
-        shown = sum(bool(e["shown"]) for e in expectations)
+        shown = count_shown(expectations)
         caption.append(Text(f"expected findings shown: {shown} of {len(expectations)}",
                             style="green" if shown == len(expectations) else "yellow"))
     warnings = comparison.get("warnings") or []

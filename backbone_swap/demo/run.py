@@ -18,6 +18,7 @@ from backbone_swap.demo import benchmark
 from backbone_swap.demo import tiny_models as tm
 from backbone_swap.errors import BackboneSwapError
 from backbone_swap.outputs import staged_dir, write_json
+from backbone_swap.recommend import count_shown
 
 RECIPE = "demo-cpu"
 # The vision side the old VLM came with: a small CLIP, 4x4 patches of a 32-pixel image.
@@ -104,10 +105,10 @@ def run_demo(output: Path, *, quick: bool = False, seed: int = 0, show_progress:
         save_every=20,
     )
     comparison = upgrade(options, on_plan=lambda plan: [say(f"  {line}") for line in plan.lines])
-    shown = [e for e in comparison["expectations"] if e["shown"]]
     write_json(marker, {"settings": settings, "status": "finished",
                         "report": str(output / "run" / "compare" / "report.html"),
-                        "findings_shown": len(shown), "findings_expected": len(comparison["expectations"])})
+                        "findings_shown": count_shown(comparison["expectations"]),
+                        "findings_expected": len(comparison["expectations"])})
     return comparison
 
 
