@@ -162,13 +162,15 @@ def eval_command(
     batch_size: Annotated[int, typer.Option(help="Items per generation batch.")] = 16,
     probes: Annotated[bool, typer.Option(help="Save hidden states of the probe items for stability.")] = True,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")] = None,
+    dtype: Annotated[str | None, typer.Option(help="Evaluate in float32, bfloat16 or float16 (default: each "
+                                             "checkpoint's own dtype on a GPU, float32 on CPU).")] = None,
 ) -> None:
     """Answer every task of a suite: prediction, reference, correct, confidence per item."""
     from backbone_swap.evaluate.runner import evaluate
     from backbone_swap.evaluate.suite import load_suite
 
     loaded = load_suite(suite)
-    result = evaluate(model, loaded, output, batch_size=batch_size, probes=probes, device=device)
+    result = evaluate(model, loaded, output, batch_size=batch_size, probes=probes, device=device, dtype=dtype)
     if not result.manifest:  # another process of a multi-process run: the main one reports
         return
     typer.echo(f"evaluated {model} on {loaded.name} ({loaded.names()}) -> {output}")
@@ -187,6 +189,8 @@ def compare_command(
     resamples: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 10000,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap and the probe perturbations.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Items per generation batch.")] = 16,
+    dtype: Annotated[str | None, typer.Option(help="Evaluate in float32, bfloat16 or float16 (default: each "
+                                             "checkpoint's own dtype on a GPU, float32 on CPU).")] = None,
 ) -> None:
     """Evaluate A and B on a suite and say, task by task and with the evidence, whether B beats A."""
     from backbone_swap.compare import compare
@@ -197,7 +201,8 @@ def compare_command(
     if not 0 < alpha < 1:
         raise BackboneSwapError(f"--alpha must lie between 0 and 1, not {alpha}", "Use e.g. --alpha 0.05")
     comparison = compare(model_a, model_b, load_suite(suite), output, min_gain=min_gain, alpha=alpha,
-                         weights=parse_weights(weights), n_resamples=resamples, seed=seed, batch_size=batch_size)
+                         weights=parse_weights(weights), n_resamples=resamples, seed=seed, batch_size=batch_size,
+                         dtype=dtype)
     from rich.console import Console
 
     console = Console()
@@ -228,6 +233,8 @@ def upgrade_command(
     weights: Annotated[str | None, typer.Option(help="Task weights for the overall verdict: task=w,...")] = None,
     resamples: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 10000,
     batch_size: Annotated[int, typer.Option(help="Items per evaluation batch.")] = 16,
+    dtype: Annotated[str | None, typer.Option(help="Evaluate in float32, bfloat16 or float16 (default: each "
+                                             "checkpoint's own dtype on a GPU, float32 on CPU).")] = None,
     feature_cache: Annotated[Path | None, typer.Option(help="Vision feature cache folder.")] = None,
     save_every: Annotated[int | None, typer.Option(help="Checkpoint training every N optimizer steps.")] = 50,
     on_bad_sample: Annotated[str, typer.Option(help="fail or skip bad training records.")] = "fail",
@@ -248,8 +255,8 @@ def upgrade_command(
         vlm=vlm, llm=llm, recipe=apply_overrides(load_recipe(recipe), list(set_ or [])), data=data,
         image_root=image_root, suite=load_suite(suite), output=output, baseline=baseline, old_llm=old_llm,
         seed=seed, min_gain=min_gain, alpha=alpha, weights=parse_weights(weights), n_resamples=resamples,
-        batch_size=batch_size, feature_cache=feature_cache, save_every=save_every, on_bad_sample=on_bad_sample,
-        llm_kind=llm_kind,
+        batch_size=batch_size, dtype=dtype, feature_cache=feature_cache, save_every=save_every,
+        on_bad_sample=on_bad_sample, llm_kind=llm_kind,
     )
 
     def show(plan) -> None:

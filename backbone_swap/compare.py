@@ -113,9 +113,19 @@ def lineage(model_dir: Path) -> dict[str, Any]:
     return found
 
 
-def confounds(model_a: Path, model_b: Path) -> list[str]:
+def confounds(model_a: Path, model_b: Path, eval_dirs: tuple[Path, Path] | None = None) -> list[str]:
     """Differences besides the backbone that would make a difference not the backbone's alone."""
     warnings = []
+    if eval_dirs is not None:
+        dtypes = []
+        for folder in eval_dirs:
+            try:
+                dtypes.append(json.loads((Path(folder) / "manifest.json").read_text()).get("dtype"))
+            except (OSError, json.JSONDecodeError):
+                dtypes.append(None)
+        if dtypes[0] and dtypes[1] and dtypes[0] != dtypes[1]:
+            warnings.append(f"A was evaluated in {dtypes[0]} and B in {dtypes[1]} (each checkpoint's own dtype), so "
+                            "their vision towers compute differently too; pass --dtype to evaluate both in one dtype")
     configs = []
     for model in (model_a, model_b):
         try:
@@ -160,6 +170,7 @@ def compare(
     baseline: str = "as-is",
     eval_dirs: tuple[Path, Path] | None = None,
     extra_warnings: list[str] | None = None,
+    dtype: str | None = None,
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate (or reuse) A and B on ``suite``, compare task by task, and write the report to ``output``."""
@@ -176,7 +187,7 @@ def compare(
             raise BackboneSwapError(f"--weights names task {unknown[0]!r}, which suite {suite.name} does not have",
                                     f"Its tasks: {suite.names()}")
     for model, folder in ((model_a, eval_a), (model_b, eval_b)):
-        evaluate(model, suite, folder, batch_size=batch_size, seed=seed, show_progress=show_progress)
+        evaluate(model, suite, folder, batch_size=batch_size, seed=seed, dtype=dtype, show_progress=show_progress)
     thresholds = Thresholds(alpha=alpha, min_gain=min_gain)
     tasks = []
     for task in suite.tasks:
@@ -190,7 +201,7 @@ def compare(
         "tasks": tasks,
         "overall": overall_verdict(tasks, weights),
         "capabilities": capabilities(tasks),
-        "warnings": confounds(model_a, model_b) + list(extra_warnings or []),
+        "warnings": confounds(model_a, model_b, (eval_a, eval_b)) + list(extra_warnings or []),
         "expectations": [check_expectation(record, task.expect, thresholds)
                          for record, task in zip(tasks, suite.tasks, strict=True) if task.expect],
     }

@@ -540,8 +540,29 @@ def write_loss_curve(history: list[dict[str, Any]], folder: Path) -> None:
     plt.close(fig)
 
 
-def export(model, processor, output: Path, *, dtype_name: str, image_aspect: str = "pad") -> dict[str, str]:
-    """The adapter (LoRA + projector, loadable onto the input checkpoint) and the merged checkpoint."""
+def _restore_tower(vlm, source: Path) -> None:
+    """Put the input checkpoint's own vision tower tensors back before the merged export is written.
+
+    Training holds the tower in the recipe's precision (and the export casts to the LLM's dtype), so an fp16
+    tower under a bf16 LLM would otherwise be written rounded: the tower every comparison assumes shared
+    would no longer be the one transplanted."""
+    from backbone_swap.anatomy import component_of
+    from backbone_swap.checkpoint import open_checkpoint
+
+    weights = open_checkpoint(source).weights
+    stored = {name.split("vision_tower.", 1)[1]: name for name in weights.names()
+              if component_of(name, "vlm") == "vision_tower"}
+    for name, param in vlm.model.vision_tower.named_parameters():
+        if name not in stored:
+            raise BackboneSwapError(f"{source} has no vision tower weight {name}, which the trained model holds",
+                                    "Train a checkpoint written by backbone-swap transplant")
+        param.data = weights.read_tensor(stored[name]).to(param.device)
+
+
+def export(model, processor, output: Path, *, dtype_name: str, image_aspect: str = "pad",
+           tower_source: Path | None = None) -> dict[str, str]:
+    """The adapter (LoRA + projector, loadable onto the input checkpoint) and the merged checkpoint, whose vision
+    tower is copied from ``tower_source`` bit for bit."""
     import torch
 
     exported = {}
@@ -566,9 +587,19 @@ def export(model, processor, output: Path, *, dtype_name: str, image_aspect: str
     exported["adapter"] = str(final / "adapter")
     merged = model.merge_and_unload() if is_peft else model
     merged = merged.to(dtype)
+    if tower_source is not None:
+        _restore_tower(merged, tower_source)
     merged.config.use_cache = True
     with staged_dir(final / "merged") as stage:
         merged.save_pretrained(stage)
+        if tower_source is not None:
+            # save_pretrained names the first parameter's dtype, the tower's; loading with dtype="auto" should
+            # give the LLM's, as it does for the transplant
+            config = json.loads((stage / "config.json").read_text())
+            for part in (config, config.get("text_config") or {}, config.get("vision_config") or {}):
+                if "dtype" in part or part is config:
+                    part["dtype"] = dtype_name
+            write_json(stage / "config.json", config)
         processor.save_pretrained(stage)
         # how images were shaped in training, so evaluation shows the model what it learned on
         write_json(stage / "preprocessing.json", {"image_aspect": image_aspect})
@@ -694,7 +725,8 @@ def train(
     model = trainer.run()
     if trainer.accelerator.is_main_process:
         dtype_name = TORCH_DTYPES.get(anatomy.dtypes.get("language_model", "F32"), "float32")
-        exported = export(model, processor, output, dtype_name=dtype_name, image_aspect=recipe.image_aspect)
+        exported = export(model, processor, output, dtype_name=dtype_name, image_aspect=recipe.image_aspect,
+                          tower_source=model_dir)
         write_loss_curve(trainer.history, output)
         stages = {s.name: json.loads((output / s.name / "state.json").read_text()) for s in recipe.stages}
         final_loss = trainer.history[-1]["loss"] if trainer.history else None

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backbone_swap import estimate
 from backbone_swap.errors import BackboneSwapError
 from backbone_swap.manifest import versions
 from backbone_swap.outputs import write_json
@@ -40,6 +41,7 @@ class UpgradeOptions:
     weights: dict[str, float] | None = None
     n_resamples: int = 10000
     batch_size: int = 16
+    dtype: str | None = None
     feature_cache: Path | None = None
     save_every: int | None = None
     on_bad_sample: str = "fail"
@@ -70,21 +72,6 @@ def _run_paths(output: Path) -> dict[str, Path]:
     }
 
 
-def _data_tokens(path: Path, image_tokens: int) -> tuple[int, int]:
-    """Records and a rough token count (4 characters a token plus the image tokens) of a data file."""
-    from backbone_swap.data import read_records
-
-    records = tokens = 0
-    for _, record in read_records(path):
-        if not isinstance(record, dict):
-            continue
-        records += 1
-        text = sum(len(str(turn.get("value", ""))) for turn in record.get("conversations", []) or []
-                   if isinstance(turn, dict))
-        tokens += text // 4 + (image_tokens if record.get("image") else 0)
-    return records, tokens
-
-
 def plan(options: UpgradeOptions) -> Plan:
     """What the run will do, with an estimate of memory and compute from the models' and data's sizes."""
     from backbone_swap.anatomy import compatibility, read_anatomy
@@ -109,30 +96,18 @@ def plan(options: UpgradeOptions) -> Plan:
     if compat.problems:
         raise BackboneSwapError(compat.problems[0], "")
     recipe = options.recipe
-    vision_params = old.parameters.get("vision_tower", 0)
-    llm_params = new.parameters.get("language_model", 0)
-    projector_params = compat.projector_in * compat.projector_out + compat.projector_out ** 2 + 2 * compat.projector_out
     lora = next((s.lora for s in recipe.stages if s.lora is not None), None)
-    layers = _layers(new_ckpt.config)
-    lora_params = 0
-    if lora is not None:
-        # r * (in + out) for every targeted Linear of the decoder layers, read from the weight shapes
-        targets = tuple(lora.targets) if not isinstance(lora.targets, str) else tuple(new.lora_targets)
-        for name in new_ckpt.weights.names():
-            parts = name.split(".")
-            if "layers" in parts and len(parts) >= 2 and parts[-1] == "weight" and parts[-2] in targets:
-                out_features, in_features = new_ckpt.weights.shape(name)[:2]
-                lora_params += lora.r * (in_features + out_features)
-    weight_bytes = {"bf16": 2, "fp16": 2, "fp32": 4}[recipe.precision]
-    records, tokens = _data_tokens(options.data, old.vision.image_tokens if old.vision else 0)
-    trainable = projector_params + lora_params
-    micro = max(s.micro_batch for s in recipe.stages)
-    activations = micro * recipe.max_length * new.hidden_size * max(layers, 1) * (2 if recipe.gradient_checkpointing
-                                                                                   else 34)
-    memory = (vision_params + llm_params) * weight_bytes + trainable * 16 + activations
-    epochs = sum(s.epochs for s in recipe.stages)
-    # forward 2N and backward 2N per token with a frozen base (no weight gradients except LoRA and projector)
-    flops = 4 * (llm_params + projector_params) * tokens * epochs
+    targets = tuple(new.lora_targets) if lora is None or isinstance(lora.targets, str) else tuple(lora.targets)
+    shapes = estimate.shapes_of(old, new, new_ckpt, compat, targets, lora.r if lora else 0)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(options.llm)
+    data = estimate.measure_data(options.data, tokenizer, shapes.image_tokens, seed=options.seed)
+    records, tokens = data.records, round(data.tokens)
+    trainable = shapes.projector_params + shapes.lora_params
+    memory_parts = estimate.peak_memory(shapes, data, recipe, trainable=trainable)
+    memory = sum(memory_parts.values())
+    flops = estimate.training_flops(shapes, data, recipe)
     models = 2 if options.baseline == "retrain" else 1
     steps = [s for s in STEPS if s != "baseline" or options.baseline == "retrain"]
     lines = [
@@ -147,18 +122,17 @@ def plan(options: UpgradeOptions) -> Plan:
         f"recipe {recipe.name}, hash {recipe_hash(recipe)[:16]}; vision tower frozen",
         f"baseline: {options.baseline}" + (f" (old VLM retrained from {options.old_llm})"
                                            if options.baseline == "retrain" else " (old VLM as given)"),
-        f"data: {records} records, about {tokens:,} tokens; suite {options.suite.name}: {options.suite.names()}",
-        f"estimate: about {memory / 1e9:.1f} GB of accelerator memory for training, "
+        f"data: {records} records, about {tokens:,} tokens (longest about {data.longest:,}); "
+        f"suite {options.suite.name}: {options.suite.names()}",
+        f"estimate: about {memory / 1e9:.1f} GB of accelerator memory on one device without sharding ("
+        + ", ".join(f"{k.replace('_', ' ')} {v / 1e9:.1f}" for k, v in memory_parts.items()) + "), "
         f"{flops * models / 1e15:.3g} PFLOP of training compute "
         f"(about {flops * models / (0.4 * 312e12) / 3600:.2g} GPU-hours at 40% of an A100's bf16 peak)",
     ]
-    estimate = {"memory_bytes": int(memory), "train_flops": float(flops * models), "records": records,
-                "tokens": tokens, "trainable_parameters": int(trainable)}
-    return Plan(steps, lines, estimate)
-
-
-def _layers(config: dict[str, Any]) -> int:
-    return int(config.get("num_hidden_layers") or config.get("n_layer") or 0)
+    figures = {"memory_bytes": int(memory), "memory": memory_parts, "train_flops": float(flops * models),
+               "records": records, "tokens": tokens, "longest_tokens": data.longest,
+               "trainable_parameters": int(trainable)}
+    return Plan(steps, lines, figures)
 
 
 class _Run:
@@ -257,13 +231,13 @@ def upgrade(options: UpgradeOptions, *, restart: str | None = None, dry_run: boo
         if not run.done(step):
             started = time.time()
             evaluate(model, options.suite, paths[step], batch_size=options.batch_size, seed=options.seed,
-                     show_progress=options.show_progress)
+                     dtype=options.dtype, show_progress=options.show_progress)
             run.finish(step, started, output=str(paths[step]))
     started = time.time()
     comparison = compare(
         old_model, new_model, options.suite, paths["compare"], min_gain=options.min_gain, alpha=options.alpha,
         weights=options.weights, n_resamples=options.n_resamples, seed=options.seed, batch_size=options.batch_size,
-        baseline=options.baseline, eval_dirs=(paths["eval-old"], paths["eval-new"]),
+        baseline=options.baseline, eval_dirs=(paths["eval-old"], paths["eval-new"]), dtype=options.dtype,
         show_progress=options.show_progress,
     )
     run.finish("compare", started, output=str(paths["compare"]), verdict=comparison["overall"]["verdict"])

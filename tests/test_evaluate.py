@@ -196,3 +196,26 @@ def test_answers_left_by_a_stopped_multi_process_run_are_kept(transplanted, suit
     lines = (out / "colour.jsonl").read_text().splitlines()
     assert len(lines) == 12 and lines[:5] == full[:5]
     assert not list(out.glob(".*.rank*.jsonl"))
+
+
+def test_the_dtype_is_recorded_and_a_folder_refuses_to_mix_dtypes(transplanted, suite_file, evaluated, tmp_path):
+    assert (evaluated.manifest["dtype"], evaluated.manifest["device"]) == ("float32", "cpu")
+    with pytest.raises(BackboneSwapError, match="computed in float32.*--dtype float32"):
+        evaluate(transplanted["mistral"], load_suite(suite_file), evaluated.output, dtype="bfloat16",
+                 show_progress=False)
+    with pytest.raises(BackboneSwapError, match="--dtype must be one of float32, bfloat16, float16"):
+        evaluate(transplanted["mistral"], load_suite(suite_file), tmp_path / "x", dtype="float8", show_progress=False)
+    assert not (tmp_path / "x").exists()
+
+
+def test_two_sides_evaluated_in_different_dtypes_are_warned_about(transplanted, suite_file, evaluated, tmp_path):
+    from backbone_swap.compare import confounds
+
+    half = evaluate(transplanted["mistral"], load_suite(suite_file), tmp_path / "bf16", dtype="bfloat16",
+                    probes=False, show_progress=False)
+    assert half.manifest["dtype"] == "bfloat16"
+    assert Evaluator(transplanted["mistral"], dtype="bfloat16").model.dtype == torch.bfloat16
+    model = transplanted["mistral"]
+    warned = confounds(model, model, (evaluated.output, half.output))
+    assert any("A was evaluated in float32 and B in bfloat16" in w for w in warned), warned
+    assert not any("evaluated in" in w for w in confounds(model, model, (evaluated.output, evaluated.output)))

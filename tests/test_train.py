@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoProcessor, LlavaForConditionalGeneration
+from weights import read_tensors, tensor_sha
 
 from backbone_swap.errors import BackboneSwapError
 from backbone_swap.recipe import apply_overrides, load_recipe, recipe_hash
@@ -124,12 +125,23 @@ def test_adapter_on_the_transplant_gives_the_merged_logits(trained, transplanted
         torch.testing.assert_close(with_adapter(**inputs).logits, merged(**inputs).logits, rtol=1e-4, atol=1e-4)
 
 
-def test_features_are_reused_by_a_second_backbone(trained, transplanted, colour_data, tmp_path):
+def test_a_second_backbone_reuses_the_features_and_keeps_the_tower_bit_identical(trained, kit, transplanted,
+                                                                                  colour_data, tmp_path):
+    """The kit's tower is float32 and Qwen2 is bfloat16: the merged model is written in bfloat16, its tower not."""
     _, _, root = trained
     recipe = apply_overrides(load_recipe("tiny-cpu"), ["stage1.max_steps=1", "stage2.max_steps=1"])
     result = train(transplanted["qwen2"], recipe=recipe, data=colour_data["train"], image_root=colour_data["root"],
                    output=tmp_path / "qwen", feature_cache=root / "cache", show_progress=False)
     assert result.manifest["features"]["computed"] == 0
+    source = {k.split("vision_tower.", 1)[1]: v for k, v in read_tensors(kit.vlm).items() if "vision_tower." in k}
+    merged = read_tensors(result.output / "final" / "merged")
+    tower = {k.split("vision_tower.", 1)[1]: v for k, v in merged.items() if "vision_tower." in k}
+    assert len(tower) == len(source) > 10
+    assert {v.dtype for v in source.values()} == {torch.float32}
+    assert all(tensor_sha(tower[k]) == tensor_sha(source[k]) and tower[k].dtype == source[k].dtype for k in source)
+    assert {v.dtype for k, v in merged.items() if "language_model" in k} == {torch.bfloat16}  # the LLM's own
+    reloaded = LlavaForConditionalGeneration.from_pretrained(result.output / "final" / "merged", dtype="auto")
+    assert {p.dtype for p in reloaded.parameters()} == {torch.bfloat16}
 
 
 def test_interrupted_run_resumes_to_the_same_weights(transplanted, colour_data, tmp_path):

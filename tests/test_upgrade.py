@@ -124,6 +124,10 @@ def test_the_plan_counts_exactly_the_parameters_training_updates(finished, kit, 
     from safetensors.torch import load_file
 
     root, _ = finished
-    planned = json.loads((root / "run" / "manifest.json").read_text())["plan"]["estimate"]["trainable_parameters"]
+    estimate = json.loads((root / "run" / "manifest.json").read_text())["plan"]["estimate"]
     trained = load_file(root / "run" / "train" / "stage2" / "trainable.safetensors")
-    assert planned == sum(t.numel() for t in trained.values())
+    assert estimate["trainable_parameters"] == sum(t.numel() for t in trained.values())
+    # the tokens the plan measured on a sample, against those training built
+    built = json.loads((root / "run" / "train" / "manifest.json").read_text())["data"]["tokens"]
+    assert estimate["tokens"] == pytest.approx(built, rel=0.1)
+    assert estimate["memory_bytes"] == sum(estimate["memory"].values())

@@ -53,6 +53,25 @@ def add_noise(image, seed: int, strength: float = 0.08):
     return Image.fromarray(noisy)
 
 
+EVAL_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def run_dtype(model_dir: Path, dtype: str | None, device: str) -> str:
+    """The dtype a model is evaluated in: the one asked for, float32 on CPU, else the checkpoint's own.
+
+    Named before loading, so an evaluation folder can refuse to mix answers computed in two dtypes."""
+    if dtype is not None:
+        if dtype not in EVAL_DTYPES:
+            raise BackboneSwapError(f"--dtype must be one of {', '.join(EVAL_DTYPES)}, not {dtype!r}",
+                                    "Leave it out to use each checkpoint's own dtype (float32 on CPU)")
+        return dtype
+    if str(device).startswith("cpu"):
+        return "float32"
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    own = config.get("dtype") or config.get("torch_dtype") or "float32"
+    return own if own in EVAL_DTYPES else "float32"
+
+
 class Evaluator:
     """A loaded model and processor answering suite tasks in batches."""
 
@@ -66,10 +85,10 @@ class Evaluator:
         from backbone_swap.anatomy import VLM_FORMATS
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        torch_dtype = getattr(torch, dtype) if dtype else ("auto" if self.device != "cpu" else torch.float32)
+        self.dtype = run_dtype(model_dir, dtype, self.device)
         # LLaVA or LLaVA-NeXT: the class its config names, from the registry of formats read
         model_class = getattr(transformers, VLM_FORMATS[AutoConfig.from_pretrained(model_dir).model_type])
-        self.model = model_class.from_pretrained(model_dir, dtype=torch_dtype).to(self.device)
+        self.model = model_class.from_pretrained(model_dir, dtype=getattr(torch, self.dtype)).to(self.device)
         self.model.eval()
         self.processor = AutoProcessor.from_pretrained(model_dir)
         self.tokenizer = self.processor.tokenizer
@@ -359,9 +378,11 @@ def evaluate(
     device: str | None = None,
     probes: bool = True,
     seed: int = 0,
+    dtype: str | None = None,
     show_progress: bool = True,
 ) -> EvalResult:
-    """Evaluate ``model_dir`` on every task of ``suite`` into ``output`` (resumable)."""
+    """Evaluate ``model_dir`` on every task of ``suite`` into ``output`` (resumable), in ``dtype`` (default: the
+    checkpoint's own on a GPU, float32 on CPU)."""
     from safetensors.torch import save_file
 
     from backbone_swap.progress import progress_bar
@@ -380,14 +401,25 @@ def evaluate(
             "Convert it to a transformers LLaVA folder first (transformers' convert_llava_weights_to_hf.py)",
         )
     items = {task.name: read_items(task) for task in suite.tasks}  # every file checked before any work
+    import torch
+
+    dtype = run_dtype(model_dir, dtype, device or ("cuda" if torch.cuda.is_available() else "cpu"))
     output.mkdir(parents=True, exist_ok=True)
-    identity = {"model": str(model_dir.resolve()), "suite": suite.source or suite.name}
+    identity = {"model": str(model_dir.resolve()), "suite": suite.source or suite.name, "dtype": dtype}
     marker = output / "evaluated.json"
-    if marker.is_file() and json.loads(marker.read_text()) != identity:
-        raise BackboneSwapError(
-            f"{output} holds answers of another model or suite ({json.loads(marker.read_text())['model']})",
-            "Choose another --output, or delete that folder",
-        )
+    if marker.is_file():
+        recorded = json.loads(marker.read_text())
+        if recorded.get("dtype", dtype) != dtype and {k: recorded.get(k) for k in ("model", "suite")} == {
+                k: identity[k] for k in ("model", "suite")}:
+            raise BackboneSwapError(
+                f"{output} holds answers computed in {recorded['dtype']}, and this run would compute in {dtype}",
+                f"Pass --dtype {recorded['dtype']} to resume, or choose another --output",
+            )
+        if any(recorded.get(k, v) != v for k, v in identity.items()):
+            raise BackboneSwapError(
+                f"{output} holds answers of another model or suite ({recorded.get('model')})",
+                "Choose another --output, or delete that folder",
+            )
     if not marker.is_file():
         write_json(marker, identity)
     finished = all(
@@ -397,13 +429,12 @@ def evaluate(
     )
     if finished and (output / "manifest.json").is_file():
         return EvalResult(output, json.loads((output / "manifest.json").read_text()))
-    import torch
     from accelerate import PartialState
 
     # under torchrun / accelerate launch: this process's rank and device (gloo when there is no GPU)
     state = PartialState(cpu=not torch.cuda.is_available())
     rank, world = state.process_index, state.num_processes
-    evaluator = Evaluator(model_dir, batch_size=batch_size, device=device or str(state.device))
+    evaluator = Evaluator(model_dir, batch_size=batch_size, device=device or str(state.device), dtype=dtype)
     total = sum(len(v) for v in items.values()) // world
     show_progress = show_progress and state.is_main_process
     with (
@@ -439,6 +470,8 @@ def evaluate(
         tasks={t.name: len(items[t.name]) for t in suite.tasks},
         processes=world,
         batch_size=batch_size,
+        dtype=dtype,
+        device=evaluator.device,
         seconds=round(time.time() - started, 3),
     )
     write_json(output / "manifest.json", manifest)
