@@ -63,6 +63,18 @@ def test_different_items_are_refused(tmp_path):
         task_statistics(task, tmp_path / "a", tmp_path / "b", n_resamples=100, seed=0)
 
 
+def test_a_task_without_items_is_an_error_not_a_traceback(tmp_path):
+    from backbone_swap.errors import BackboneSwapError
+
+    _write(tmp_path / "a", "t", [], [], [])
+    _write(tmp_path / "b", "t", [], [], [])
+    data = tmp_path / "t.jsonl"
+    data.write_text("")
+    task = Task(name="t", type="short_answer", needs="reasoning", data=data, image_root=tmp_path)
+    with pytest.raises(BackboneSwapError, match="no records"):
+        task_statistics(task, tmp_path / "a", tmp_path / "b", n_resamples=100, seed=0)
+
+
 @pytest.mark.slow
 def test_compare_two_models_end_to_end(cli, transplanted, suite_file, tmp_path):
     out = tmp_path / "cmp"
