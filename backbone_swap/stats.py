@@ -287,6 +287,10 @@ def _cluster_bootstrap_diff(
 
     Each replicate is a ratio (sum of differences / number of questions drawn) because clusters differ
     in size; weighting clusters equally would change the quantity being estimated.
+
+    With a single cluster (every question on one image) every replicate is the estimate itself: the spread
+    between clusters cannot be measured at all, so the interval is undefined (NaN bounds) rather than a
+    zero-width interval that would pass for certainty.
     """
     groups = np.asarray(clusters)
     if groups.ndim != 1 or groups.size != diff.size:
@@ -296,6 +300,8 @@ def _cluster_bootstrap_diff(
     cluster_sum = np.bincount(inverse, weights=diff)
     cluster_size = np.bincount(inverse).astype(np.float64)
     n_clusters = cluster_sum.size
+    if n_clusters < 2:
+        return Interval(estimate, math.nan, math.nan, "percentile")
 
     rng = np.random.default_rng(seed)
     replicates = np.empty(n_resamples)

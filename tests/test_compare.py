@@ -75,6 +75,24 @@ def test_a_task_without_items_is_an_error_not_a_traceback(tmp_path):
         task_statistics(task, tmp_path / "a", tmp_path / "b", n_resamples=100, seed=0)
 
 
+def test_questions_all_on_one_image_give_no_interval_and_no_verdict_from_it(tmp_path):
+    from backbone_swap.recommend import task_verdict
+    from backbone_swap.report import to_jsonable
+
+    ids = [f"q{i}" for i in range(40)]
+    _write(tmp_path / "a", "t", [i % 8 == 1 for i in range(40)], [0.5] * 40, ids)
+    _write(tmp_path / "b", "t", [i % 2 == 0 for i in range(40)], [0.5] * 40, ids)
+    data = tmp_path / "t.jsonl"
+    data.write_text("".join(json.dumps({"id": i, "image": "one.png", "question": "q", "answer": "y"}) + "\n"
+                            for i in ids))
+    task = Task(name="t", type="short_answer", needs="reasoning", data=data, image_root=tmp_path)
+    s = task_statistics(task, tmp_path / "a", tmp_path / "b", n_resamples=500, seed=0)
+    assert s["diff"] == pytest.approx(0.375) and s["mcnemar_p"] < 0.05
+    assert to_jsonable(s["diff_ci"]) == [None, None]
+    verdict, _ = task_verdict(s)
+    assert verdict != "upgrade"
+
+
 @pytest.mark.slow
 def test_compare_two_models_end_to_end(cli, transplanted, suite_file, tmp_path):
     out = tmp_path / "cmp"

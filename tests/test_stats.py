@@ -206,6 +206,16 @@ def test_cluster_bootstrap_weights_questions_not_clusters():
     assert interval.low < 0.5 < interval.high
 
 
+def test_cluster_bootstrap_of_a_single_cluster_has_no_interval():
+    # 40 questions on one image: each replicate redraws that one image, so all replicates equal the estimate;
+    # a [0.5, 0.5] interval would claim certainty from a single image.
+    a = np.zeros(40)
+    b = np.tile([1.0, 0.0], 20)
+    interval = stats.paired_bootstrap_diff(a, b, n_resamples=500, clusters=["same.png"] * 40)
+    assert interval.estimate == pytest.approx(0.5)
+    assert math.isnan(interval.low) and math.isnan(interval.high)
+
+
 def test_cluster_bootstrap_is_reproducible_and_checks_length():
     a, b = _correlated_pair(200, seed=7)
     clusters = np.repeat(np.arange(50), 4)
