@@ -42,15 +42,19 @@ def _stability(eval_dir: Path, task: Task) -> float | None:
 def task_statistics(task: Task, eval_a: Path, eval_b: Path, *, n_resamples: int, seed: int) -> dict[str, Any]:
     """Every number the report shows for one task, from the two per-item files."""
     a, b = _lines(eval_a / f"{task.name}.jsonl"), _lines(eval_b / f"{task.name}.jsonl")
-    if set(a) != set(b):
-        only = sorted(set(a) ^ set(b))[:3]
-        raise BackboneSwapError(
-            f"task {task.name}: the two evaluations cover different items (e.g. {', '.join(only)})",
-            "Evaluate both models on the same suite data",
-        )
-    ids = sorted(a)
+    # The task's items as the suite holds them now: answers to items since removed from its data (left in a
+    # reused evaluation folder) are no part of the comparison.
     images = {str(item["id"]): str(item.get("image")) for item in read_items(task)}
-    clusters = np.array([images.get(i, i) for i in ids])
+    for side, lines in (("A", a), ("B", b)):
+        missing = sorted(set(images) - set(lines))
+        if missing:
+            raise BackboneSwapError(
+                f"task {task.name}: the two evaluations cover different items; {side} has no answer for "
+                f"{len(missing)} of the task's {len(images)} items (e.g. {', '.join(missing[:3])})",
+                "Evaluate both models on the same suite data (eval resumes and answers the missing items)",
+            )
+    ids = sorted(images)
+    clusters = np.array([images[i] for i in ids])
     correct_a = np.array([bool(a[i]["correct"]) for i in ids])
     correct_b = np.array([bool(b[i]["correct"]) for i in ids])
     conf_a = np.clip(np.array([float(a[i]["confidence"]) for i in ids]), 0.0, 1.0)

@@ -14,7 +14,6 @@ not something a user can fix.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -248,31 +247,50 @@ def paired_bootstrap_diff(
         return _cluster_bootstrap_diff(b - a, clusters, estimate, n_resamples, confidence, seed)
 
     if a.size == 1:
-        # scipy refuses a single observation; every replicate would equal the estimate anyway.
+        # every replicate of a single question equals the estimate
         return Interval(estimate, estimate, estimate, "percentile")
+    return _item_bootstrap_diff(a, b, n_resamples, confidence, seed)
 
-    batch = max(1, _CHUNK_ELEMENTS // a.size)
-    common: dict[str, Any] = dict(
-        statistic=_mean_diff, paired=True, vectorized=True, confidence_level=confidence, batch=batch
-    )
-    with warnings.catch_warnings():
-        # BCa on a degenerate distribution warns and returns NaN; that case is handled just below.
-        warnings.simplefilter("ignore", RuntimeWarning)
-        warnings.simplefilter("ignore", _sps.DegenerateDataWarning)
-        result = _sps.bootstrap(
-            (a, b), n_resamples=n_resamples, method="BCa", rng=np.random.default_rng(seed), **common
-        )
-    low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
-    if math.isfinite(low) and math.isfinite(high):
-        return Interval(estimate, low, high, "BCa")
-    # Reuse the replicates already drawn (n_resamples=0 adds none), so the fallback is seeded identically.
-    fallback = _sps.bootstrap(
-        (a, b), n_resamples=0, method="percentile", bootstrap_result=result,
-        rng=np.random.default_rng(seed), **common,
-    )
-    return Interval(
-        estimate, float(fallback.confidence_interval.low), float(fallback.confidence_interval.high), "percentile"
-    )
+
+def _item_bootstrap_diff(
+    a: NDArray[np.float64], b: NDArray[np.float64], n_resamples: int, confidence: float, seed: int
+) -> Interval:
+    """BCa interval of the mean difference over resampled questions, as ``scipy.stats.bootstrap(paired=True,
+    method="BCa")`` computes it, from the same resamples of the same seed.
+
+    scipy finds BCa's acceleration by evaluating the statistic on all n leave-one-out samples, O(n^2) work:
+    minutes per task for a 100 000-question benchmark. For a mean the jackknife has a closed form (the
+    leave-one-out deviations are the centred differences), O(n). When BCa is undefined (all paired
+    differences equal, or every replicate on one side of the estimate) the percentile interval of the same
+    replicates is returned, and ``method`` says so.
+    """
+    n = a.size
+    estimate = float(np.mean(b) - np.mean(a))
+    rng = np.random.default_rng(seed)
+    replicates = np.empty(n_resamples)
+    batch = max(1, _CHUNK_ELEMENTS // n)
+    for start in range(0, n_resamples, batch):
+        stop = min(start + batch, n_resamples)
+        drawn = rng.integers(0, n, size=(stop - start, n))
+        replicates[start:stop] = _mean_diff(a[drawn], b[drawn])
+    alpha = (1.0 - confidence) / 2.0
+    diff = b - a
+    if np.ptp(diff) > 0:  # exact test on the raw values: identical differences leave BCa undefined
+        theta = _mean_diff(a, b)
+        # bias correction: where the estimate falls among the replicates (ties count half, as in scipy)
+        share = (np.count_nonzero(replicates < theta) + np.count_nonzero(replicates <= theta)) / (2 * n_resamples)
+        z0 = float(_sps.norm.ppf(share))
+        deviation = diff - diff.mean()
+        acceleration = float(np.sum(deviation**3) / (6.0 * np.sum(deviation**2) ** 1.5))
+        levels = []
+        for z in (float(_sps.norm.ppf(alpha)), float(_sps.norm.ppf(1.0 - alpha))):
+            shifted = z0 + z
+            levels.append(float(_sps.norm.cdf(z0 + shifted / (1.0 - acceleration * shifted))))
+        if all(math.isfinite(level) for level in levels):
+            low, high = np.percentile(replicates, [100.0 * level for level in levels])
+            return Interval(estimate, float(low), float(high), "BCa")
+    low, high = _percentile_bounds(replicates, confidence)
+    return Interval(estimate, low, high, "percentile")
 
 
 def _cluster_bootstrap_diff(
@@ -287,6 +305,10 @@ def _cluster_bootstrap_diff(
 
     Each replicate is a ratio (sum of differences / number of questions drawn) because clusters differ
     in size; weighting clusters equally would change the quantity being estimated.
+
+    With a single cluster (every question on one image) every replicate is the estimate itself: the spread
+    between clusters cannot be measured at all, so the interval is undefined (NaN bounds) rather than a
+    zero-width interval that would pass for certainty.
     """
     groups = np.asarray(clusters)
     if groups.ndim != 1 or groups.size != diff.size:
@@ -296,6 +318,8 @@ def _cluster_bootstrap_diff(
     cluster_sum = np.bincount(inverse, weights=diff)
     cluster_size = np.bincount(inverse).astype(np.float64)
     n_clusters = cluster_sum.size
+    if n_clusters < 2:
+        return Interval(estimate, math.nan, math.nan, "percentile")
 
     rng = np.random.default_rng(seed)
     replicates = np.empty(n_resamples)

@@ -57,10 +57,58 @@ def test_different_items_are_refused(tmp_path):
     _write(tmp_path / "a", "t", [True, False], [0.5, 0.5], ["1", "2"])
     _write(tmp_path / "b", "t", [True, False], [0.5, 0.5], ["1", "3"])
     data = tmp_path / "t.jsonl"
-    data.write_text('{"id": "1", "question": "q", "answer": "a"}\n')
+    data.write_text("".join(f'{{"id": "{i}", "question": "q", "answer": "a"}}\n' for i in "123"))
     task = Task(name="t", type="short_answer", needs="reasoning", data=data, image_root=tmp_path)
     with pytest.raises(BackboneSwapError, match="different items"):
         task_statistics(task, tmp_path / "a", tmp_path / "b", n_resamples=100, seed=0)
+
+
+def test_a_task_without_items_is_an_error_not_a_traceback(tmp_path):
+    from backbone_swap.errors import BackboneSwapError
+
+    _write(tmp_path / "a", "t", [], [], [])
+    _write(tmp_path / "b", "t", [], [], [])
+    data = tmp_path / "t.jsonl"
+    data.write_text("")
+    task = Task(name="t", type="short_answer", needs="reasoning", data=data, image_root=tmp_path)
+    with pytest.raises(BackboneSwapError, match="no records"):
+        task_statistics(task, tmp_path / "a", tmp_path / "b", n_resamples=100, seed=0)
+
+
+def test_questions_all_on_one_image_give_no_interval_and_no_verdict_from_it(tmp_path):
+    from backbone_swap.recommend import task_verdict
+    from backbone_swap.report import to_jsonable
+
+    ids = [f"q{i}" for i in range(40)]
+    _write(tmp_path / "a", "t", [i % 8 == 1 for i in range(40)], [0.5] * 40, ids)
+    _write(tmp_path / "b", "t", [i % 2 == 0 for i in range(40)], [0.5] * 40, ids)
+    data = tmp_path / "t.jsonl"
+    data.write_text("".join(json.dumps({"id": i, "image": "one.png", "question": "q", "answer": "y"}) + "\n"
+                            for i in ids))
+    task = Task(name="t", type="short_answer", needs="reasoning", data=data, image_root=tmp_path)
+    s = task_statistics(task, tmp_path / "a", tmp_path / "b", n_resamples=500, seed=0)
+    assert s["diff"] == pytest.approx(0.375) and s["mcnemar_p"] < 0.05
+    assert to_jsonable(s["diff_ci"]) == [None, None]
+    verdict, _ = task_verdict(s)
+    assert verdict != "upgrade"
+
+
+def test_answers_to_items_no_longer_in_the_task_are_left_out(tmp_path):
+    # Both folders answered q0..q9; the task's data has since dropped q8 and q9 (say, bad references),
+    # and B alone was evaluated again into a fresh folder on the 8 items left.
+    ids = [f"q{i}" for i in range(10)]
+    a = [True, True, False, False, True, False, True, False, True, True]
+    b = [True, True, True, False, True, True, True, False]
+    _write(tmp_path / "a", "t", a, [0.5] * 10, ids)
+    _write(tmp_path / "b", "t", b, [0.5] * 8, ids[:8])
+    data = tmp_path / "t.jsonl"
+    data.write_text("".join(json.dumps({"id": i, "image": f"{i}.png", "question": "q", "answer": "y"}) + "\n"
+                            for i in ids[:8]))
+    task = Task(name="t", type="short_answer", needs="reasoning", data=data, image_root=tmp_path)
+    s = task_statistics(task, tmp_path / "a", tmp_path / "b", n_resamples=200, seed=0)
+    assert s["n"] == 8
+    assert s["accuracy_a"] == pytest.approx(4 / 8) and s["accuracy_b"] == pytest.approx(6 / 8)
+    assert s["overlap"] == {"both": 4, "only_a": 0, "only_b": 2, "neither": 2}
 
 
 @pytest.mark.slow

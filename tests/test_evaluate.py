@@ -130,6 +130,38 @@ def test_bad_suites_name_the_key(tmp_path, text, words):
     assert words in str(error.value)
 
 
+@pytest.mark.parametrize("text", ["", "\n\n", "[]"])
+def test_a_task_without_records_is_refused(tmp_path, text):
+    """An empty data file used to pass, then crash eval (stacking no probe states) and compare (statistics
+    of zero questions) with tracebacks."""
+    from backbone_swap.evaluate.suite import read_items
+
+    (tmp_path / "x.jsonl").write_text(text)
+    (tmp_path / "s.yaml").write_text("tasks:\n  - {name: a, type: short_answer, needs: format, data: x.jsonl}\n")
+    with pytest.raises(BackboneSwapError, match="holds no records"):
+        read_items(load_suite(tmp_path / "s.yaml").task("a"))
+
+
+def test_broken_option_scores_stop_eval_with_a_message(tmp_path):
+    """NaN logits (float16 overflow) used to end eval in a ValueError traceback from the scorer."""
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    (tmp_path / "c.jsonl").write_text(json.dumps({"id": 7, "image": "x.png", "question": "Colour?", "answer": "red",
+                                                  "choices": ["red", "blue"]}) + "\n")
+    (tmp_path / "s.yaml").write_text("tasks:\n  - {name: c, type: multiple_choice, needs: perception, data: c.jsonl}\n")
+
+    class Broken:
+        batch_size = 4
+
+        def option_logprobs(self, image, question, choices, task):
+            return [math.nan, -1.0]
+
+    (tmp_path / "out").mkdir()
+    with pytest.raises(BackboneSwapError, match="item 7.*NaN or infinite"):
+        evaluate_task(Broken(), load_suite(tmp_path / "s.yaml").task("c"), tmp_path / "out")
+
+
 def test_prompts_carry_one_bos_as_in_training(transplanted, suite_file):
     from backbone_swap.evaluate.runner import _load_image, _messages
     from backbone_swap.evaluate.suite import read_items

@@ -127,6 +127,36 @@ def test_bootstrap_estimate_is_the_plain_difference_and_inside_the_interval():
     assert interval.low < interval.estimate < interval.high
 
 
+@pytest.mark.parametrize(("n", "soft", "level"), [(12, False, 0.95), (300, False, 0.95), (2500, False, 0.9),
+                                              (400, True, 0.95)])
+def test_bootstrap_matches_scipy_bca(n, soft, level):
+    rng = np.random.default_rng(n)
+    if soft:  # VQA-style scores in [0, 1]
+        a, b = rng.choice([0.0, 0.3, 0.6, 0.9, 1.0], n), rng.choice([0.0, 0.3, 0.6, 0.9, 1.0], n)
+    else:
+        a, b = _correlated_pair(n, seed=n)
+    reference = sps.bootstrap(
+        (a.astype(float), b.astype(float)), lambda x, y, axis=-1: np.mean(y, axis=axis) - np.mean(x, axis=axis),
+        paired=True, vectorized=True, method="BCa", n_resamples=1500, confidence_level=level,
+        batch=max(1, 2_000_000 // n), rng=np.random.default_rng(11),
+    ).confidence_interval
+    interval = stats.paired_bootstrap_diff(a, b, n_resamples=1500, confidence=level, seed=11)
+    assert interval.method == "BCa"
+    assert (interval.low, interval.high) == (pytest.approx(reference.low, abs=1e-9),
+                                             pytest.approx(reference.high, abs=1e-9))
+
+
+def test_bootstrap_of_a_large_benchmark_takes_seconds():
+    # BCa's jackknife done by evaluating n leave-one-out means costs O(n^2): minutes at this size.
+    import time
+
+    a, b = _correlated_pair(100_000, seed=12)
+    started = time.perf_counter()
+    interval = stats.paired_bootstrap_diff(a, b, n_resamples=200)
+    assert time.perf_counter() - started < 30
+    assert interval.method == "BCa" and interval.low < interval.estimate < interval.high
+
+
 def test_bootstrap_is_reproducible_by_seed():
     a, b = _correlated_pair(300, seed=3)
     first = stats.paired_bootstrap_diff(a, b, n_resamples=1000, seed=7)
@@ -204,6 +234,16 @@ def test_cluster_bootstrap_weights_questions_not_clusters():
     interval = stats.paired_bootstrap_diff(a, b, n_resamples=3000, clusters=clusters, seed=1)
     assert interval.estimate == pytest.approx(0.5)
     assert interval.low < 0.5 < interval.high
+
+
+def test_cluster_bootstrap_of_a_single_cluster_has_no_interval():
+    # 40 questions on one image: each replicate redraws that one image, so all replicates equal the estimate;
+    # a [0.5, 0.5] interval would claim certainty from a single image.
+    a = np.zeros(40)
+    b = np.tile([1.0, 0.0], 20)
+    interval = stats.paired_bootstrap_diff(a, b, n_resamples=500, clusters=["same.png"] * 40)
+    assert interval.estimate == pytest.approx(0.5)
+    assert math.isnan(interval.low) and math.isnan(interval.high)
 
 
 def test_cluster_bootstrap_is_reproducible_and_checks_length():

@@ -331,6 +331,13 @@ def evaluate_task(
                 for item, image in zip(batch, images, strict=True):
                     choices = [str(c) for c in item["choices"]]
                     logprobs = evaluator.option_logprobs(image, item["question"], choices, task)
+                    broken = any(math.isnan(lp) or lp == math.inf for lp in logprobs)
+                    if broken or all(lp == -math.inf for lp in logprobs):
+                        raise BackboneSwapError(
+                            f"task {task.name}, item {item['id']!r}: the model gave its options the log-probabilities "
+                            f"{logprobs}, which are no distribution over them (NaN or infinite logits)",
+                            "The model's logits overflow or are broken; float16 overflow is a common cause",
+                        )
                     result = scoring.score_multiple_choice(logprobs, choices.index(str(item["answer"])))
                     lines.append(
                         {

@@ -179,6 +179,11 @@ def read_items(task: Task) -> list[dict[str, Any]]:
         raise BackboneSwapError(
             f"{task.data} is not valid JSON/JSONL ({e.msg}, line {e.lineno})", "Fix the file"
         ) from None
+    if not isinstance(items, list) or not items:
+        raise BackboneSwapError(
+            f"{task.data} of task {task.name} holds no records",
+            "Give the task at least one record (id, image, question, answer), or remove it from the suite",
+        )
     seen = set()
     for number, item in enumerate(items, start=1):
         if not isinstance(item, dict) or not {"id", "question", "answer"} <= set(item):
