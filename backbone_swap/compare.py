@@ -39,6 +39,13 @@ def _stability(eval_dir: Path, task: Task) -> float | None:
     return float(np.mean([stats.linear_cka(states["clean"], states[k]) for k in ("noise", "paraphrase")]))
 
 
+def _score(line: dict[str, Any], task: Task) -> float:
+    """An answer's credit: the VQA score of a short answer (files without one: its correctness), else 0 or 1."""
+    if task.type == "short_answer" and line.get("score") is not None:
+        return float(line["score"])
+    return float(bool(line["correct"]))
+
+
 def task_statistics(task: Task, eval_a: Path, eval_b: Path, *, n_resamples: int, seed: int) -> dict[str, Any]:
     """Every number the report shows for one task, from the two per-item files."""
     a, b = _lines(eval_a / f"{task.name}.jsonl"), _lines(eval_b / f"{task.name}.jsonl")
@@ -57,14 +64,19 @@ def task_statistics(task: Task, eval_a: Path, eval_b: Path, *, n_resamples: int,
     clusters = np.array([images[i] for i in ids])
     correct_a = np.array([bool(a[i]["correct"]) for i in ids])
     correct_b = np.array([bool(b[i]["correct"]) for i in ids])
+    # Accuracy, its difference and calibration use each answer's score: a short answer's VQA accuracy
+    # gives partial credit (2 of 10 annotators: 0.6), as the published VQAv2 numbers do. Which questions each
+    # model solves (overlap, McNemar, oracle) needs a yes or no: full credit.
+    score_a, score_b = (np.array([_score(lines[i], task) for i in ids]) for lines in (a, b))
     conf_a = np.clip(np.array([float(a[i]["confidence"]) for i in ids]), 0.0, 1.0)
     conf_b = np.clip(np.array([float(b[i]["confidence"]) for i in ids]), 0.0, 1.0)
     table = stats.paired_table(correct_a, correct_b)
     several_per_image = len(set(clusters.tolist())) < len(ids)
-    diff = stats.paired_bootstrap_diff(correct_a, correct_b, n_resamples=n_resamples, seed=seed,
+    diff = stats.paired_bootstrap_diff(score_a, score_b, n_resamples=n_resamples, seed=seed,
                                        clusters=clusters if several_per_image else None)
+    oracle = float(np.mean(np.maximum(score_a, score_b)))
     calibration = {}
-    for side, conf, correct in (("a", conf_a, correct_a), ("b", conf_b, correct_b)):
+    for side, conf, correct in (("a", conf_a, score_a), ("b", conf_b, score_b)):
         result = stats.ece(conf, correct)
         interval = stats.ece_interval(conf, correct, n_resamples=min(n_resamples, 2000), seed=seed)
         calibration.update({f"ece_{side}": result.ece, f"ece_{side}_ci": [interval.low, interval.high],
@@ -81,12 +93,13 @@ def task_statistics(task: Task, eval_a: Path, eval_b: Path, *, n_resamples: int,
             structured[f"mean_error_{side}"] = None
     return {
         "name": task.name, "type": task.type, "needs": task.needs, "n": table.n,
-        "accuracy_a": table.accuracy_a, "accuracy_b": table.accuracy_b, "diff": diff.estimate,
+        "accuracy_a": float(np.mean(score_a)), "accuracy_b": float(np.mean(score_b)), "diff": diff.estimate,
         "diff_ci": [diff.low, diff.high], "diff_ci_method": diff.method,
         "mcnemar_p": stats.mcnemar_exact(table),
         "overlap": {"both": table.both, "only_a": table.only_a, "only_b": table.only_b, "neither": table.neither},
-        "phi": stats.phi(table), "kappa": stats.cohen_kappa(table), "oracle": stats.oracle_accuracy(table),
-        "jaccard": stats.jaccard(table), "complementarity": stats.complementarity(table),
+        # the oracle picks the better answer of each question (the better credit, with partial credit)
+        "phi": stats.phi(table), "kappa": stats.cohen_kappa(table), "oracle": oracle,
+        "jaccard": stats.jaccard(table), "complementarity": oracle - max(np.mean(score_a), np.mean(score_b)),
         **calibration,
         "cka_a": _stability(eval_a, task), "cka_b": _stability(eval_b, task),
         **structured,

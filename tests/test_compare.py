@@ -160,3 +160,31 @@ def test_confounds_are_warned_about(tmp_path):
     untrained = tmp_path / "plain"
     untrained.mkdir()
     assert "not trained here" in " ".join(confounds(untrained, make("e", "base", "h1", 2048, "d")))
+
+
+def test_vqa_partial_credit_counts_in_accuracy_and_full_credit_in_the_overlap(tmp_path):
+    """Ten annotators: 3 said "red", 7 "blue". By the VQA formula (mean over the ten leave-one-out subsets of
+    min(1, matches / 3)), "red" earns (3 x 2/3 + 7 x 1) / 10 = 0.9, "blue" 1.0 and "green" 0."""
+    from backbone_swap.evaluate.runner import score_item
+
+    references = ["red"] * 3 + ["blue"] * 7
+    items = [{"id": f"q{i}", "image": f"{i}.png", "question": "colour?", "answer": references} for i in range(4)]
+    data = tmp_path / "vqa.jsonl"
+    data.write_text("".join(json.dumps(item) + "\n" for item in items))
+    task = Task(name="vqa", type="short_answer", needs="perception", data=data, image_root=tmp_path)
+    answers = {"a": ["red", "red", "blue", "green"], "b": ["blue", "red", "green", "green"]}
+    for side, predictions in answers.items():
+        (tmp_path / side).mkdir()
+        with open(tmp_path / side / "vqa.jsonl", "w") as f:
+            for item, prediction in zip(items, predictions, strict=True):
+                f.write(json.dumps(score_item(task, item, prediction, 0.8)) + "\n")
+    s = task_statistics(task, tmp_path / "a", tmp_path / "b", n_resamples=300, seed=0)
+    credit_a, credit_b = [0.9, 0.9, 1.0, 0.0], [1.0, 0.9, 0.0, 0.0]
+    assert s["accuracy_a"] == pytest.approx(np.mean(credit_a)) and s["accuracy_b"] == pytest.approx(np.mean(credit_b))
+    assert s["diff"] == pytest.approx(np.mean(credit_b) - np.mean(credit_a))
+    assert s["overlap"] == {"both": 0, "only_a": 1, "only_b": 1, "neither": 2}  # full credit: "blue" only
+    assert s["oracle"] == pytest.approx(np.mean(np.maximum(credit_a, credit_b)))
+    assert s["complementarity"] == pytest.approx(s["oracle"] - np.mean(credit_a))
+    # calibration against the credit: every confidence 0.8, one bin, |mean credit - 0.8|
+    assert s["ece_a"] == pytest.approx(abs(np.mean(credit_a) - 0.8))
+    assert s["brier_b"] == pytest.approx(np.mean((0.8 - np.array(credit_b)) ** 2))
