@@ -8,6 +8,7 @@ stability) before ``recommend`` turns them into a verdict and ``report`` writes 
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,35 @@ def _stability(eval_dir: Path, task: Task) -> float | None:
     return float(np.mean([stats.linear_cka(states["clean"], states[k]) for k in ("noise", "paraphrase")]))
 
 
+def _rescore(lines: dict[str, dict[str, Any]], items: dict[str, dict[str, Any]], task: Task,
+             path: Path) -> tuple[dict[str, dict[str, Any]], int]:
+    """Every answer scored again from its raw output against the task's current reference and rules.
+
+    Evaluation keeps the raw outputs so that a corrected reference, a changed tolerance or a fixed scoring
+    rule reaches every comparison without running the models again; the count says how many scores moved.
+    """
+    from backbone_swap.evaluate.runner import score_item
+
+    rescored, moved = {}, 0
+    for key, item in items.items():
+        line = lines[key]
+        prediction, confidence = line.get("prediction"), line.get("confidence")
+        if (not isinstance(prediction, str) or isinstance(confidence, bool)
+                or not isinstance(confidence, int | float) or not math.isfinite(confidence)):
+            raise BackboneSwapError(
+                f"{path}: the answer to item {key!r} lacks a text prediction or a finite confidence",
+                "Delete that line (eval answers the item again) or the file",
+            )
+        if task.type == "multiple_choice":
+            correct = prediction == str(item["answer"])
+            new = dict(line, reference=item["answer"], correct=correct, score=float(correct))
+        else:
+            new = dict(line) | score_item(task, item, prediction, float(confidence))
+        moved += new["correct"] != line.get("correct") or new["score"] != line.get("score", new["score"])
+        rescored[key] = new
+    return rescored, moved
+
+
 def _score(line: dict[str, Any], task: Task) -> float:
     """An answer's credit: the VQA score of a short answer (files without one: its correctness), else 0 or 1."""
     if task.type == "short_answer" and line.get("score") is not None:
@@ -51,7 +81,8 @@ def task_statistics(task: Task, eval_a: Path, eval_b: Path, *, n_resamples: int,
     a, b = _lines(eval_a / f"{task.name}.jsonl"), _lines(eval_b / f"{task.name}.jsonl")
     # The task's items as the suite holds them now: answers to items since removed from its data (left in a
     # reused evaluation folder) are no part of the comparison.
-    images = {str(item["id"]): str(item.get("image")) for item in read_items(task)}
+    items = {str(item["id"]): item for item in read_items(task)}
+    images = {i: str(item.get("image")) for i, item in items.items()}
     for side, lines in (("A", a), ("B", b)):
         missing = sorted(set(images) - set(lines))
         if missing:
@@ -61,6 +92,9 @@ def task_statistics(task: Task, eval_a: Path, eval_b: Path, *, n_resamples: int,
                 "Evaluate both models on the same suite data (eval resumes and answers the missing items)",
             )
     ids = sorted(images)
+    rescored = {}
+    (a, rescored["a"]), (b, rescored["b"]) = (_rescore(lines, items, task, folder / f"{task.name}.jsonl")
+                                              for lines, folder in ((a, eval_a), (b, eval_b)))
     clusters = np.array([images[i] for i in ids])
     correct_a = np.array([bool(a[i]["correct"]) for i in ids])
     correct_b = np.array([bool(b[i]["correct"]) for i in ids])
@@ -103,6 +137,7 @@ def task_statistics(task: Task, eval_a: Path, eval_b: Path, *, n_resamples: int,
         **calibration,
         "cka_a": _stability(eval_a, task), "cka_b": _stability(eval_b, task),
         **structured,
+        "rescored": rescored,
     }
 
 
@@ -218,7 +253,10 @@ def compare(
         "tasks": tasks,
         "overall": overall_verdict(tasks, weights),
         "capabilities": capabilities(tasks),
-        "warnings": confounds(model_a, model_b, (eval_a, eval_b)) + list(extra_warnings or []),
+        "warnings": confounds(model_a, model_b, (eval_a, eval_b)) + list(extra_warnings or []) + [
+            f"task {t['name']}: {n} of {side.upper()}'s {t['n']} answers score differently now than when they were "
+            "evaluated (the task's references or scoring rules changed); the report uses the current scores"
+            for t in tasks for side, n in t["rescored"].items() if n],
         "expectations": [check_expectation(record, task.expect, thresholds)
                          for record, task in zip(tasks, suite.tasks, strict=True) if task.expect],
     }

@@ -18,7 +18,8 @@ def _write(folder, name, correct, confidence, ids):
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / f"{name}.jsonl", "w") as f:
         for i, c, p in zip(ids, correct, confidence, strict=True):
-            f.write(json.dumps({"id": i, "prediction": "x", "reference": "y", "correct": bool(c),
+            # the answer "y" is right, "x" wrong, as the tasks' data below say: compare scores them again
+            f.write(json.dumps({"id": i, "prediction": "y" if c else "x", "reference": "y", "correct": bool(c),
                                 "confidence": float(p)}) + "\n")
 
 
@@ -188,3 +189,26 @@ def test_vqa_partial_credit_counts_in_accuracy_and_full_credit_in_the_overlap(tm
     # calibration against the credit: every confidence 0.8, one bin, |mean credit - 0.8|
     assert s["ece_a"] == pytest.approx(abs(np.mean(credit_a) - 0.8))
     assert s["brier_b"] == pytest.approx(np.mean((0.8 - np.array(credit_b)) ** 2))
+
+
+def test_answers_are_scored_again_against_the_current_references(tmp_path):
+    """A reference corrected after evaluation: compare scores the kept raw outputs again, and says so."""
+    from backbone_swap.errors import BackboneSwapError
+
+    ids = ["q0", "q1", "q2", "q3"]
+    _write(tmp_path / "a", "t", [True, True, False, False], [0.9] * 4, ids)  # "y", "y", "x", "x"
+    _write(tmp_path / "b", "t", [True, False, False, True], [0.9] * 4, ids)  # "y", "x", "x", "y"
+    data = tmp_path / "t.jsonl"
+    answers = {"q0": "y", "q1": "y", "q2": "x", "q3": "y"}  # q2's reference was "y" when both were evaluated
+    data.write_text("".join(json.dumps({"id": i, "image": f"{i}.png", "question": "q", "answer": answers[i]}) + "\n"
+                            for i in ids))
+    task = Task(name="t", type="short_answer", needs="reasoning", data=data, image_root=tmp_path)
+    s = task_statistics(task, tmp_path / "a", tmp_path / "b", n_resamples=200, seed=0)
+    assert s["accuracy_a"] == pytest.approx(3 / 4) and s["accuracy_b"] == pytest.approx(3 / 4)
+    assert s["overlap"] == {"both": 2, "only_a": 1, "only_b": 1, "neither": 0}
+    assert s["rescored"] == {"a": 1, "b": 1}
+    lines = (tmp_path / "b" / "t.jsonl").read_text().splitlines()
+    (tmp_path / "b" / "t.jsonl").write_text("\n".join([lines[0].replace('"confidence": 0.9', '"confidence": null'),
+                                                      *lines[1:]]) + "\n")
+    with pytest.raises(BackboneSwapError, match="item 'q0' lacks a text prediction or a finite confidence"):
+        task_statistics(task, tmp_path / "a", tmp_path / "b", n_resamples=200, seed=0)
