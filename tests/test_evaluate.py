@@ -142,24 +142,19 @@ def test_a_task_without_records_is_refused(tmp_path, text):
         read_items(load_suite(tmp_path / "s.yaml").task("a"))
 
 
-def test_broken_option_scores_stop_eval_with_a_message(tmp_path):
-    """NaN logits (float16 overflow) used to end eval in a ValueError traceback from the scorer."""
-    from PIL import Image
-
-    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
-    (tmp_path / "c.jsonl").write_text(json.dumps({"id": 7, "image": "x.png", "question": "Colour?", "answer": "red",
-                                                  "choices": ["red", "blue"]}) + "\n")
-    (tmp_path / "s.yaml").write_text("tasks:\n  - {name: c, type: multiple_choice, needs: perception, data: c.jsonl}\n")
-
-    class Broken:
-        batch_size = 4
-
-        def option_logprobs(self, image, question, choices, task):
-            return [math.nan, -1.0]
-
-    (tmp_path / "out").mkdir()
-    with pytest.raises(BackboneSwapError, match="item 7.*NaN or infinite"):
-        evaluate_task(Broken(), load_suite(tmp_path / "s.yaml").task("c"), tmp_path / "out")
+def test_broken_logits_stop_eval_with_a_message(transplanted, suite_file, tmp_path):
+    """NaN logits (float16 overflow, here a NaN output layer) used to end eval in a ValueError traceback from
+    the multiple-choice scorer, and to give generated answers a confidence from whatever tokens stayed finite."""
+    evaluator = Evaluator(transplanted["mistral"], batch_size=4)
+    with torch.no_grad():
+        evaluator.model.lm_head.weight.fill_(math.nan)
+    suite = load_suite(suite_file)
+    for task, words in (("choice", "item '?[^ ]+'?: the model gave its options .*NaN or infinite"),
+                        ("colour", "scores for its answer to .* are NaN or infinite")):
+        (tmp_path / task).mkdir()
+        with pytest.raises(BackboneSwapError, match=words):
+            evaluate_task(evaluator, suite.task(task), tmp_path / task)
+        assert not (tmp_path / task / f"{task}.jsonl").read_text(), "no answer is written from broken logits"
 
 
 def test_prompts_carry_one_bos_as_in_training(transplanted, suite_file):

@@ -151,7 +151,14 @@ class Evaluator:
                     keep = i + 1  # the end of the answer is part of what the model chose
                     break
             text = answer_text(self.tokenizer.decode(tokens[:keep], skip_special_tokens=True), self.reply_prefix)
-            chosen = [lp for lp in logprobs[:keep] if math.isfinite(lp)]
+            chosen = logprobs[:keep]
+            if not all(math.isfinite(lp) for lp in chosen):  # greedy picks the likeliest: never -inf when sound
+                raise BackboneSwapError(
+                    f"the model's scores for its answer to {questions[row]!r} are NaN or infinite, so the answer "
+                    "and its confidence mean nothing",
+                    "The model's logits overflow or are broken; float16 overflow is a common cause (try --dtype "
+                    "bfloat16 or float32)",
+                )
             confidence = math.exp(sum(chosen) / len(chosen)) if chosen else 0.0
             answers.append((text, min(max(confidence, 0.0), 1.0)))
         return answers
