@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from backbone_swap.errors import BackboneSwapError
+from backbone_swap.templates import TEMPLATE_VARIABLES
 
 IGNORE = -100
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
@@ -167,7 +168,8 @@ def _render(tokenizer, messages: list[dict[str, Any]], generation_prompt: bool) 
     from jinja2 import TemplateError
 
     try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt,
+                                             **TEMPLATE_VARIABLES)
     except TemplateError as e:  # e.g. "roles must alternate" raised by the template itself
         raise _Bad(f"the chat template refuses this conversation ({e})") from None
 

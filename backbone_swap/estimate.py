@@ -168,12 +168,13 @@ def measure_data(path: Path, tokenizer, image_tokens: int, *, seed: int = 0) -> 
 
 def _text_tokens(record: dict[str, Any], tokenizer) -> int:
     from backbone_swap.data import IMAGE_PLACEHOLDER, ROLES
+    from backbone_swap.templates import TEMPLATE_VARIABLES
 
     turns = [t for t in record.get("conversations", []) or [] if isinstance(t, dict)]
     messages = [{"role": ROLES.get(t.get("from"), "user"),
                  "content": str(t.get("value", "")).replace(IMAGE_PLACEHOLDER, "").strip()} for t in turns]
     try:
-        text = tokenizer.apply_chat_template(messages, tokenize=False)
+        text = tokenizer.apply_chat_template(messages, tokenize=False, **TEMPLATE_VARIABLES)
     except Exception:  # no template, or one that refuses this conversation: the text alone
         text = "\n".join(m["content"] for m in messages)
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -29,6 +29,13 @@ TEMPLATE_PREAMBLE = (
 )
 _PREAMBLE_START = TEMPLATE_PREAMBLE[: TEMPLATE_PREAMBLE.index("{%- for")]
 
+# Variables every rendering passes to the chat template. Llama 3.2 and later write "Today Date:" from the
+# clock (``strftime_now``) into every conversation unless ``date_string`` is given: the same data would then
+# tokenise differently from one day to the next, so a run resumed after midnight, the two sides of a
+# comparison trained on different days, or an evaluation repeated later would not see the same tokens. The
+# value is the templates' own fallback.
+TEMPLATE_VARIABLES = {"date_string": "26 Jul 2024"}
+
 
 def processor_template(llm_template: str, image_token: str) -> str:
     """The LLM's chat template, made able to render messages that contain images."""
@@ -44,7 +51,7 @@ def end_of_turn(tokenizer: Any, template: str | None = None) -> str | None:
     """The special token the template puts right after an assistant reply (``<|im_end|>``, ``</s>``, ...)."""
     chat = [{"role": "user", "content": "question"}, {"role": "assistant", "content": _MARKER}]
     try:
-        text = tokenizer.apply_chat_template(chat, tokenize=False, chat_template=template)
+        text = tokenizer.apply_chat_template(chat, tokenize=False, chat_template=template, **TEMPLATE_VARIABLES)
     except Exception:  # a template may refuse this minimal conversation; then nothing is known
         return None
     if _MARKER not in text:
@@ -69,8 +76,8 @@ def reply_prefix(tokenizer: Any, template: str | None = None) -> str:
     chat = [{"role": "user", "content": "question"}, {"role": "assistant", "content": _MARKER}]
     try:
         prompt = tokenizer.apply_chat_template(chat[:1], tokenize=False, add_generation_prompt=True,
-                                               chat_template=template)
-        text = tokenizer.apply_chat_template(chat, tokenize=False, chat_template=template)
+                                               chat_template=template, **TEMPLATE_VARIABLES)
+        text = tokenizer.apply_chat_template(chat, tokenize=False, chat_template=template, **TEMPLATE_VARIABLES)
     except Exception:  # a template may refuse this minimal conversation; then nothing is known
         return ""
     if not text.startswith(prompt) or _MARKER not in text[len(prompt):]:
