@@ -77,9 +77,16 @@ class _Bad(Exception):
 def read_records(path: Path) -> Iterator[tuple[int, Any]]:
     """Yield (line number, record) from a JSON list or a JSONL file; a malformed line yields an exception."""
     path = Path(path)
+    if path.is_dir():
+        raise BackboneSwapError(f"data file {path} is a folder", "Pass a LLaVA-format .json or .jsonl file")
     if not path.is_file():
         raise BackboneSwapError(f"data file {path} does not exist", "Pass a LLaVA-format .json or .jsonl file")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise BackboneSwapError(f"{path} is not UTF-8 text (line {line}, byte {e.start})",
+                                "Save the data file as UTF-8 JSON or JSONL") from None
     stripped = text.lstrip()
     if stripped.startswith("["):
         try:
