@@ -629,21 +629,31 @@ def train(
     refuse_untrainable(anatomy)
     manifest_path = output / "manifest.json"
     data_sha = sha256_file(Path(data)) if Path(data).is_file() else None
-    if output.exists() and any(output.iterdir()) and not resume:
-        raise BackboneSwapError(f"{output} already holds a training run",
-                                "Pass --resume to continue it, or choose another --output")
-    if output.exists() and manifest_path.is_file():
-        previous = json.loads(manifest_path.read_text())
+    model_key = str(model_dir.resolve())  # the same folder however its path was written
+    previous = _previous_run(output, model_dir, resume=resume)
+    if previous is not None:
         if previous.get("recipe_hash") != recipe_hash(recipe):
             raise BackboneSwapError(f"{output} holds a run with another recipe",
                                     "Use the same recipe to resume, or another --output")
         identity = previous.get("identity") or previous.get("inputs", {})
-        for key, value in (("model", str(model_dir)), ("data_sha256", data_sha)):
-            if identity.get(key) not in (None, value):
-                raise BackboneSwapError(f"{output} holds a run on another {key.split('_')[0]}",
-                                        "Resume with the same model and data, or choose another --output")
+        before = identity.get("model")
+        if before is not None and str(Path(before).expanduser().resolve()) != model_key:
+            raise BackboneSwapError(f"{output} holds a run on another model",
+                                    "Resume with the same model and data, or choose another --output")
+        if identity.get("data_sha256") not in (None, data_sha):
+            raise BackboneSwapError(f"{output} holds a run on another data",
+                                    "Resume with the same model and data, or choose another --output")
         if previous.get("finished"):
             return TrainResult(output, previous, previous.get("history", []))
+
+    # the data are read and checked before anything is written, so a mistake in them leaves no run behind
+    processor = AutoProcessor.from_pretrained(model_dir)
+    tokenizer = processor.tokenizer
+    eot = end_of_turn(tokenizer)
+    dataset = build_dataset(data, tokenizer, image_root=image_root, image_token=anatomy.image_token or "<image>",
+                            image_tokens=anatomy.vision.image_tokens, max_length=recipe.max_length,
+                            end_of_turn=eot, on_bad_sample=on_bad_sample)
+
     from backbone_swap.sharding import make_accelerator, scheme
 
     # one process per device under `accelerate launch`; the main one writes, the others wait for it
@@ -655,15 +665,9 @@ def train(
     if accelerator.is_main_process:
         output.mkdir(parents=True, exist_ok=True)
         write_json(manifest_path, {"step": "train", "recipe_hash": recipe_hash(recipe), "finished": False,
-                                   "identity": {"model": str(model_dir), "data_sha256": data_sha}})
+                                   "identity": {"model": model_key, "data_sha256": data_sha}})
     show_progress = show_progress and accelerator.is_main_process
 
-    processor = AutoProcessor.from_pretrained(model_dir)
-    tokenizer = processor.tokenizer
-    eot = end_of_turn(tokenizer)
-    dataset = build_dataset(data, tokenizer, image_root=image_root, image_token=anatomy.image_token or "<image>",
-                            image_tokens=anatomy.vision.image_tokens, max_length=recipe.max_length,
-                            end_of_turn=eot, on_bad_sample=on_bad_sample)
     if show_progress:
         from backbone_swap.progress import console
 
@@ -700,7 +704,7 @@ def train(
         final_loss = trainer.history[-1]["loss"] if trainer.history else None
         manifest = step_record(
             "train",
-            inputs={"model": str(model_dir), "data": str(data), "data_sha256": data_sha,
+            inputs={"model": model_key, "data": str(data), "data_sha256": data_sha,
                     "image_root": str(image_root) if image_root else None},
             recipe=recipe_to_dict(recipe),
             recipe_hash=recipe_hash(recipe),
@@ -710,7 +714,7 @@ def train(
             final_loss=final_loss,
             exported=exported,
             seconds=round(time.time() - started, 3),
-            identity={"model": str(model_dir), "data_sha256": data_sha},
+            identity={"model": model_key, "data_sha256": data_sha},
             finished=True,
             history=trainer.history,
         )
@@ -721,6 +725,32 @@ def train(
         manifest = {}
     trainer.accelerator.wait_for_everyone()
     return TrainResult(output, manifest, trainer.history)
+
+
+def _previous_run(output: Path, model_dir: Path, *, resume: bool) -> dict[str, Any] | None:
+    """The manifest of the training run already in ``output`` (None: the folder is new or empty).
+
+    Refuses an output that is a file, that overlaps the model folder, that holds files of something other than a
+    training run (``--resume`` must never train into them), or that holds a run while ``resume`` is off.
+    """
+    if output.exists() and not output.is_dir():
+        raise BackboneSwapError(f"{output} exists and is not a folder", "Choose another --output")
+    resolved, model = output.resolve(), model_dir.resolve()
+    if resolved == model or model in resolved.parents or resolved in model.parents:
+        raise BackboneSwapError(f"the output folder {output} overlaps the model folder {model_dir}",
+                                "Choose an output folder outside the model folder")
+    if not output.exists() or not any(output.iterdir()):
+        return None
+    previous = None
+    with contextlib.suppress(OSError, UnicodeDecodeError, json.JSONDecodeError):
+        previous = json.loads((output / "manifest.json").read_text(encoding="utf-8"))
+    if not isinstance(previous, dict) or previous.get("step") != "train":
+        raise BackboneSwapError(f"{output} already exists and holds other files, not a training run",
+                                "Choose another --output, or an empty folder")
+    if not resume:
+        raise BackboneSwapError(f"{output} already holds a training run",
+                                "Pass --resume to continue it, or choose another --output")
+    return previous
 
 
 def _cached_features(accelerator, model_dir: Path, processor, anatomy, recipe: Recipe, images: list[Path],

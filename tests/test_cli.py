@@ -64,3 +64,71 @@ def test_train_user_errors(cli, transplanted, colour_data, tmp_path, extra, word
     result = cli("train", transplanted["mistral"], "--recipe", "tiny-cpu", "--data", colour_data["train"],
                  "--image-root", colour_data["root"], "-o", tmp_path / "run", *extra)
     assert result.code == 1 and words in result.err and "Traceback" not in result.err
+
+
+def _train_args(model, data, image_root, out, cache):
+    return ["train", model, "--recipe", "tiny-cpu", "--data", data, "--image-root", image_root, "-o", out,
+            "--set", "stage1.max_steps=1", "--set", "stage2.max_steps=1", "--feature-cache", cache]
+
+
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        (lambda p: p.write_bytes(b"\xff\xfe\x00{}\n"), "is not UTF-8 text"),
+        (lambda p: p.mkdir(), "is a folder"),
+    ],
+)
+def test_unreadable_data_files_are_one_line(cli, transplanted, colour_data, tmp_path, make, words):
+    data = tmp_path / "data.jsonl"
+    make(data)
+    result = cli(*_train_args(transplanted["mistral"], data, colour_data["root"], tmp_path / "run", tmp_path / "c"))
+    assert result.code == 1 and words in result.err, result.err
+    assert result.err.count("\n") == 1 and "Traceback" not in result.err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_mistake_in_the_data_leaves_no_run_behind(cli, transplanted, colour_data, tmp_path):
+    records = colour_data["train"].read_text().splitlines()[:8]
+    broken = json.loads(records[0]) | {"id": "lost", "image": "no-such-image.png"}
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join(records + [json.dumps(broken)]) + "\n")
+    args = _train_args(transplanted["mistral"], data, colour_data["root"], tmp_path / "run", tmp_path / "c")
+    failed = cli(*args)
+    assert failed.code == 1 and "'lost'" in failed.err and "not found" in failed.err
+    assert not (tmp_path / "run").exists()
+    data.write_text("\n".join(records) + "\n")  # fixed: the same command now simply runs
+    assert cli(*args).code == 0
+
+
+def test_train_never_writes_into_a_folder_of_other_files(cli, transplanted, colour_data, tmp_path, digest):
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "todo.txt").write_text("my notes")
+    args = _train_args(transplanted["mistral"], colour_data["train"], colour_data["root"], out, tmp_path / "c")
+    for extra in ([], ["--resume"]):
+        result = cli(*args, *extra)
+        assert result.code == 1 and "holds other files, not a training run" in result.err, result.err
+        assert "--resume" not in result.err
+        assert sorted(p.name for p in out.iterdir()) == ["todo.txt"]
+    model = transplanted["mistral"]
+    before = digest(model)
+    for inside in (model, model / "run"):
+        result = cli(*_train_args(model, colour_data["train"], colour_data["root"], inside, tmp_path / "c"),
+                     "--resume")
+        assert result.code == 1 and "overlaps the model folder" in result.err, result.err
+    assert digest(model) == before
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    result = cli(*_train_args(model, colour_data["train"], colour_data["root"], a_file, tmp_path / "c"))
+    assert result.code == 1 and "is not a folder" in result.err and "Traceback" not in result.err
+
+
+def test_resume_accepts_the_same_model_written_another_way(cli, transplanted, colour_data, tmp_path, monkeypatch):
+    model = transplanted["mistral"]
+    monkeypatch.chdir(model.parent)
+    args = _train_args(model.name, colour_data["train"], colour_data["root"], tmp_path / "run", tmp_path / "c")
+    assert cli(*args).code == 0
+    again = _train_args(model, colour_data["train"], colour_data["root"], tmp_path / "run", tmp_path / "c")
+    result = cli(*again, "--resume")
+    assert result.code == 0, result.err
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["inputs"]["model"] == str(model.resolve())
