@@ -650,6 +650,14 @@ def train(
     processor = AutoProcessor.from_pretrained(model_dir)
     tokenizer = processor.tokenizer
     eot = end_of_turn(tokenizer)
+    if eot is None:
+        raise BackboneSwapError(
+            f"the chat template of {model_dir} writes no special end-of-turn token after a reply (a separator "
+            "written as text, such as '</s>' for a tokenizer without that token, is not one), so the trained model "
+            "would never learn to stop",
+            f"Transplant again with a --chat-template that ends each reply with the tokenizer's own end-of-turn "
+            f"or eos token ({tokenizer.eos_token!r})",
+        )
     dataset = build_dataset(data, tokenizer, image_root=image_root, image_token=anatomy.image_token or "<image>",
                             image_tokens=anatomy.vision.image_tokens, max_length=recipe.max_length,
                             end_of_turn=eot, on_bad_sample=on_bad_sample)

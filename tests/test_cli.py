@@ -123,6 +123,22 @@ def test_train_never_writes_into_a_folder_of_other_files(cli, transplanted, colo
     assert result.code == 1 and "is not a folder" in result.err and "Traceback" not in result.err
 
 
+def test_a_template_without_a_special_end_of_turn_is_refused(cli, kit, colour_data, tmp_path):
+    # a LLaVA-1.5 style template written for Llama 2 ('</s>' after each reply), given to an LLM whose
+    # vocabulary has no '</s>': the separator is plain text, and nothing would teach the model to stop
+    template = tmp_path / "vicuna.jinja"
+    template.write_text("{% for m in messages %}{% if m['role'] == 'user' %}USER: {{ m['content'] }} "
+                        "{% else %}ASSISTANT: {{ m['content'] }}</s>{% endif %}{% endfor %}"
+                        "{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+    model = tmp_path / "model"
+    made = cli("transplant", "--vlm", kit.vlm, "--llm", kit.qwen2, "-o", model, "--chat-template", template)
+    assert made.code == 0, made.err
+    result = cli(*_train_args(model, colour_data["train"], colour_data["root"], tmp_path / "run", tmp_path / "c"))
+    assert result.code == 1 and "no special end-of-turn token" in result.err, result.err
+    assert "'<|endoftext|>'" in result.err and result.err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
 def test_resume_accepts_the_same_model_written_another_way(cli, transplanted, colour_data, tmp_path, monkeypatch):
     model = transplanted["mistral"]
     monkeypatch.chdir(model.parent)
