@@ -7,6 +7,7 @@ are done, so a run started again continues where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -161,6 +162,22 @@ def _layers(config: dict[str, Any]) -> int:
     return int(config.get("num_hidden_layers") or config.get("n_layer") or 0)
 
 
+def _previous_upgrade(output: Path) -> dict[str, Any] | None:
+    """The manifest of the upgrade run in ``output`` (None: new or empty); never a folder of other files,
+    in which a run would overwrite or delete what is there."""
+    if output.exists() and not output.is_dir():
+        raise BackboneSwapError(f"{output} exists and is not a folder", "Choose another --output")
+    if not output.exists() or not any(output.iterdir()):
+        return None
+    previous = None
+    with contextlib.suppress(OSError, UnicodeDecodeError, json.JSONDecodeError):
+        previous = json.loads((output / "manifest.json").read_text(encoding="utf-8"))
+    if not isinstance(previous, dict) or previous.get("command") != "upgrade":
+        raise BackboneSwapError(f"{output} already exists and holds other files, not an upgrade run",
+                                "Choose another --output, or an empty folder")
+    return previous
+
+
 class _Run:
     """The run folder's manifest: which steps are done, with their outputs and timings."""
 
@@ -172,7 +189,7 @@ class _Run:
             "data": str(options.data.resolve()), "suite": options.suite.source or options.suite.name,
             "recipe_hash": recipe_hash(options.recipe), "baseline": options.baseline, "seed": options.seed,
         }
-        previous = json.loads(self.path.read_text()) if self.path.is_file() else None
+        previous = _previous_upgrade(options.output)
         if previous and previous.get("identity") != identity and restart != "transplant":
             changed = sorted(k for k in identity if previous.get("identity", {}).get(k) != identity[k])
             raise BackboneSwapError(

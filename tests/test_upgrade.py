@@ -127,3 +127,18 @@ def test_the_plan_counts_exactly_the_parameters_training_updates(finished, kit, 
     planned = json.loads((root / "run" / "manifest.json").read_text())["plan"]["estimate"]["trainable_parameters"]
     trained = load_file(root / "run" / "train" / "stage2" / "trainable.safetensors")
     assert planned == sum(t.numel() for t in trained.values())
+
+
+@pytest.mark.parametrize("manifest", [None, "not json", '{"step": "transplant"}'])
+def test_a_folder_of_other_files_is_never_used_as_the_run_folder(cli, kit, colour_data, suite_file, tmp_path, digest,
+                                                                 manifest):
+    out = tmp_path / "mine"
+    (out / "transplant").mkdir(parents=True)
+    (out / "transplant" / "keep.txt").write_text("my own transplant notes")
+    if manifest is not None:
+        (out / "manifest.json").write_text(manifest)
+    before = digest(out)
+    result = cli(*_args(kit, colour_data, suite_file, out, tmp_path / "cache"))
+    assert result.code == 1 and "holds other files, not an upgrade run" in result.err, result.err
+    assert result.err.count("\n") == 1 and "Traceback" not in result.err
+    assert digest(out) == before
