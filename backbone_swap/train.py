@@ -576,6 +576,23 @@ def export(model, processor, output: Path, *, dtype_name: str, image_aspect: str
     return exported
 
 
+def check_lora_targets(recipe: Recipe, weights) -> None:
+    """Refuse, before anything trains, recipe LoRA targets that name no Linear layer of the language model."""
+    leaves = sorted({parts[-2] for parts in (name.split(".") for name in weights.names())
+                     if "language_model" in parts and parts[-1] == "weight" and len(parts) > 2
+                     and "embed" not in parts[-2] and len(weights.shape(".".join(parts))) == 2})
+    for stage in recipe.stages:
+        if stage.lora is None or isinstance(stage.lora.targets, str):
+            continue
+        missing = [t for t in stage.lora.targets if t not in leaves]
+        if missing:
+            raise BackboneSwapError(
+                f"stages.{stage.name}.lora.targets names {', '.join(missing)}, which is no layer of the language "
+                "model (LoRA never goes on lm_head, the projector or the vision tower)",
+                f"Choose among {', '.join(leaves)}, or write `targets: family`",
+            )
+
+
 def refuse_untrainable(anatomy) -> None:
     """Training feeds one fixed-size image per sample through the cached features into a LLaVA model;
     LLaVA-NeXT's tiling gives each image its own number of tokens, which that path does not handle yet."""
@@ -625,8 +642,10 @@ def train(
     from backbone_swap.anatomy import read_anatomy
     from backbone_swap.checkpoint import open_checkpoint
 
-    anatomy = read_anatomy(open_checkpoint(model_dir))
+    ckpt = open_checkpoint(model_dir)
+    anatomy = read_anatomy(ckpt)
     refuse_untrainable(anatomy)
+    check_lora_targets(recipe, ckpt.weights)
     manifest_path = output / "manifest.json"
     data_sha = sha256_file(Path(data)) if Path(data).is_file() else None
     model_key = str(model_dir.resolve())  # the same folder however its path was written

@@ -148,3 +148,13 @@ def test_resume_accepts_the_same_model_written_another_way(cli, transplanted, co
     result = cli(*again, "--resume")
     assert result.code == 0, result.err
     assert json.loads((tmp_path / "run" / "manifest.json").read_text())["inputs"]["model"] == str(model.resolve())
+
+
+@pytest.mark.parametrize("targets", ["[query_key_value]", "[q_proj, lm_head]", "[linear_1]"])
+def test_lora_targets_outside_the_language_model_are_refused_before_training(cli, transplanted, colour_data, tmp_path,
+                                                                              targets):
+    result = cli(*_train_args(transplanted["mistral"], colour_data["train"], colour_data["root"], tmp_path / "run",
+                              tmp_path / "c"), "--set", f"stage2.lora.targets={targets}")
+    assert result.code == 1 and "is no layer of the language model" in result.err, result.err
+    assert "q_proj" in result.err and "Traceback" not in result.err and result.err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
