@@ -633,14 +633,12 @@ def train(
     unfinished stage continues from its last checkpoint (every ``save_every`` optimizer steps), ending with
     the weights of an uninterrupted run.
     """
-    from transformers import AutoProcessor
-
     from backbone_swap.templates import end_of_turn
 
     started = time.time()
     model_dir, output = Path(model_dir).expanduser(), Path(output).expanduser()
     from backbone_swap.anatomy import read_anatomy
-    from backbone_swap.checkpoint import open_checkpoint
+    from backbone_swap.checkpoint import load_processor, open_checkpoint
 
     ckpt = open_checkpoint(model_dir)
     anatomy = read_anatomy(ckpt)
@@ -666,7 +664,7 @@ def train(
             return TrainResult(output, previous, previous.get("history", []))
 
     # the data are read and checked before anything is written, so a mistake in them leaves no run behind
-    processor = AutoProcessor.from_pretrained(model_dir)
+    processor = load_processor(model_dir)
     tokenizer = processor.tokenizer
     eot = end_of_turn(tokenizer)
     if eot is None:

@@ -158,3 +158,14 @@ def test_lora_targets_outside_the_language_model_are_refused_before_training(cli
     assert result.code == 1 and "is no layer of the language model" in result.err, result.err
     assert "q_proj" in result.err and "Traceback" not in result.err and result.err.count("\n") == 1
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("remove", [("tokenizer.json", "tokenizer_config.json"), ("processor_config.json",)])
+def test_a_model_folder_without_its_processor_is_one_line(cli, transplanted, colour_data, copy_of, tmp_path, remove):
+    model = copy_of(transplanted["mistral"], "model")
+    for name in remove:
+        (model / name).unlink()
+    result = cli(*_train_args(model, colour_data["train"], colour_data["root"], tmp_path / "run", tmp_path / "c"))
+    assert result.code == 1 and "could not be loaded" in result.err, result.err
+    assert "Traceback" not in result.err and result.err.count("\n") == 1
+    assert not (tmp_path / "run").exists()

@@ -61,9 +61,10 @@ class Evaluator:
     ) -> None:
         import torch
         import transformers
-        from transformers import AutoConfig, AutoProcessor
+        from transformers import AutoConfig
 
         from backbone_swap.anatomy import VLM_FORMATS
+        from backbone_swap.checkpoint import load_processor
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         torch_dtype = getattr(torch, dtype) if dtype else ("auto" if self.device != "cpu" else torch.float32)
@@ -71,7 +72,7 @@ class Evaluator:
         model_class = getattr(transformers, VLM_FORMATS[AutoConfig.from_pretrained(model_dir).model_type])
         self.model = model_class.from_pretrained(model_dir, dtype=torch_dtype).to(self.device)
         self.model.eval()
-        self.processor = AutoProcessor.from_pretrained(model_dir)
+        self.processor = load_processor(model_dir)
         self.tokenizer = self.processor.tokenizer
         self.tokenizer.padding_side = "left"
         self.batch_size = batch_size
