@@ -675,6 +675,12 @@ def train(
             f"Transplant again with a --chat-template that ends each reply with the tokenizer's own end-of-turn "
             f"or eos token ({tokenizer.eos_token!r})",
         )
+    if tokenizer.pad_token_id is None:
+        raise BackboneSwapError(
+            f"the tokenizer of {model_dir} has no pad token, so samples of different lengths cannot be batched",
+            "Add a dedicated pad token (not the end-of-turn token) and resize the embeddings; backbone-swap "
+            "transplant does both",
+        )
     dataset = build_dataset(data, tokenizer, image_root=image_root, image_token=anatomy.image_token or "<image>",
                             image_tokens=anatomy.vision.image_tokens, max_length=recipe.max_length,
                             end_of_turn=eot, on_bad_sample=on_bad_sample)

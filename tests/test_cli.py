@@ -169,3 +169,14 @@ def test_a_model_folder_without_its_processor_is_one_line(cli, transplanted, col
     assert result.code == 1 and "could not be loaded" in result.err, result.err
     assert "Traceback" not in result.err and result.err.count("\n") == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_a_model_without_a_pad_token_is_refused_before_training(cli, transplanted, colour_data, copy_of, tmp_path):
+    model = copy_of(transplanted["mistral"], "model")
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    del config["pad_token"]
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    result = cli(*_train_args(model, colour_data["train"], colour_data["root"], tmp_path / "run", tmp_path / "c"))
+    assert result.code == 1 and "has no pad token" in result.err, result.err
+    assert "Traceback" not in result.err and result.err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
