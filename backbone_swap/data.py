@@ -301,6 +301,11 @@ def build_dataset(
             messages = to_messages(record.get("conversations"), image is not None)
             ids, labels, _ = tokenize(tokenizer, messages, image_token_id=image_token_id,
                                       image_tokens=image_tokens, end_of_turn=end_of_turn)
+            expected = image_tokens if image is not None else 0
+            if image_token_id is not None and ids.count(image_token_id) != expected:
+                raise _Bad(f"the chat template renders the image {ids.count(image_token_id) // max(image_tokens, 1)} "
+                           f"times instead of {expected // max(image_tokens, 1)}, so image features and image "
+                           "tokens would not match")
             if len(ids) > max_length:
                 raise _Bad(f"{len(ids)} tokens (image included) is longer than max_length {max_length}")
             audit(tokenizer, messages, labels, end_of_turn)

@@ -152,3 +152,16 @@ def test_huge_images_are_refused_as_decompression_bombs(transplanted, tmp_path, 
     records = [{"id": "big", "image": "a.png", "conversations": TWO_TURNS}]
     with pytest.raises(BackboneSwapError, match="larger than 150 pixels"):
         _build(transplanted["mistral"], tmp_path, image_root, records)
+
+
+def test_an_image_the_template_does_not_render_once_marks_the_sample_bad(transplanted, tmp_path, image_root):
+    tok = AutoTokenizer.from_pretrained(transplanted["mistral"])
+    # string contents only: the typed first user turn, the one holding the image, renders empty
+    tok.chat_template = ("{% for m in messages %}[{{ m['role'] }}] {% if m['content'] is string %}{{ m['content'] }}"
+                         "{% endif %}</s>{% endfor %}")
+    records = [{"id": "text", "conversations": TWO_TURNS[2:]},
+               {"id": "dropped", "image": "a.png", "conversations": TWO_TURNS}]
+    data = build_dataset(_write(tmp_path / "d.jsonl", records), tok, image_root=image_root, image_token="<image>",
+                         image_tokens=16, max_length=256, end_of_turn="</s>", on_bad_sample="skip")
+    assert [s.id for s in data.samples] == ["text"]
+    assert "renders the image 0 times instead of 1" in data.bad[0].reason
