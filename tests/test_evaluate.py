@@ -196,3 +196,13 @@ def test_answers_left_by_a_stopped_multi_process_run_are_kept(transplanted, suit
     lines = (out / "colour.jsonl").read_text().splitlines()
     assert len(lines) == 12 and lines[:5] == full[:5]
     assert not list(out.glob(".*.rank*.jsonl"))
+
+
+def test_a_folder_of_other_files_is_never_written_into(transplanted, suite_file, tmp_path, digest):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "manifest.json").write_text('{"my": "own manifest"}')
+    before = digest(out)
+    with pytest.raises(BackboneSwapError, match="holds other files, not evaluation results"):
+        evaluate(transplanted["mistral"], load_suite(suite_file), out, show_progress=False)
+    assert digest(out) == before

@@ -381,9 +381,16 @@ def evaluate(
             "Convert it to a transformers LLaVA folder first (transformers' convert_llava_weights_to_hf.py)",
         )
     items = {task.name: read_items(task) for task in suite.tasks}  # every file checked before any work
-    output.mkdir(parents=True, exist_ok=True)
     identity = {"model": str(model_dir.resolve()), "suite": suite.source or suite.name}
     marker = output / "evaluated.json"
+    if output.exists() and not output.is_dir():
+        raise BackboneSwapError(f"{output} exists and is not a folder", "Choose another --output")
+    if output.is_dir() and not marker.is_file() and any(not p.name.startswith(".") for p in output.iterdir()):
+        # answers and a manifest written there would overwrite files of the same names (hidden files are the
+        # partial answers of a stopped run)
+        raise BackboneSwapError(f"{output} already exists and holds other files, not evaluation results",
+                                "Choose another --output, or an empty folder")
+    output.mkdir(parents=True, exist_ok=True)
     if marker.is_file() and json.loads(marker.read_text()) != identity:
         raise BackboneSwapError(
             f"{output} holds answers of another model or suite ({json.loads(marker.read_text())['model']})",
