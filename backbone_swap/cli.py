@@ -143,7 +143,8 @@ def train_command(
     from backbone_swap.train import train
 
     chosen = apply_overrides(load_recipe(recipe), list(set_ or []))
-    out = output or model.with_name(f"{model.name}-trained")
+    # resolved first: "." or "model/.." have no name of their own
+    out = output or model.expanduser().resolve().with_name(f"{model.expanduser().resolve().name}-trained")
     result = train(model, recipe=chosen, data=data, image_root=image_root, output=out, feature_cache=feature_cache,
                    cache_features=cache_features, on_bad_sample=on_bad_sample, save_every=save_every, resume=resume)
     m = result.manifest

@@ -180,3 +180,14 @@ def test_a_model_without_a_pad_token_is_refused_before_training(cli, transplante
     assert result.code == 1 and "has no pad token" in result.err, result.err
     assert "Traceback" not in result.err and result.err.count("\n") == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_train_from_inside_the_model_folder_writes_beside_it(cli, transplanted, colour_data, copy_of, tmp_path,
+                                                            monkeypatch):
+    model = copy_of(transplanted["mistral"], "model")
+    monkeypatch.chdir(model)
+    result = cli("train", ".", "--recipe", "tiny-cpu", "--data", colour_data["train"], "--image-root",
+                 colour_data["root"], "--set", "stage1.max_steps=1", "--set", "stage2.max_steps=1",
+                 "--feature-cache", tmp_path / "c")
+    assert result.code == 0, result.err
+    assert (tmp_path / "model-trained" / "final" / "merged" / "config.json").is_file()
