@@ -10,6 +10,7 @@ them so the model learns to stop.
 from __future__ import annotations
 
 import json
+import os
 import random
 import warnings
 from collections.abc import Iterator, Sequence
@@ -114,8 +115,10 @@ def resolve_image(name: Any, image_root: Path | None) -> Path:
     relative = Path(name)
     if relative.is_absolute():
         raise _Bad(f"image path {name!r} is absolute; paths must be relative to the image root")
-    root = image_root.resolve()
-    path = (root / relative).resolve()
+    # checked on the path as written: a folder inside the root may be a link to where the images really are
+    # (LLaVA's playground/data/coco -> shared storage), but '..' must not lead out of the root
+    root = Path(os.path.abspath(image_root))
+    path = Path(os.path.normpath(root / relative))
     if root not in path.parents:
         raise _Bad(f"image path {name!r} leaves the image root")
     if not path.is_file():

@@ -165,3 +165,15 @@ def test_an_image_the_template_does_not_render_once_marks_the_sample_bad(transpl
                          image_tokens=16, max_length=256, end_of_turn="</s>", on_bad_sample="skip")
     assert [s.id for s in data.samples] == ["text"]
     assert "renders the image 0 times instead of 1" in data.bad[0].reason
+
+
+def test_images_behind_a_linked_folder_inside_the_root_are_found(transplanted, tmp_path, image_root):
+    shared = tmp_path / "shared-storage" / "coco"
+    shared.mkdir(parents=True)
+    Image.new("RGB", (20, 10), (0, 0, 255)).save(shared / "b.png")
+    (image_root / "coco").symlink_to(shared, target_is_directory=True)
+    records = [{"id": "linked", "image": "coco/b.png", "conversations": TWO_TURNS},
+               {"id": "escape", "image": "coco/../../shared-storage/coco/b.png", "conversations": TWO_TURNS}]
+    _, data = _build(transplanted["mistral"], tmp_path, image_root, records, on_bad_sample="skip")
+    assert [s.id for s in data.samples] == ["linked"]
+    assert "leaves the image root" in data.bad[0].reason
