@@ -45,6 +45,7 @@ class UpgradeOptions:
     save_every: int | None = None
     on_bad_sample: str = "fail"
     llm_kind: str = "unknown"
+    old_llm_kind: str = "unknown"  # the LLM inside the old VLM (or --old-llm): base, instruct or unknown
     show_progress: bool = True
     callbacks: list = field(default_factory=list)
 
@@ -226,7 +227,7 @@ def upgrade(options: UpgradeOptions, *, restart: str | None = None, dry_run: boo
     """Run (or continue) the whole upgrade; returns the comparison, or the plan with ``dry_run``."""
     from backbone_swap.compare import compare
     from backbone_swap.train import train
-    from backbone_swap.transplant import transplant
+    from backbone_swap.transplant import LLM_KINDS, transplant
 
     if options.baseline not in BASELINES:
         raise BackboneSwapError(f"--baseline must be one of {', '.join(BASELINES)}, not {options.baseline!r}",
@@ -234,6 +235,10 @@ def upgrade(options: UpgradeOptions, *, restart: str | None = None, dry_run: boo
     if options.baseline == "retrain" and options.old_llm is None:
         raise BackboneSwapError("--baseline retrain needs the LLM the old VLM was built from",
                                 "Pass it with --old-llm PATH")
+    for flag, kind in (("--llm-kind", options.llm_kind), ("--old-llm-kind", options.old_llm_kind)):
+        if kind not in LLM_KINDS:
+            raise BackboneSwapError(f"{flag} must be one of {', '.join(LLM_KINDS)}, not {kind!r}",
+                                    "Say whether that LLM is a base or an instruction-tuned model")
     if restart is not None and restart not in STEPS:
         raise BackboneSwapError(f"--restart must name a step ({', '.join(STEPS)}), not {restart!r}", "")
     the_plan = plan(options)
@@ -258,7 +263,8 @@ def upgrade(options: UpgradeOptions, *, restart: str | None = None, dry_run: boo
         if not run.done("baseline"):
             started = time.time()
             shutil.rmtree(paths["baseline-transplant"], ignore_errors=True)
-            transplant(options.vlm, options.old_llm, paths["baseline-transplant"], seed=options.seed)
+            transplant(options.vlm, options.old_llm, paths["baseline-transplant"], seed=options.seed,
+                       llm_kind=options.old_llm_kind)
             train(paths["baseline-transplant"], output=paths["baseline"], **common)
             run.finish("baseline", started, output=str(paths["baseline"] / "final" / "merged"))
         old_model = paths["baseline"] / "final" / "merged"
@@ -281,7 +287,17 @@ def upgrade(options: UpgradeOptions, *, restart: str | None = None, dry_run: boo
         old_model, new_model, options.suite, paths["compare"], min_gain=options.min_gain, alpha=options.alpha,
         weights=options.weights, n_resamples=options.n_resamples, seed=options.seed, batch_size=options.batch_size,
         baseline=options.baseline, eval_dirs=(paths["eval-old"], paths["eval-new"]),
-        show_progress=options.show_progress,
+        extra_warnings=_kind_warning(options), show_progress=options.show_progress,
     )
     run.finish("compare", started, output=str(paths["compare"]), verdict=comparison["overall"]["verdict"])
     return comparison
+
+
+def _kind_warning(options: UpgradeOptions) -> list[str]:
+    """Base against instruction-tuned, for an old VLM taken as it is (a retrained baseline's transplant records
+    its LLM's kind, which the comparison reads itself)."""
+    kinds = {options.old_llm_kind, options.llm_kind} - {"unknown"}
+    if options.baseline != "as-is" or len(kinds) != 2:
+        return []
+    return [f"one LLM is a base model and the other instruction-tuned (A {options.old_llm_kind}, "
+            f"B {options.llm_kind})"]
