@@ -191,3 +191,24 @@ def test_train_from_inside_the_model_folder_writes_beside_it(cli, transplanted, 
                  "--feature-cache", tmp_path / "c")
     assert result.code == 0, result.err
     assert (tmp_path / "model-trained" / "final" / "merged" / "config.json").is_file()
+
+
+def test_a_full_disk_stops_training_in_one_line_and_the_run_resumes(cli, transplanted, colour_data, tmp_path,
+                                                                     monkeypatch):
+    import safetensors.torch
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device", str(args[1]))
+
+    args = _train_args(transplanted["mistral"], colour_data["train"], colour_data["root"], tmp_path / "run",
+                       tmp_path / "c")
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
+    failed = cli(*args)
+    assert failed.code == 1 and "no space left on the disk" in failed.err and "--resume" in failed.err, failed.err
+    # the progress shown before stays; the error is one last line
+    assert failed.err.strip().splitlines()[-1].startswith("error: training stopped")
+    assert failed.err.count("error:") == 1 and "Traceback" not in failed.err
+    monkeypatch.undo()
+    resumed = cli(*args, "--resume")
+    assert resumed.code == 0, resumed.err
+    assert (tmp_path / "run" / "final" / "merged" / "config.json").is_file()
