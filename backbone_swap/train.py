@@ -701,6 +701,14 @@ def _train(
         if previous.get("finished"):
             return TrainResult(output, previous, previous.get("history", []))
 
+    from backbone_swap.sharding import make_accelerator, scheme
+
+    # one process per device under `accelerate launch`; the main one writes, the others wait for it
+    accelerator = make_accelerator(recipe.precision)
+    if save_every and scheme(accelerator).startswith("zero"):
+        raise BackboneSwapError("checkpoints inside a stage (--save-every) are not supported under DeepSpeed",
+                                "Leave out --save-every: finished stages are still kept and resumed")
+
     # the data are read and checked before anything is written, so a mistake in them leaves no run behind
     processor = load_processor(model_dir)
     tokenizer = processor.tokenizer
@@ -722,14 +730,6 @@ def _train(
     dataset = build_dataset(data, tokenizer, image_root=image_root, image_token=anatomy.image_token or "<image>",
                             image_tokens=anatomy.vision.image_tokens, max_length=recipe.max_length,
                             end_of_turn=eot, on_bad_sample=on_bad_sample)
-
-    from backbone_swap.sharding import make_accelerator, scheme
-
-    # one process per device under `accelerate launch`; the main one writes, the others wait for it
-    accelerator = make_accelerator(recipe.precision)
-    if save_every and scheme(accelerator).startswith("zero"):
-        raise BackboneSwapError("checkpoints inside a stage (--save-every) are not supported under DeepSpeed",
-                                "Leave out --save-every: finished stages are still kept and resumed")
     accelerator.wait_for_everyone()  # every process has checked the output folder before anything is written
     if accelerator.is_main_process:
         output.mkdir(parents=True, exist_ok=True)
