@@ -346,7 +346,12 @@ class Trainer:
         world = accelerator.num_processes
         accumulation = stage.accumulation(world)
         lengths = [s.length for s in self.dataset.samples]
-        steps_per_epoch = max(1, math.ceil(len(lengths) / stage.global_batch))
+        # a last batch smaller than the number of processes cannot be shared out: it is left out of every
+        # epoch, and the steps of an epoch are the batches that remain, so epochs and resumed runs line up
+        steps_per_epoch = len(lengths) // stage.global_batch + (len(lengths) % stage.global_batch >= world)
+        if steps_per_epoch == 0:
+            raise BackboneSwapError(f"{len(lengths)} samples cannot be shared by {world} processes",
+                                    "Train on more samples, or on fewer processes")
         total = math.ceil(stage.epochs * steps_per_epoch)
         if stage.max_steps:
             total = min(total, stage.max_steps)
@@ -377,15 +382,13 @@ class Trainer:
         padding = []
         while step < total:
             epoch = step // steps_per_epoch
-            batches = length_grouped_batches(lengths, stage.global_batch, seed=seed + epoch,
-                                             group=self.recipe.group_by_length)
+            batches = [b for b in length_grouped_batches(lengths, stage.global_batch, seed=seed + epoch,
+                                                         group=self.recipe.group_by_length) if len(b) >= world]
             padding.append(padding_fraction(lengths, batches))
             for batch in batches[step % steps_per_epoch:]:
                 if step >= total:
                     break
                 micro = split_for_processes(batch, stage.micro_batch, world)
-                if micro is None:
-                    continue  # a last batch smaller than the number of processes cannot be shared
                 mine = micro[accelerator.process_index::world]
                 model.train()
                 loss_sum = 0.0
