@@ -765,7 +765,8 @@ def _train(
         features, feature_record = _cached_features(accelerator, model_dir, processor, anatomy, recipe, images,
                                                     feature_cache, show_progress)
 
-    trainer = Trainer(accelerator, model_dir, recipe, dataset, processor, output, features=features,
+    # resolved: the adapter records this path as its base, which must hold from any working directory
+    trainer = Trainer(accelerator, model_dir.resolve(), recipe, dataset, processor, output, features=features,
                       save_every=save_every, callbacks=list(callbacks or []), show_progress=show_progress)
     model = trainer.run()
     if trainer.accelerator.is_main_process:

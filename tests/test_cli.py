@@ -191,6 +191,8 @@ def test_train_from_inside_the_model_folder_writes_beside_it(cli, transplanted, 
                  "--feature-cache", tmp_path / "c")
     assert result.code == 0, result.err
     assert (tmp_path / "model-trained" / "final" / "merged" / "config.json").is_file()
+    adapter = json.loads((tmp_path / "model-trained" / "final" / "adapter" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(model.resolve())  # loadable from any working directory
 
 
 def test_a_full_disk_stops_training_in_one_line_and_the_run_resumes(cli, transplanted, colour_data, tmp_path,
