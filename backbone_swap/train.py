@@ -711,6 +711,8 @@ def _train(
     if save_every and scheme(accelerator).startswith("zero"):
         raise BackboneSwapError("checkpoints inside a stage (--save-every) are not supported under DeepSpeed",
                                 "Leave out --save-every: finished stages are still kept and resumed")
+    for stage in recipe.stages:  # every stage's batch geometry on these devices, before stage 1 spends hours
+        stage.accumulation(accelerator.num_processes)
 
     # the data are read and checked before anything is written, so a mistake in them leaves no run behind
     processor = load_processor(model_dir)

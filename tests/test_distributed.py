@@ -190,3 +190,15 @@ def test_a_last_batch_too_small_to_share_is_left_out_and_training_ends(transplan
     assert process.returncode == 0, stderr[-3000:]
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["stages"]["stage1"]["steps"] == 4 and manifest["stages"]["stage2"]["steps"] == 2
+
+
+def test_a_stage_whose_batch_cannot_be_split_on_these_processes_is_refused_before_training(transplanted, colour_data,
+                                                                                          tmp_path):
+    # stage 1 splits (8 = 4 x 2 processes), stage 2 cannot (4 < 4 x 2): refused before stage 1 trains
+    args = ["train", str(transplanted["mistral"]), "--recipe", "tiny-cpu", "--data", str(colour_data["train"]),
+            "--image-root", str(colour_data["root"]), "--feature-cache", str(tmp_path / "cache"),
+            "--set", "stage1.micro_batch=4", "--set", "stage2.micro_batch=4", "--set", "stage2.global_batch=4",
+            "-o", str(tmp_path / "run")]
+    result = _launch(args, 2, tmp_path, fails=True)
+    assert "error: stage2: global_batch 4 cannot be split into micro batches of 4 on 2 devices" in result.stderr
+    assert not (tmp_path / "run").exists()
