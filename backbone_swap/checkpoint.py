@@ -189,3 +189,18 @@ def _open_pickles(files: list[Path]) -> Weights:
             )
         tensors.update({k: v for k, v in state.items() if isinstance(v, torch.Tensor)})
     return Weights("pickle", files, _pickled=tensors)
+
+
+def load_processor(path: str | Path):
+    """The processor (tokenizer, image processor, chat template) saved in a VLM folder, or one clear error."""
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(path)
+    except (OSError, ValueError, TypeError) as e:
+        first = (str(e).strip().splitlines() or [e.__class__.__name__])[0]
+        raise BackboneSwapError(
+            f"the processor of {path} (its tokenizer and image processor) could not be loaded ({first})",
+            "Use a folder written by backbone-swap transplant or train, or copy the tokenizer and "
+            "preprocessor_config.json files of the model into it",
+        ) from None

@@ -143,7 +143,8 @@ def train_command(
     from backbone_swap.train import train
 
     chosen = apply_overrides(load_recipe(recipe), list(set_ or []))
-    out = output or model.with_name(f"{model.name}-trained")
+    # resolved first: "." or "model/.." have no name of their own
+    out = output or model.expanduser().resolve().with_name(f"{model.expanduser().resolve().name}-trained")
     result = train(model, recipe=chosen, data=data, image_root=image_root, output=out, feature_cache=feature_cache,
                    cache_features=cache_features, on_bad_sample=on_bad_sample, save_every=save_every, resume=resume)
     m = result.manifest
@@ -240,6 +241,8 @@ def upgrade_command(
     on_bad_sample: Annotated[str, typer.Option(help="fail or skip bad training records.")] = "fail",
     llm_kind: Annotated[str, typer.Option(help="base, instruct or unknown (recorded for the confound check).")]
     = "unknown",
+    old_llm_kind: Annotated[str, typer.Option(help="The same for the LLM of the old VLM (or --old-llm): base, "
+                                                   "instruct or unknown.")] = "unknown",
 ) -> None:
     """Transplant, train with the fixed recipe, evaluate old and new, and recommend, in one run folder."""
     from rich.console import Console
@@ -256,7 +259,7 @@ def upgrade_command(
         image_root=image_root, suite=load_suite(suite), output=output, baseline=baseline, old_llm=old_llm,
         seed=seed, min_gain=min_gain, alpha=alpha, weights=parse_weights(weights), n_resamples=resamples,
         batch_size=batch_size, dtype=dtype, feature_cache=feature_cache, save_every=save_every,
-        on_bad_sample=on_bad_sample, llm_kind=llm_kind,
+        on_bad_sample=on_bad_sample, llm_kind=llm_kind, old_llm_kind=old_llm_kind,
     )
 
     def show(plan) -> None:

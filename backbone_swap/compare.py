@@ -157,12 +157,21 @@ def lineage(model_dir: Path) -> dict[str, Any]:
     train = next((m for m in (_manifest(f, "train") for f in [model_dir, *list(model_dir.parents)[:3]]) if m), {})
     if train:
         found.update(recipe_hash=train.get("recipe_hash"), data=train.get("inputs", {}).get("data_sha256"),
-                     max_length=train.get("recipe", {}).get("max_length"))
+                     max_length=train.get("recipe", {}).get("max_length"),
+                     weight_decay={name: stage.get("weight_decay")
+                                   for name, stage in (train.get("recipe", {}).get("stages") or {}).items()
+                                   if isinstance(stage, dict)})
         model_dir = Path(train.get("inputs", {}).get("model", model_dir))
     transplant = _manifest(model_dir, "transplant")
     if transplant:
         found.update(llm_kind=transplant.get("llm", {}).get("kind"))
     return found
+
+
+def _decay(lineage_: dict[str, Any]) -> str:
+    """Weight decay per stage, as ``stage1 0, stage2 0.1``."""
+    return ", ".join(f"{k} {v:g}" if isinstance(v, int | float) else f"{k} {v}"
+                     for k, v in (lineage_.get("weight_decay") or {}).items()) or "unknown"
 
 
 def confounds(model_a: Path, model_b: Path, eval_dirs: tuple[Path, Path] | None = None) -> list[str]:
@@ -194,6 +203,8 @@ def confounds(model_a: Path, model_b: Path, eval_dirs: tuple[Path, Path] | None 
         if a.get("max_length") != b.get("max_length"):
             warnings.append(f"A and B were trained with different max lengths ({a.get('max_length')} vs "
                             f"{b.get('max_length')})")
+        if a.get("weight_decay") != b.get("weight_decay"):
+            warnings.append(f"A and B were trained with different weight decay ({_decay(a)} vs {_decay(b)})")
     elif bool(a.get("recipe_hash")) != bool(b.get("recipe_hash")):
         untrained = "A" if not a.get("recipe_hash") else "B"
         warnings.append(f"{untrained} was not trained here with a recorded recipe, so training differences may "

@@ -10,6 +10,7 @@ them so the model learns to stop.
 from __future__ import annotations
 
 import json
+import os
 import random
 import warnings
 from collections.abc import Iterator, Sequence
@@ -78,9 +79,16 @@ class _Bad(Exception):
 def read_records(path: Path) -> Iterator[tuple[int, Any]]:
     """Yield (line number, record) from a JSON list or a JSONL file; a malformed line yields an exception."""
     path = Path(path)
+    if path.is_dir():
+        raise BackboneSwapError(f"data file {path} is a folder", "Pass a LLaVA-format .json or .jsonl file")
     if not path.is_file():
         raise BackboneSwapError(f"data file {path} does not exist", "Pass a LLaVA-format .json or .jsonl file")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise BackboneSwapError(f"{path} is not UTF-8 text (line {line}, byte {e.start})",
+                                "Save the data file as UTF-8 JSON or JSONL") from None
     stripped = text.lstrip()
     if stripped.startswith("["):
         try:
@@ -108,8 +116,10 @@ def resolve_image(name: Any, image_root: Path | None) -> Path:
     relative = Path(name)
     if relative.is_absolute():
         raise _Bad(f"image path {name!r} is absolute; paths must be relative to the image root")
-    root = image_root.resolve()
-    path = (root / relative).resolve()
+    # checked on the path as written: a folder inside the root may be a link to where the images really are
+    # (LLaVA's playground/data/coco -> shared storage), but '..' must not lead out of the root
+    root = Path(os.path.abspath(image_root))
+    path = Path(os.path.normpath(root / relative))
     if root not in path.parents:
         raise _Bad(f"image path {name!r} leaves the image root")
     if not path.is_file():
@@ -296,6 +306,11 @@ def build_dataset(
             messages = to_messages(record.get("conversations"), image is not None)
             ids, labels, _ = tokenize(tokenizer, messages, image_token_id=image_token_id,
                                       image_tokens=image_tokens, end_of_turn=end_of_turn)
+            expected = image_tokens if image is not None else 0
+            if image_token_id is not None and ids.count(image_token_id) != expected:
+                raise _Bad(f"the chat template renders the image {ids.count(image_token_id) // max(image_tokens, 1)} "
+                           f"times instead of {expected // max(image_tokens, 1)}, so image features and image "
+                           "tokens would not match")
             if len(ids) > max_length:
                 raise _Bad(f"{len(ids)} tokens (image included) is longer than max_length {max_length}")
             audit(tokenizer, messages, labels, end_of_turn)

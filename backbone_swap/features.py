@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -122,9 +123,13 @@ class FeatureCache:
                 feats = select_features(out.hidden_states, self.layer, self.strategy)
             for path, feat in zip(chunk, feats, strict=True):
                 target = self.path_for(path)
-                tmp = target.with_name(f".{target.name}.tmp")
-                save_file({"features": feat.detach().to("cpu").contiguous()}, tmp)
-                os.replace(tmp, target)
+                # a temporary name of this process's own: trainings that share the cache may fill it at once
+                tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+                try:
+                    save_file({"features": feat.detach().to("cpu").contiguous()}, tmp)
+                    os.replace(tmp, target)
+                finally:
+                    tmp.unlink(missing_ok=True)
             if on_batch:
                 on_batch(len(chunk))
         return len(todo)

@@ -18,6 +18,18 @@ from typing import Any
 from backbone_swap.errors import BackboneSwapError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def share_as_created(path: Path | str, *, folder: bool = False) -> None:
+    """Give a file or folder made by ``tempfile`` (private: 0600 / 0700) the mode a plain ``open`` or ``mkdir``
+    would have given it under the user's umask, so outputs renamed into place are as readable as any other."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
+
+
 def check_output_dir(output: Path, inputs: Iterable[Path], *, overwrite: bool) -> Path:
     """Refuse an output that exists (without ``overwrite``) or that lies inside or over an input."""
     output = Path(output).expanduser().resolve()
@@ -41,6 +53,7 @@ def staged_dir(output: Path) -> Iterator[Path]:
     output.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
     try:
+        share_as_created(stage, folder=True)
         yield stage
         if output.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
@@ -68,4 +81,5 @@ def write_json(path: Path, data: Any) -> None:
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())
+    share_as_created(f.name)
     os.replace(f.name, path)

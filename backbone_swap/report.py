@@ -36,6 +36,7 @@ import numpy as np
 
 from backbone_swap.evaluate.scoring import TASK_TYPES
 from backbone_swap.evaluate.suite import NEEDS
+from backbone_swap.outputs import share_as_created
 from backbone_swap.recommend import (
     EXPECTATIONS,
     OVERALL_VERDICTS,
@@ -345,6 +346,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        share_as_created(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

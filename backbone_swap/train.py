@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import json
 import math
 import random
@@ -345,7 +346,12 @@ class Trainer:
         world = accelerator.num_processes
         accumulation = stage.accumulation(world)
         lengths = [s.length for s in self.dataset.samples]
-        steps_per_epoch = max(1, math.ceil(len(lengths) / stage.global_batch))
+        # a last batch smaller than the number of processes cannot be shared out: it is left out of every
+        # epoch, and the steps of an epoch are the batches that remain, so epochs and resumed runs line up
+        steps_per_epoch = len(lengths) // stage.global_batch + (len(lengths) % stage.global_batch >= world)
+        if steps_per_epoch == 0:
+            raise BackboneSwapError(f"{len(lengths)} samples cannot be shared by {world} processes",
+                                    "Train on more samples, or on fewer processes")
         total = math.ceil(stage.epochs * steps_per_epoch)
         if stage.max_steps:
             total = min(total, stage.max_steps)
@@ -376,15 +382,13 @@ class Trainer:
         padding = []
         while step < total:
             epoch = step // steps_per_epoch
-            batches = length_grouped_batches(lengths, stage.global_batch, seed=seed + epoch,
-                                             group=self.recipe.group_by_length)
+            batches = [b for b in length_grouped_batches(lengths, stage.global_batch, seed=seed + epoch,
+                                                         group=self.recipe.group_by_length) if len(b) >= world]
             padding.append(padding_fraction(lengths, batches))
             for batch in batches[step % steps_per_epoch:]:
                 if step >= total:
                     break
                 micro = split_for_processes(batch, stage.micro_batch, world)
-                if micro is None:
-                    continue  # a last batch smaller than the number of processes cannot be shared
                 mine = micro[accelerator.process_index::world]
                 model.train()
                 loss_sum = 0.0
@@ -607,6 +611,23 @@ def export(model, processor, output: Path, *, dtype_name: str, image_aspect: str
     return exported
 
 
+def check_lora_targets(recipe: Recipe, weights) -> None:
+    """Refuse, before anything trains, recipe LoRA targets that name no Linear layer of the language model."""
+    leaves = sorted({parts[-2] for parts in (name.split(".") for name in weights.names())
+                     if "language_model" in parts and parts[-1] == "weight" and len(parts) > 2
+                     and "embed" not in parts[-2] and len(weights.shape(".".join(parts))) == 2})
+    for stage in recipe.stages:
+        if stage.lora is None or isinstance(stage.lora.targets, str):
+            continue
+        missing = [t for t in stage.lora.targets if t not in leaves]
+        if missing:
+            raise BackboneSwapError(
+                f"stages.{stage.name}.lora.targets names {', '.join(missing)}, which is no layer of the language "
+                "model (LoRA never goes on lm_head, the projector or the vision tower)",
+                f"Choose among {', '.join(leaves)}, or write `targets: family`",
+            )
+
+
 def refuse_untrainable(anatomy) -> None:
     """Training feeds one fixed-size image per sample through the cached features into a LLaVA model;
     LLaVA-NeXT's tiling gives each image its own number of tokens, which that path does not handle yet."""
@@ -647,34 +668,73 @@ def train(
     unfinished stage continues from its last checkpoint (every ``save_every`` optimizer steps), ending with
     the weights of an uninterrupted run.
     """
-    from transformers import AutoProcessor
+    try:
+        return _train(model_dir, recipe=recipe, data=data, image_root=image_root, output=output,
+                      feature_cache=feature_cache, cache_features=cache_features, on_bad_sample=on_bad_sample,
+                      save_every=save_every, resume=resume, callbacks=callbacks, show_progress=show_progress)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        raise BackboneSwapError(
+            f"training stopped: no space left on the disk{where}; what was saved before is kept",
+            "Free space (the feature cache can move with --feature-cache DIR, or be left out with "
+            "--no-cache-features), then run the same command again with --resume",
+        ) from None
 
+
+def _train(
+    model_dir: str | Path,
+    *,
+    recipe: Recipe,
+    data: str | Path,
+    image_root: str | Path | None,
+    output: str | Path,
+    feature_cache: str | Path | None = None,
+    cache_features: bool = True,
+    on_bad_sample: str = "fail",
+    save_every: int | None = None,
+    resume: bool = False,
+    callbacks: list[Callable[[StepInfo], None]] | None = None,
+    show_progress: bool = True,
+) -> TrainResult:
+    """Train ``model_dir`` with ``recipe`` on ``data`` into ``output``.
+
+    With ``cache_features`` off, the vision tower runs on every batch instead of once per image (for data
+    sets whose features would not fit on disk). With ``resume``, finished stages are kept and an
+    unfinished stage continues from its last checkpoint (every ``save_every`` optimizer steps), ending with
+    the weights of an uninterrupted run.
+    """
     from backbone_swap.templates import end_of_turn
 
     started = time.time()
     model_dir, output = Path(model_dir).expanduser(), Path(output).expanduser()
     from backbone_swap.anatomy import read_anatomy
-    from backbone_swap.checkpoint import open_checkpoint
+    from backbone_swap.checkpoint import load_processor, open_checkpoint
 
-    anatomy = read_anatomy(open_checkpoint(model_dir))
+    ckpt = open_checkpoint(model_dir)
+    anatomy = read_anatomy(ckpt)
     refuse_untrainable(anatomy)
+    check_lora_targets(recipe, ckpt.weights)
     manifest_path = output / "manifest.json"
     data_sha = sha256_file(Path(data)) if Path(data).is_file() else None
-    if output.exists() and any(output.iterdir()) and not resume:
-        raise BackboneSwapError(f"{output} already holds a training run",
-                                "Pass --resume to continue it, or choose another --output")
-    if output.exists() and manifest_path.is_file():
-        previous = json.loads(manifest_path.read_text())
+    model_key = str(model_dir.resolve())  # the same folder however its path was written
+    previous = _previous_run(output, model_dir, resume=resume)
+    if previous is not None:
         if previous.get("recipe_hash") != recipe_hash(recipe):
             raise BackboneSwapError(f"{output} holds a run with another recipe",
                                     "Use the same recipe to resume, or another --output")
         identity = previous.get("identity") or previous.get("inputs", {})
-        for key, value in (("model", str(model_dir)), ("data_sha256", data_sha)):
-            if identity.get(key) not in (None, value):
-                raise BackboneSwapError(f"{output} holds a run on another {key.split('_')[0]}",
-                                        "Resume with the same model and data, or choose another --output")
+        before = identity.get("model")
+        if before is not None and str(Path(before).expanduser().resolve()) != model_key:
+            raise BackboneSwapError(f"{output} holds a run on another model",
+                                    "Resume with the same model and data, or choose another --output")
+        if identity.get("data_sha256") not in (None, data_sha):
+            raise BackboneSwapError(f"{output} holds a run on another data",
+                                    "Resume with the same model and data, or choose another --output")
         if previous.get("finished"):
             return TrainResult(output, previous, previous.get("history", []))
+
     from backbone_swap.sharding import make_accelerator, scheme
 
     # one process per device under `accelerate launch`; the main one writes, the others wait for it
@@ -682,19 +742,37 @@ def train(
     if save_every and scheme(accelerator).startswith("zero"):
         raise BackboneSwapError("checkpoints inside a stage (--save-every) are not supported under DeepSpeed",
                                 "Leave out --save-every: finished stages are still kept and resumed")
+    for stage in recipe.stages:  # every stage's batch geometry on these devices, before stage 1 spends hours
+        stage.accumulation(accelerator.num_processes)
+
+    # the data are read and checked before anything is written, so a mistake in them leaves no run behind
+    processor = load_processor(model_dir)
+    tokenizer = processor.tokenizer
+    eot = end_of_turn(tokenizer)
+    if eot is None:
+        raise BackboneSwapError(
+            f"the chat template of {model_dir} writes no special end-of-turn token after a reply (a separator "
+            "written as text, such as '</s>' for a tokenizer without that token, is not one), so the trained model "
+            "would never learn to stop",
+            f"Transplant again with a --chat-template that ends each reply with the tokenizer's own end-of-turn "
+            f"or eos token ({tokenizer.eos_token!r})",
+        )
+    if tokenizer.pad_token_id is None:
+        raise BackboneSwapError(
+            f"the tokenizer of {model_dir} has no pad token, so samples of different lengths cannot be batched",
+            "Add a dedicated pad token (not the end-of-turn token) and resize the embeddings; backbone-swap "
+            "transplant does both",
+        )
+    dataset = build_dataset(data, tokenizer, image_root=image_root, image_token=anatomy.image_token or "<image>",
+                            image_tokens=anatomy.vision.image_tokens, max_length=recipe.max_length,
+                            end_of_turn=eot, on_bad_sample=on_bad_sample)
     accelerator.wait_for_everyone()  # every process has checked the output folder before anything is written
     if accelerator.is_main_process:
         output.mkdir(parents=True, exist_ok=True)
         write_json(manifest_path, {"step": "train", "recipe_hash": recipe_hash(recipe), "finished": False,
-                                   "identity": {"model": str(model_dir), "data_sha256": data_sha}})
+                                   "identity": {"model": model_key, "data_sha256": data_sha}})
     show_progress = show_progress and accelerator.is_main_process
 
-    processor = AutoProcessor.from_pretrained(model_dir)
-    tokenizer = processor.tokenizer
-    eot = end_of_turn(tokenizer)
-    dataset = build_dataset(data, tokenizer, image_root=image_root, image_token=anatomy.image_token or "<image>",
-                            image_tokens=anatomy.vision.image_tokens, max_length=recipe.max_length,
-                            end_of_turn=eot, on_bad_sample=on_bad_sample)
     if show_progress:
         from backbone_swap.progress import console
 
@@ -720,7 +798,8 @@ def train(
         features, feature_record = _cached_features(accelerator, model_dir, processor, anatomy, recipe, images,
                                                     feature_cache, show_progress)
 
-    trainer = Trainer(accelerator, model_dir, recipe, dataset, processor, output, features=features,
+    # resolved: the adapter records this path as its base, which must hold from any working directory
+    trainer = Trainer(accelerator, model_dir.resolve(), recipe, dataset, processor, output, features=features,
                       save_every=save_every, callbacks=list(callbacks or []), show_progress=show_progress)
     model = trainer.run()
     if trainer.accelerator.is_main_process:
@@ -732,7 +811,7 @@ def train(
         final_loss = trainer.history[-1]["loss"] if trainer.history else None
         manifest = step_record(
             "train",
-            inputs={"model": str(model_dir), "data": str(data), "data_sha256": data_sha,
+            inputs={"model": model_key, "data": str(data), "data_sha256": data_sha,
                     "image_root": str(image_root) if image_root else None},
             recipe=recipe_to_dict(recipe),
             recipe_hash=recipe_hash(recipe),
@@ -742,7 +821,7 @@ def train(
             final_loss=final_loss,
             exported=exported,
             seconds=round(time.time() - started, 3),
-            identity={"model": str(model_dir), "data_sha256": data_sha},
+            identity={"model": model_key, "data_sha256": data_sha},
             finished=True,
             history=trainer.history,
         )
@@ -753,6 +832,32 @@ def train(
         manifest = {}
     trainer.accelerator.wait_for_everyone()
     return TrainResult(output, manifest, trainer.history)
+
+
+def _previous_run(output: Path, model_dir: Path, *, resume: bool) -> dict[str, Any] | None:
+    """The manifest of the training run already in ``output`` (None: the folder is new or empty).
+
+    Refuses an output that is a file, that overlaps the model folder, that holds files of something other than a
+    training run (``--resume`` must never train into them), or that holds a run while ``resume`` is off.
+    """
+    if output.exists() and not output.is_dir():
+        raise BackboneSwapError(f"{output} exists and is not a folder", "Choose another --output")
+    resolved, model = output.resolve(), model_dir.resolve()
+    if resolved == model or model in resolved.parents or resolved in model.parents:
+        raise BackboneSwapError(f"the output folder {output} overlaps the model folder {model_dir}",
+                                "Choose an output folder outside the model folder")
+    if not output.exists() or not any(output.iterdir()):
+        return None
+    previous = None
+    with contextlib.suppress(OSError, UnicodeDecodeError, json.JSONDecodeError):
+        previous = json.loads((output / "manifest.json").read_text(encoding="utf-8"))
+    if not isinstance(previous, dict) or previous.get("step") != "train":
+        raise BackboneSwapError(f"{output} already exists and holds other files, not a training run",
+                                "Choose another --output, or an empty folder")
+    if not resume:
+        raise BackboneSwapError(f"{output} already holds a training run",
+                                "Pass --resume to continue it, or choose another --output")
+    return previous
 
 
 def _cached_features(accelerator, model_dir: Path, processor, anatomy, recipe: Recipe, images: list[Path],

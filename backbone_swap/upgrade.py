@@ -7,6 +7,7 @@ are done, so a run started again continues where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -46,6 +47,7 @@ class UpgradeOptions:
     save_every: int | None = None
     on_bad_sample: str = "fail"
     llm_kind: str = "unknown"
+    old_llm_kind: str = "unknown"  # the LLM inside the old VLM (or --old-llm): base, instruct or unknown
     show_progress: bool = True
     callbacks: list = field(default_factory=list)
 
@@ -135,6 +137,22 @@ def plan(options: UpgradeOptions) -> Plan:
     return Plan(steps, lines, figures)
 
 
+def _previous_upgrade(output: Path) -> dict[str, Any] | None:
+    """The manifest of the upgrade run in ``output`` (None: new or empty); never a folder of other files,
+    in which a run would overwrite or delete what is there."""
+    if output.exists() and not output.is_dir():
+        raise BackboneSwapError(f"{output} exists and is not a folder", "Choose another --output")
+    if not output.exists() or not any(output.iterdir()):
+        return None
+    previous = None
+    with contextlib.suppress(OSError, UnicodeDecodeError, json.JSONDecodeError):
+        previous = json.loads((output / "manifest.json").read_text(encoding="utf-8"))
+    if not isinstance(previous, dict) or previous.get("command") != "upgrade":
+        raise BackboneSwapError(f"{output} already exists and holds other files, not an upgrade run",
+                                "Choose another --output, or an empty folder")
+    return previous
+
+
 class _Run:
     """The run folder's manifest: which steps are done, with their outputs and timings."""
 
@@ -146,7 +164,7 @@ class _Run:
             "data": str(options.data.resolve()), "suite": options.suite.source or options.suite.name,
             "recipe_hash": recipe_hash(options.recipe), "baseline": options.baseline, "seed": options.seed,
         }
-        previous = json.loads(self.path.read_text()) if self.path.is_file() else None
+        previous = _previous_upgrade(options.output)
         if previous and previous.get("identity") != identity and restart != "transplant":
             changed = sorted(k for k in identity if previous.get("identity", {}).get(k) != identity[k])
             raise BackboneSwapError(
@@ -183,7 +201,7 @@ def upgrade(options: UpgradeOptions, *, restart: str | None = None, dry_run: boo
     """Run (or continue) the whole upgrade; returns the comparison, or the plan with ``dry_run``."""
     from backbone_swap.compare import compare
     from backbone_swap.train import train
-    from backbone_swap.transplant import transplant
+    from backbone_swap.transplant import LLM_KINDS, transplant
 
     if options.baseline not in BASELINES:
         raise BackboneSwapError(f"--baseline must be one of {', '.join(BASELINES)}, not {options.baseline!r}",
@@ -191,6 +209,10 @@ def upgrade(options: UpgradeOptions, *, restart: str | None = None, dry_run: boo
     if options.baseline == "retrain" and options.old_llm is None:
         raise BackboneSwapError("--baseline retrain needs the LLM the old VLM was built from",
                                 "Pass it with --old-llm PATH")
+    for flag, kind in (("--llm-kind", options.llm_kind), ("--old-llm-kind", options.old_llm_kind)):
+        if kind not in LLM_KINDS:
+            raise BackboneSwapError(f"{flag} must be one of {', '.join(LLM_KINDS)}, not {kind!r}",
+                                    "Say whether that LLM is a base or an instruction-tuned model")
     if restart is not None and restart not in STEPS:
         raise BackboneSwapError(f"--restart must name a step ({', '.join(STEPS)}), not {restart!r}", "")
     the_plan = plan(options)
@@ -215,7 +237,8 @@ def upgrade(options: UpgradeOptions, *, restart: str | None = None, dry_run: boo
         if not run.done("baseline"):
             started = time.time()
             shutil.rmtree(paths["baseline-transplant"], ignore_errors=True)
-            transplant(options.vlm, options.old_llm, paths["baseline-transplant"], seed=options.seed)
+            transplant(options.vlm, options.old_llm, paths["baseline-transplant"], seed=options.seed,
+                       llm_kind=options.old_llm_kind)
             train(paths["baseline-transplant"], output=paths["baseline"], **common)
             run.finish("baseline", started, output=str(paths["baseline"] / "final" / "merged"))
         old_model = paths["baseline"] / "final" / "merged"
@@ -238,7 +261,17 @@ def upgrade(options: UpgradeOptions, *, restart: str | None = None, dry_run: boo
         old_model, new_model, options.suite, paths["compare"], min_gain=options.min_gain, alpha=options.alpha,
         weights=options.weights, n_resamples=options.n_resamples, seed=options.seed, batch_size=options.batch_size,
         baseline=options.baseline, eval_dirs=(paths["eval-old"], paths["eval-new"]), dtype=options.dtype,
-        show_progress=options.show_progress,
+        extra_warnings=_kind_warning(options), show_progress=options.show_progress,
     )
     run.finish("compare", started, output=str(paths["compare"]), verdict=comparison["overall"]["verdict"])
     return comparison
+
+
+def _kind_warning(options: UpgradeOptions) -> list[str]:
+    """Base against instruction-tuned, for an old VLM taken as it is (a retrained baseline's transplant records
+    its LLM's kind, which the comparison reads itself)."""
+    kinds = {options.old_llm_kind, options.llm_kind} - {"unknown"}
+    if options.baseline != "as-is" or len(kinds) != 2:
+        return []
+    return [f"one LLM is a base model and the other instruction-tuned (A {options.old_llm_kind}, "
+            f"B {options.llm_kind})"]

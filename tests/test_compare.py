@@ -212,3 +212,21 @@ def test_answers_are_scored_again_against_the_current_references(tmp_path):
                                                       *lines[1:]]) + "\n")
     with pytest.raises(BackboneSwapError, match="item 'q0' lacks a text prediction or a finite confidence"):
         task_statistics(task, tmp_path / "a", tmp_path / "b", n_resamples=200, seed=0)
+
+
+def test_a_weight_decay_difference_is_named(tmp_path):
+    from backbone_swap.compare import confounds
+
+    def make(name, decay):
+        run = tmp_path / name
+        merged = run / "final" / "merged"
+        merged.mkdir(parents=True)
+        stages = {"stage1": {"weight_decay": 0.0}, "stage2": {"weight_decay": decay}}
+        (run / "manifest.json").write_text(json.dumps({
+            "step": "train", "recipe_hash": f"h-{decay}", "recipe": {"max_length": 2048, "stages": stages},
+            "inputs": {"model": str(tmp_path / "none"), "data_sha256": "d"}}))
+        return merged
+
+    warned = " ".join(confounds(make("a", 0.0), make("b", 0.1)))
+    assert "different weight decay (stage1 0, stage2 0 vs stage1 0, stage2 0.1)" in warned, warned
+    assert "weight decay" not in " ".join(confounds(make("c", 0.0), make("d", 0.0)))

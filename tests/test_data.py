@@ -152,3 +152,28 @@ def test_huge_images_are_refused_as_decompression_bombs(transplanted, tmp_path, 
     records = [{"id": "big", "image": "a.png", "conversations": TWO_TURNS}]
     with pytest.raises(BackboneSwapError, match="larger than 150 pixels"):
         _build(transplanted["mistral"], tmp_path, image_root, records)
+
+
+def test_an_image_the_template_does_not_render_once_marks_the_sample_bad(transplanted, tmp_path, image_root):
+    tok = AutoTokenizer.from_pretrained(transplanted["mistral"])
+    # string contents only: the typed first user turn, the one holding the image, renders empty
+    tok.chat_template = ("{% for m in messages %}[{{ m['role'] }}] {% if m['content'] is string %}{{ m['content'] }}"
+                         "{% endif %}</s>{% endfor %}")
+    records = [{"id": "text", "conversations": TWO_TURNS[2:]},
+               {"id": "dropped", "image": "a.png", "conversations": TWO_TURNS}]
+    data = build_dataset(_write(tmp_path / "d.jsonl", records), tok, image_root=image_root, image_token="<image>",
+                         image_tokens=16, max_length=256, end_of_turn="</s>", on_bad_sample="skip")
+    assert [s.id for s in data.samples] == ["text"]
+    assert "renders the image 0 times instead of 1" in data.bad[0].reason
+
+
+def test_images_behind_a_linked_folder_inside_the_root_are_found(transplanted, tmp_path, image_root):
+    shared = tmp_path / "shared-storage" / "coco"
+    shared.mkdir(parents=True)
+    Image.new("RGB", (20, 10), (0, 0, 255)).save(shared / "b.png")
+    (image_root / "coco").symlink_to(shared, target_is_directory=True)
+    records = [{"id": "linked", "image": "coco/b.png", "conversations": TWO_TURNS},
+               {"id": "escape", "image": "coco/../../shared-storage/coco/b.png", "conversations": TWO_TURNS}]
+    _, data = _build(transplanted["mistral"], tmp_path, image_root, records, on_bad_sample="skip")
+    assert [s.id for s in data.samples] == ["linked"]
+    assert "leaves the image root" in data.bad[0].reason

@@ -164,3 +164,41 @@ def test_fsdp_run_killed_inside_a_stage_resumes_to_the_same_weights(one_process_
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5)
+
+
+def test_a_last_batch_too_small_to_share_is_left_out_and_training_ends(transplanted, colour_data, tmp_path):
+    # 17 samples in global batches of 8 on 2 processes: the 1-sample batch left over cannot be shared, so each
+    # epoch is 2 steps (it once counted 3: the run then trained a batch twice, or waited forever for a step)
+    data = tmp_path / "odd.jsonl"
+    data.write_text("\n".join(colour_data["train"].read_text().splitlines()[:17]) + "\n")
+    args = ["train", str(transplanted["mistral"]), "--recipe", "tiny-cpu", "--data", str(data),
+            "--image-root", str(colour_data["root"]), "--feature-cache", str(tmp_path / "cache"),
+            "--set", "stage1.epochs=2", "--set", "stage2.epochs=1",
+            "--set", "stage1.micro_batch=4", "--set", "stage2.micro_batch=4", "-o", str(tmp_path / "run")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "backbone_swap.cli",
+               *args]
+    # a session of its own, so that a run that hangs is stopped whole, workers included
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               cwd=tmp_path, start_new_session=True)
+    try:
+        _, stderr = process.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, 9)
+        process.communicate()
+        pytest.fail("the two-process run did not finish")
+    assert process.returncode == 0, stderr[-3000:]
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["stages"]["stage1"]["steps"] == 4 and manifest["stages"]["stage2"]["steps"] == 2
+
+
+def test_a_stage_whose_batch_cannot_be_split_on_these_processes_is_refused_before_training(transplanted, colour_data,
+                                                                                          tmp_path):
+    # stage 1 splits (8 = 4 x 2 processes), stage 2 cannot (4 < 4 x 2): refused before stage 1 trains
+    args = ["train", str(transplanted["mistral"]), "--recipe", "tiny-cpu", "--data", str(colour_data["train"]),
+            "--image-root", str(colour_data["root"]), "--feature-cache", str(tmp_path / "cache"),
+            "--set", "stage1.micro_batch=4", "--set", "stage2.micro_batch=4", "--set", "stage2.global_batch=4",
+            "-o", str(tmp_path / "run")]
+    result = _launch(args, 2, tmp_path, fails=True)
+    assert "error: stage2: global_batch 4 cannot be split into micro batches of 4 on 2 devices" in result.stderr
+    assert not (tmp_path / "run").exists()

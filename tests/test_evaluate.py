@@ -246,3 +246,13 @@ def test_two_sides_evaluated_in_different_dtypes_are_warned_about(transplanted, 
     warned = confounds(model, model, (evaluated.output, half.output))
     assert any("A was evaluated in float32 and B in bfloat16" in w for w in warned), warned
     assert not any("evaluated in" in w for w in confounds(model, model, (evaluated.output, evaluated.output)))
+
+
+def test_a_folder_of_other_files_is_never_written_into(transplanted, suite_file, tmp_path, digest):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "manifest.json").write_text('{"my": "own manifest"}')
+    before = digest(out)
+    with pytest.raises(BackboneSwapError, match="holds other files, not evaluation results"):
+        evaluate(transplanted["mistral"], load_suite(suite_file), out, show_progress=False)
+    assert digest(out) == before

@@ -55,3 +55,20 @@ def test_padding_to_square_keeps_the_whole_image():
     square = expand_to_square(image, (1, 2, 3))
     assert square.size == (40, 40)
     assert square.getpixel((0, 0)) == (1, 2, 3) and square.getpixel((20, 20)) == (255, 0, 0)
+
+
+def test_another_process_filling_the_same_cache_does_not_collide(transplanted, tmp_path):
+    model_dir = transplanted["mistral"]
+    model = LlavaForConditionalGeneration.from_pretrained(model_dir).eval()
+    processor = AutoProcessor.from_pretrained(model_dir)
+    images = _images(tmp_path / "img")
+    cache = FeatureCache(tmp_path / "cache", model_dir, processor.image_processor, image_aspect="pad",
+                         layer=model.config.vision_feature_layer, strategy=model.config.vision_feature_select_strategy)
+    cache.folder.mkdir(parents=True)
+    for image in images:  # what a second training writing the same features at this moment holds open
+        target = cache.path_for(image)
+        (target.parent / f".{target.name}.tmp").mkdir()
+    assert cache.fill(model.model.vision_tower, images, batch_size=2, device="cpu") == 3
+    assert all(cache.load(image).shape[0] > 0 for image in images)
+    assert sorted(p.name for p in cache.folder.iterdir() if not p.name.startswith(".")) == sorted(
+        cache.path_for(image).name for image in images)

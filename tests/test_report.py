@@ -225,3 +225,15 @@ def test_created_may_be_written_by_strftime_or_isoformat(written, created):
     data = json.loads(written["json"].read_text(encoding="utf-8"))
     data["meta"]["created"] = created
     assert validate_report(data) == []
+
+
+def test_report_files_are_as_readable_as_any_file_the_user_makes(tmp_path, plain):
+    import os
+
+    previous = os.umask(0o022)
+    try:
+        paths = write_report(tmp_path, copy.deepcopy(plain))
+    finally:
+        os.umask(previous)
+    for path in paths.values():
+        assert path.stat().st_mode & 0o777 == 0o644, path.name

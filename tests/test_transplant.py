@@ -337,3 +337,16 @@ def test_newer_and_unknown_families_train_with_lora_on_every_projection(kit, col
     _, info = LlavaForConditionalGeneration.from_pretrained(tmp_path / "run" / "final" / "merged",
                                                             output_loading_info=True)
     assert not any(info.values())
+
+
+def test_output_is_as_readable_as_any_folder_the_user_makes(kit, tmp_path):
+    import os
+
+    previous = os.umask(0o022)
+    try:
+        out = transplant(kit.vlm, kit.mistral, tmp_path / "shared", seed=0, hash_inputs=False).output
+    finally:
+        os.umask(previous)
+    assert out.stat().st_mode & 0o777 == 0o755
+    for name in ("manifest.json", "model.safetensors", "config.json"):
+        assert (out / name).stat().st_mode & 0o777 == 0o644, name

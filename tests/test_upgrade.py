@@ -106,7 +106,7 @@ def test_retrain_baseline_needs_the_old_llm(cli, kit, colour_data, suite_file, t
 def test_retrain_baseline_trains_both_sides_the_same_way(cli, kit, colour_data, suite_file, tmp_path):
     out = tmp_path / "run"
     result = cli(*_args(kit, colour_data, suite_file, out, tmp_path / "cache"), "--baseline", "retrain",
-                 "--old-llm", kit.llama48)
+                 "--old-llm", kit.llama48, "--old-llm-kind", "base", "--llm-kind", "instruct")
     assert result.code == 0, result.err
     manifest = json.loads((out / "manifest.json").read_text())
     assert list(manifest["steps"]) == ["transplant", "baseline", "train", "eval-old", "eval-new", "compare"]
@@ -118,6 +118,7 @@ def test_retrain_baseline_trains_both_sides_the_same_way(cli, kit, colour_data, 
     assert report["meta"]["baseline"] == "retrain"
     assert report["meta"]["model_a"] == str(out / "baseline" / "train" / "final" / "merged")
     assert not any("recipe" in w or "not trained here" in w for w in report["warnings"])
+    assert "one LLM is a base model and the other instruction-tuned (A base, B instruct)" in report["warnings"]
 
 
 def test_the_plan_counts_exactly_the_parameters_training_updates(finished, kit, colour_data, suite_file):
@@ -131,3 +132,27 @@ def test_the_plan_counts_exactly_the_parameters_training_updates(finished, kit, 
     built = json.loads((root / "run" / "train" / "manifest.json").read_text())["data"]["tokens"]
     assert estimate["tokens"] == pytest.approx(built, rel=0.1)
     assert estimate["memory_bytes"] == sum(estimate["memory"].values())
+
+
+@pytest.mark.parametrize("manifest", [None, "not json", '{"step": "transplant"}'])
+def test_a_folder_of_other_files_is_never_used_as_the_run_folder(cli, kit, colour_data, suite_file, tmp_path, digest,
+                                                                 manifest):
+    out = tmp_path / "mine"
+    (out / "transplant").mkdir(parents=True)
+    (out / "transplant" / "keep.txt").write_text("my own transplant notes")
+    if manifest is not None:
+        (out / "manifest.json").write_text(manifest)
+    before = digest(out)
+    result = cli(*_args(kit, colour_data, suite_file, out, tmp_path / "cache"))
+    assert result.code == 1 and "holds other files, not an upgrade run" in result.err, result.err
+    assert result.err.count("\n") == 1 and "Traceback" not in result.err
+    assert digest(out) == before
+
+
+def test_base_against_instruct_is_warned_about_for_an_old_vlm_as_it_is(finished, cli):
+    root, args = finished
+    result = cli(*args, "--old-llm-kind", "base", "--llm-kind", "instruct", "--restart", "compare")
+    assert result.code == 0, result.err
+    warnings = json.loads((root / "run" / "compare" / "report.json").read_text())["warnings"]
+    assert "one LLM is a base model and the other instruction-tuned (A base, B instruct)" in warnings
+    assert cli(*args, "--old-llm-kind", "chat").code == 1

@@ -80,9 +80,10 @@ class Evaluator:
     ) -> None:
         import torch
         import transformers
-        from transformers import AutoConfig, AutoProcessor
+        from transformers import AutoConfig
 
         from backbone_swap.anatomy import VLM_FORMATS
+        from backbone_swap.checkpoint import load_processor
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = run_dtype(model_dir, dtype, self.device)
@@ -90,7 +91,7 @@ class Evaluator:
         model_class = getattr(transformers, VLM_FORMATS[AutoConfig.from_pretrained(model_dir).model_type])
         self.model = model_class.from_pretrained(model_dir, dtype=getattr(torch, self.dtype)).to(self.device)
         self.model.eval()
-        self.processor = AutoProcessor.from_pretrained(model_dir)
+        self.processor = load_processor(model_dir)
         self.tokenizer = self.processor.tokenizer
         self.tokenizer.padding_side = "left"
         self.batch_size = batch_size
@@ -419,9 +420,16 @@ def evaluate(
     import torch
 
     dtype = run_dtype(model_dir, dtype, device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    output.mkdir(parents=True, exist_ok=True)
     identity = {"model": str(model_dir.resolve()), "suite": suite.source or suite.name, "dtype": dtype}
     marker = output / "evaluated.json"
+    if output.exists() and not output.is_dir():
+        raise BackboneSwapError(f"{output} exists and is not a folder", "Choose another --output")
+    if output.is_dir() and not marker.is_file() and any(not p.name.startswith(".") for p in output.iterdir()):
+        # answers and a manifest written there would overwrite files of the same names (hidden files are the
+        # partial answers of a stopped run)
+        raise BackboneSwapError(f"{output} already exists and holds other files, not evaluation results",
+                                "Choose another --output, or an empty folder")
+    output.mkdir(parents=True, exist_ok=True)
     if marker.is_file():
         recorded = json.loads(marker.read_text())
         if recorded.get("dtype", dtype) != dtype and {k: recorded.get(k) for k in ("model", "suite")} == {
