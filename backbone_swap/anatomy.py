@@ -497,7 +497,7 @@ def compatibility(vlm: Anatomy, llm: Anatomy, llm_ckpt: Checkpoint, *, image_tok
                   template_override: bool = False) -> Compatibility:
     """Say whether ``llm`` can receive ``vlm``'s vision tower, from metadata alone."""
     if vlm.kind != "vlm" or vlm.projector is None:
-        raise BackboneSwapError(f"{vlm.path} is not a VLM", "Pass a LLaVA checkpoint as --vlm")
+        raise BackboneSwapError(f"{vlm.path} is not a VLM", "Give a LLaVA checkpoint as the VLM")
     if llm.kind != "llm":
         raise BackboneSwapError(f"{llm.path} is a VLM, not a causal LM", "Pass a text-only LLM as --llm")
     token = image_token or vlm.image_token or "<image>"

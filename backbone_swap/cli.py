@@ -243,6 +243,11 @@ def upgrade_command(
     = "unknown",
     old_llm_kind: Annotated[str, typer.Option(help="The same for the LLM of the old VLM (or --old-llm): base, "
                                                    "instruct or unknown.")] = "unknown",
+    chat_template: Annotated[Path | None, typer.Option(
+        "--chat-template", help="Jinja chat template file for the new LLM (one without a template: a base model).")]
+    = None,
+    old_chat_template: Annotated[Path | None, typer.Option(
+        "--old-chat-template", help="The same for --old-llm with --baseline retrain.")] = None,
 ) -> None:
     """Transplant, train with the fixed recipe, evaluate old and new, and recommend, in one run folder."""
     from rich.console import Console
@@ -259,7 +264,8 @@ def upgrade_command(
         image_root=image_root, suite=load_suite(suite), output=output, baseline=baseline, old_llm=old_llm,
         seed=seed, min_gain=min_gain, alpha=alpha, weights=parse_weights(weights), n_resamples=resamples,
         batch_size=batch_size, dtype=dtype, feature_cache=feature_cache, save_every=save_every,
-        on_bad_sample=on_bad_sample, llm_kind=llm_kind, old_llm_kind=old_llm_kind,
+        on_bad_sample=on_bad_sample, llm_kind=llm_kind, old_llm_kind=old_llm_kind, chat_template=chat_template,
+        old_chat_template=old_chat_template,
     )
 
     def show(plan) -> None:

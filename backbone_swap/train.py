@@ -741,7 +741,8 @@ def _train(
     accelerator = make_accelerator(recipe.precision)
     if save_every and scheme(accelerator).startswith("zero"):
         raise BackboneSwapError("checkpoints inside a stage (--save-every) are not supported under DeepSpeed",
-                                "Leave out --save-every: finished stages are still kept and resumed")
+                                "Leave out --save-every (upgrade: pass --save-every 0): finished stages are "
+                                "still kept and resumed")
     for stage in recipe.stages:  # every stage's batch geometry on these devices, before stage 1 spends hours
         stage.accumulation(accelerator.num_processes)
 

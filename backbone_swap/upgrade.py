@@ -8,6 +8,7 @@ are done, so a run started again continues where it stopped.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import shutil
 import time
@@ -47,6 +48,8 @@ class UpgradeOptions:
     save_every: int | None = None
     on_bad_sample: str = "fail"
     llm_kind: str = "unknown"
+    chat_template: Path | None = None  # replaces the new LLM's template (a base LLM has none)
+    old_chat_template: Path | None = None  # the same for --old-llm with --baseline retrain
     old_llm_kind: str = "unknown"  # the LLM inside the old VLM (or --old-llm): base, instruct or unknown
     show_progress: bool = True
     callbacks: list = field(default_factory=list)
@@ -94,9 +97,17 @@ def plan(options: UpgradeOptions) -> Plan:
             "as the old side",
             "Convert it to a transformers LLaVA folder first (transformers' convert_llava_weights_to_hf.py)",
         )
-    compat = compatibility(old, new, new_ckpt)
+    compat = compatibility(old, new, new_ckpt, template_override=options.chat_template is not None)
     if compat.problems:
         raise BackboneSwapError(compat.problems[0], "")
+    if options.baseline == "retrain" and options.old_llm is not None:
+        # the baseline's transplant comes later in the run: its problems are found now, before hours of training
+        old_llm_ckpt = open_checkpoint(options.old_llm)
+        baseline_compat = compatibility(old, read_anatomy(old_llm_ckpt), old_llm_ckpt,
+                                        template_override=options.old_chat_template is not None)
+        if baseline_compat.problems:
+            raise BackboneSwapError(baseline_compat.problems[0].replace("--chat-template", "--old-chat-template"),
+                                    "")
     recipe = options.recipe
     lora = next((s.lora for s in recipe.stages if s.lora is not None), None)
     targets = tuple(new.lora_targets) if lora is None or isinstance(lora.targets, str) else tuple(lora.targets)
@@ -164,6 +175,10 @@ class _Run:
             "data": str(options.data.resolve()), "suite": options.suite.source or options.suite.name,
             "recipe_hash": recipe_hash(options.recipe), "baseline": options.baseline, "seed": options.seed,
         }
+        for key in ("chat_template", "old_chat_template"):  # a run with its LLM's own template records none
+            path = getattr(options, key)
+            if path is not None:
+                identity[key] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
         previous = _previous_upgrade(options.output)
         if previous and previous.get("identity") != identity and restart != "transplant":
             changed = sorted(k for k in identity if previous.get("identity", {}).get(k) != identity[k])
@@ -230,7 +245,8 @@ def upgrade(options: UpgradeOptions, *, restart: str | None = None, dry_run: boo
     if not run.done("transplant"):
         started = time.time()
         shutil.rmtree(paths["transplant"], ignore_errors=True)
-        transplant(options.vlm, options.llm, paths["transplant"], seed=options.seed, llm_kind=options.llm_kind)
+        transplant(options.vlm, options.llm, paths["transplant"], seed=options.seed, llm_kind=options.llm_kind,
+                   chat_template=options.chat_template)
         run.finish("transplant", started, output=str(paths["transplant"]))
     old_model = options.vlm
     if options.baseline == "retrain":
@@ -238,7 +254,7 @@ def upgrade(options: UpgradeOptions, *, restart: str | None = None, dry_run: boo
             started = time.time()
             shutil.rmtree(paths["baseline-transplant"], ignore_errors=True)
             transplant(options.vlm, options.old_llm, paths["baseline-transplant"], seed=options.seed,
-                       llm_kind=options.old_llm_kind)
+                       llm_kind=options.old_llm_kind, chat_template=options.old_chat_template)
             train(paths["baseline-transplant"], output=paths["baseline"], **common)
             run.finish("baseline", started, output=str(paths["baseline"] / "final" / "merged"))
         old_model = paths["baseline"] / "final" / "merged"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -156,3 +157,31 @@ def test_base_against_instruct_is_warned_about_for_an_old_vlm_as_it_is(finished,
     warnings = json.loads((root / "run" / "compare" / "report.json").read_text())["warnings"]
     assert "one LLM is a base model and the other instruction-tuned (A base, B instruct)" in warnings
     assert cli(*args, "--old-llm-kind", "chat").code == 1
+
+
+def test_an_llm_without_a_chat_template_takes_one_from_a_file(cli, kit, colour_data, suite_file, tmp_path):
+    """A base LLM ships no chat template: upgrade asks for --chat-template (--old-chat-template for the
+    baseline's LLM) before anything is written, and the transplant it makes carries the file's template."""
+    from transformers import AutoTokenizer
+
+    from backbone_swap.demo import tiny_models as tm
+
+    base = tm.build_llm(tmp_path / "base", tm.mistral_spec(tokenizer=tm.TokenizerSpec(vocab_size=300), seed=4))
+    template = tmp_path / "template.jinja"
+    template.write_text(tm.MISTRAL_TEMPLATE)
+    args = [a if a != kit.mistral else base for a in _args(kit, colour_data, suite_file, tmp_path / "run",
+                                                           tmp_path / "cache")]
+    refused = cli(*args, "--dry-run")
+    assert refused.code == 1 and "has no chat template; pass --chat-template FILE" in refused.err
+    retrain = ["--baseline", "retrain", "--old-llm", base, "--chat-template", template]
+    refused = cli(*args, *retrain, "--dry-run")
+    assert refused.code == 1 and "pass --old-chat-template FILE" in refused.err
+    assert cli(*args, *retrain, "--old-chat-template", template, "--dry-run").code == 0
+    assert not (tmp_path / "run").exists()
+    done = cli(*[a if a != "stage2.max_steps=6" else "stage2.max_steps=1" for a in args], "--chat-template",
+               template, "--resamples", "50")
+    assert done.code == 0, done.err
+    transplanted = AutoTokenizer.from_pretrained(tmp_path / "run" / "transplant")
+    assert transplanted.chat_template.endswith(tm.MISTRAL_TEMPLATE)
+    identity = json.loads((tmp_path / "run" / "manifest.json").read_text())["identity"]
+    assert identity["chat_template"] == hashlib.sha256(template.read_bytes()).hexdigest()
