@@ -166,6 +166,14 @@ def _even(items: list[int], parts: int) -> list[list[int]]:
     return out
 
 
+def decay_groups(params: list, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+    """Optimizer groups that decay matrices only: biases and other vectors keep weight decay 0, as LLaVA's
+    training code and the Hugging Face Trainer do. It matters once a recipe sets a decay (Prismatic's 0.1)."""
+    matrices, vectors = [p for p in params if p.ndim >= 2], [p for p in params if p.ndim < 2]
+    return [group for group in ({"params": matrices, "lr": lr, "weight_decay": weight_decay},
+                                {"params": vectors, "lr": lr, "weight_decay": 0.0}) if group["params"]]
+
+
 def lora_target_regex(model, recipe_targets: tuple[str, ...] | str) -> str:
     """A peft target regex on the language model's Linear layers only (never the tower or projector)."""
     from backbone_swap.anatomy import FAMILIES, lora_targets
@@ -306,11 +314,8 @@ class Trainer:
                 p.data = p.data.float()  # trainable weights in fp32; autocast handles the compute dtype
         projector_params = [p for p in projector.parameters() if p.requires_grad]
         lora_params = [p for n, p in vlm.named_parameters() if p.requires_grad and "lora_" in n]
-        groups = []
-        if projector_params:
-            groups.append({"params": projector_params, "lr": stage.projector_lr or stage.lr})
-        if lora_params:
-            groups.append({"params": lora_params, "lr": stage.lr})
+        groups = (decay_groups(projector_params, stage.projector_lr or stage.lr, stage.weight_decay)
+                  + decay_groups(lora_params, stage.lr, stage.weight_decay))
         if not groups:
             raise BackboneSwapError(f"stage {stage.name} trains nothing", "Set train_projector or lora in the recipe")
         optimizer = torch.optim.AdamW(groups, weight_decay=stage.weight_decay)

@@ -215,3 +215,19 @@ def test_tower_on_every_batch_trains_to_the_weights_of_the_cache(transplanted, c
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6)
+
+
+def test_weight_decay_shrinks_the_projector_matrices_and_leaves_its_biases(kit):
+    """One AdamW step with zero gradients: decoupled decay multiplies decayed weights by (1 - lr * decay)."""
+    from backbone_swap.train import decay_groups
+
+    projector = LlavaForConditionalGeneration.from_pretrained(kit.vlm).model.multi_modal_projector
+    before = {n: p.detach().clone() for n, p in projector.named_parameters()}
+    optimizer = torch.optim.AdamW(decay_groups(list(projector.parameters()), 1e-2, 0.1), weight_decay=0.1)
+    for p in projector.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    for name, p in projector.named_parameters():
+        factor = 1 - 1e-2 * 0.1 if name.endswith("weight") else 1.0
+        torch.testing.assert_close(p.detach(), before[name] * factor, rtol=0, atol=1e-7)
+    assert [len(g["params"]) for g in optimizer.param_groups] == [2, 2]
