@@ -382,13 +382,15 @@ class Trainer:
         progress = _StageProgress(stage.name, total, self.show_progress and accelerator.is_main_process)
         progress.advance_to(step)
         samples = self.dataset.samples
+        modality = [s.image is not None for s in samples]
         deepspeed = scheme(accelerator).startswith("zero")
         started, seen = time.perf_counter(), 0
         padding = []
         while step < total:
             epoch = step // steps_per_epoch
             batches = [b for b in length_grouped_batches(lengths, stage.global_batch, seed=seed + epoch,
-                                                         group=self.recipe.group_by_length) if len(b) >= world]
+                                                         group=self.recipe.group_by_length, modality=modality)
+                       if len(b) >= world]
             padding.append(padding_fraction(lengths, batches))
             for batch in batches[step % steps_per_epoch:]:
                 if step >= total:

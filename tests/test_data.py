@@ -130,6 +130,24 @@ def test_length_grouping_cuts_padding_and_is_seeded():
     assert padding_fraction([2, 4], [[0, 1]]) == pytest.approx(0.25)
 
 
+def test_batches_hold_one_modality_except_the_merged_remainder():
+    rng = random.Random(1)
+    modality = [rng.random() < 0.7 for _ in range(203)]  # 141-ish with images, the rest text only
+    lengths = [rng.randint(600, 900) if m else rng.randint(20, 300) for m in modality]
+    batches = length_grouped_batches(lengths, 8, seed=5, modality=modality)
+    assert sorted(i for b in batches for i in b) == list(range(203))
+    assert [len(b) for b in batches[:-1]] == [8] * (203 // 8) and len(batches[-1]) == 203 % 8
+    *whole, tail = batches
+    images, texts = sum(modality), 203 - sum(modality)
+    merged = [b for b in batches[-2:] if len({modality[i] for i in b}) > 1]
+    assert all(len({modality[i] for i in b}) == 1 for b in whole[:-1])  # one kind per batch
+    assert len(merged) <= 2 and sum(len(b) for b in batches if b in merged) <= images % 8 + texts % 8
+    assert batches == length_grouped_batches(lengths, 8, seed=5, modality=modality)
+    # one kind only: the batches of plain length grouping
+    assert length_grouped_batches(lengths, 8, seed=5, modality=[True] * 203) == length_grouped_batches(
+        lengths, 8, seed=5)
+
+
 def test_a_template_that_raises_marks_the_sample_bad(transplanted, tmp_path, image_root):
     tok = AutoTokenizer.from_pretrained(transplanted["mistral"])
     tok.chat_template = (

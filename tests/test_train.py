@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 
 import pytest
@@ -199,6 +200,21 @@ def test_text_only_batches_train_in_every_stage(transplanted, colour_data, tmp_p
     result = train(transplanted["mistral"], recipe=recipe, data=data, image_root=None, output=tmp_path / "run",
                    feature_cache=tmp_path / "cache", show_progress=False)
     assert [h["stage"] for h in result.history] == ["stage1", "stage1", "stage2", "stage2"]
+
+
+def test_image_and_text_only_samples_train_in_batches_of_one_kind(transplanted, colour_data, tmp_path):
+    """24 image and 13 text-only samples, batches of 8: four batches of one kind, then the merged rest."""
+    from backbone_swap.demo import scenes
+
+    images = [json.loads(line) for line in colour_data["train"].read_text().splitlines()[:24]]
+    texts = [{"id": f"t{i}", "conversations": [{"from": "human", "value": "name a warm colour"},
+                                               {"from": "gpt", "value": "red"}]} for i in range(13)]
+    data = scenes.write_jsonl(images + texts, tmp_path / "mixed.jsonl")
+    recipe = apply_overrides(load_recipe("tiny-cpu"), ["stages.stage1.epochs=1", "stage2.max_steps=1"])
+    result = train(transplanted["mistral"], recipe=recipe, data=data, image_root=colour_data["root"],
+                   output=tmp_path / "run", feature_cache=tmp_path / "cache", show_progress=False)
+    assert [h["stage"] for h in result.history] == ["stage1"] * 5 + ["stage2"]
+    assert all(math.isfinite(h["loss"]) for h in result.history)
 
 
 def test_tower_on_every_batch_trains_to_the_weights_of_the_cache(transplanted, colour_data, tmp_path):
