@@ -195,3 +195,35 @@ def test_images_behind_a_linked_folder_inside_the_root_are_found(transplanted, t
     _, data = _build(transplanted["mistral"], tmp_path, image_root, records, on_bad_sample="skip")
     assert [s.id for s in data.samples] == ["linked"]
     assert "leaves the image root" in data.bad[0].reason
+
+
+def test_worker_processes_prepare_exactly_what_one_process_does(transplanted, tmp_path, image_root, monkeypatch):
+    """Chunks of 40 records over 2 spawned processes: the same samples in file order, the same bad records
+    (missing image, duplicate id, no reply) and the same first error."""
+    from backbone_swap import data
+
+    records = []
+    for i in range(130):
+        if i % 17 == 5:
+            records.append({"id": i, "image": "missing.png", "conversations": TWO_TURNS})
+        elif i % 23 == 7:
+            records.append({"id": i - 1, "conversations": TWO_TURNS[2:]})  # the id of the record before
+        elif i % 29 == 3:
+            records.append({"id": i, "conversations": TWO_TURNS[:1]})
+        else:
+            turns = TWO_TURNS if i % 2 else [dict(TWO_TURNS[0], value="<image>\n" + "what colour? " * (i % 5)),
+                                              TWO_TURNS[1]]
+            records.append({"id": i, "image": "a.png", "conversations": turns})
+    monkeypatch.setattr(data, "CHUNK", 40)
+    _, one = _build(transplanted["mistral"], tmp_path, image_root, records, on_bad_sample="skip", workers=1)
+    _, two = _build(transplanted["mistral"], tmp_path, image_root, records, on_bad_sample="skip", workers=2)
+    assert len(one.samples) > 90 and len(one.bad) >= 10
+    assert [(s.id, s.line, s.image, s.input_ids, s.labels) for s in two.samples] == [
+        (s.id, s.line, s.image, s.input_ids, s.labels) for s in one.samples]
+    assert two.bad == one.bad
+    errors = []
+    for workers in (1, 2):
+        with pytest.raises(BackboneSwapError) as caught:
+            _build(transplanted["mistral"], tmp_path, image_root, records, workers=workers)
+        errors.append(str(caught.value))
+    assert errors[0] == errors[1] and "(line 4): the conversation has no assistant" in errors[0]
