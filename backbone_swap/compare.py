@@ -244,6 +244,13 @@ def compare(
     started = time.time()
     model_a, model_b, output = Path(model_a), Path(model_b), Path(output)
     eval_a, eval_b = eval_dirs or (output / "eval" / "a", output / "eval" / "b")
+    if output.exists() and not output.is_dir():
+        raise BackboneSwapError(f"{output} exists and is not a folder", "Choose another --output")
+    if (output.is_dir() and not (output / "report.json").is_file() and not (output / "eval").is_dir()
+            and any(not p.name.startswith(".") for p in output.iterdir())):
+        # the report's files and plots would overwrite files of the same names
+        raise BackboneSwapError(f"{output} already exists and holds other files, not a comparison",
+                                "Choose another --output, or an empty folder")
     if weights:
         unknown = sorted(set(weights) - {t.name for t in suite.tasks})
         if unknown:

@@ -302,7 +302,8 @@ def _prepare(line: int, record: Any, ctx: _Context) -> Sample | BadSample:
                        f"times instead of {expected // per_image}, so image features and image tokens would not "
                        "match")
         if len(ids) > ctx.max_length:
-            raise _Bad(f"{len(ids)} tokens (image included) is longer than max_length {ctx.max_length}")
+            raise _Bad(f"{len(ids)} tokens (image included) is longer than max_length {ctx.max_length} (the "
+                       "recipe's, or the LLM's positions when fewer)")
         audit(ctx.tokenizer, messages, labels, ctx.end_of_turn)
     except _Bad as reason:
         return BadSample(sample_id, line, str(reason))

@@ -771,8 +771,12 @@ def _train(
             "Add a dedicated pad token (not the end-of-turn token) and resize the embeddings; backbone-swap "
             "transplant does both",
         )
+    # a recipe's max_length beyond the LLM's positions would train on positions it never learned
+    positions = (ckpt.config.get("text_config") or {}).get("max_position_embeddings")
+    max_length = min(recipe.max_length, positions) if isinstance(positions, int) and positions > 0 \
+        else recipe.max_length
     dataset = build_dataset(data, tokenizer, image_root=image_root, image_token=anatomy.image_token or "<image>",
-                            image_tokens=anatomy.vision.image_tokens, max_length=recipe.max_length,
+                            image_tokens=anatomy.vision.image_tokens, max_length=max_length,
                             end_of_turn=eot, on_bad_sample=on_bad_sample)
     accelerator.wait_for_everyone()  # every process has checked the output folder before anything is written
     if accelerator.is_main_process:
@@ -788,6 +792,9 @@ def _train(
         console.print(f"{summary['samples']} samples ({summary['skipped']} skipped), supervised tokens per sample: "
                       f"mean {summary['supervised_tokens_mean']}, min {summary['supervised_tokens_min']}; "
                       f"end of turn {eot!r}")
+        if max_length < recipe.max_length:
+            console.print(f"max_length {recipe.max_length} is beyond the LLM's {positions} positions: samples are "
+                          f"limited to {max_length} tokens")
     images = sorted({s.image for s in dataset.samples if s.image is not None})
     if not cache_features:
         from transformers import LlavaForConditionalGeneration
@@ -823,7 +830,7 @@ def _train(
                     "image_root": str(image_root) if image_root else None},
             recipe=recipe_to_dict(recipe),
             recipe_hash=recipe_hash(recipe),
-            data=dataset.stats() | {"end_of_turn": eot},
+            data=dataset.stats() | {"end_of_turn": eot, "max_length": max_length},
             features=feature_record,
             stages={name: {k: v for k, v in s.items() if k != "history"} for name, s in stages.items()},
             final_loss=final_loss,

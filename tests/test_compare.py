@@ -230,3 +230,12 @@ def test_a_weight_decay_difference_is_named(tmp_path):
     warned = " ".join(confounds(make("a", 0.0), make("b", 0.1)))
     assert "different weight decay (stage1 0, stage2 0 vs stage1 0, stage2 0.1)" in warned, warned
     assert "weight decay" not in " ".join(confounds(make("c", 0.0), make("d", 0.0)))
+
+
+def test_a_folder_of_other_files_is_never_written_into(cli, transplanted, suite_file, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "report.md").write_text("my notes")
+    result = cli("compare", transplanted["mistral"], transplanted["qwen2"], "--suite", suite_file, "-o", out)
+    assert result.code == 1 and "holds other files, not a comparison" in result.err
+    assert [p.name for p in out.iterdir()] == ["report.md"] and (out / "report.md").read_text() == "my notes"

@@ -247,3 +247,22 @@ def test_weight_decay_shrinks_the_projector_matrices_and_leaves_its_biases(kit):
         factor = 1 - 1e-2 * 0.1 if name.endswith("weight") else 1.0
         torch.testing.assert_close(p.detach(), before[name] * factor, rtol=0, atol=1e-7)
     assert [len(g["params"]) for g in optimizer.param_groups] == [2, 2]
+
+
+def test_max_length_beyond_the_llms_positions_is_limited_to_them(transplanted, colour_data, tmp_path):
+    """The kit's LLMs have 512 positions: a recipe asking for 100,000 tokens trains within 512, and a longer
+    sample is a bad record that says why."""
+    from backbone_swap.demo import scenes
+
+    records = [json.loads(line) for line in colour_data["train"].read_text().splitlines()[:16]]
+    long = dict(records[0], id="long", conversations=[records[0]["conversations"][0],
+                                                      {"from": "gpt", "value": "red " * 600}])
+    data = scenes.write_jsonl([*records, long], tmp_path / "d.jsonl")
+    recipe = apply_overrides(load_recipe("tiny-cpu"), ["max_length=100000", "stage1.max_steps=1",
+                                                       "stage2.max_steps=1"])
+    common = dict(recipe=recipe, data=data, image_root=colour_data["root"], feature_cache=tmp_path / "cache",
+                  show_progress=False)
+    with pytest.raises(BackboneSwapError, match="'long'.*longer than max_length 512"):
+        train(transplanted["mistral"], output=tmp_path / "refused", **common)
+    result = train(transplanted["mistral"], output=tmp_path / "run", on_bad_sample="skip", **common)
+    assert result.manifest["data"]["max_length"] == 512 and result.manifest["data"]["skipped_ids"] == ["long"]
