@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import functools
 import json
 import math
 import random
@@ -653,44 +654,29 @@ def refuse_untrainable(anatomy) -> None:
         )
 
 
+def _stops_on_full_disk(function: Callable[..., TrainResult]) -> Callable[..., TrainResult]:
+    """A full disk (or quota) in training or feature caching ends in one line saying what to free; what was
+    saved before is kept, so the same command with --resume continues."""
+
+    @functools.wraps(function)
+    def guarded(*args: Any, **kwargs: Any) -> TrainResult:
+        try:
+            return function(*args, **kwargs)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            where = f" ({e.filename})" if e.filename else ""
+            raise BackboneSwapError(
+                f"training stopped: no space left on the disk{where}; what was saved before is kept",
+                "Free space (the feature cache can move with --feature-cache DIR, or be left out with "
+                "--no-cache-features), then run the same command again with --resume",
+            ) from None
+
+    return guarded
+
+
+@_stops_on_full_disk
 def train(
-    model_dir: str | Path,
-    *,
-    recipe: Recipe,
-    data: str | Path,
-    image_root: str | Path | None,
-    output: str | Path,
-    feature_cache: str | Path | None = None,
-    cache_features: bool = True,
-    on_bad_sample: str = "fail",
-    save_every: int | None = None,
-    resume: bool = False,
-    callbacks: list[Callable[[StepInfo], None]] | None = None,
-    show_progress: bool = True,
-) -> TrainResult:
-    """Train ``model_dir`` with ``recipe`` on ``data`` into ``output``.
-
-    With ``cache_features`` off, the vision tower runs on every batch instead of once per image (for data
-    sets whose features would not fit on disk). With ``resume``, finished stages are kept and an
-    unfinished stage continues from its last checkpoint (every ``save_every`` optimizer steps), ending with
-    the weights of an uninterrupted run.
-    """
-    try:
-        return _train(model_dir, recipe=recipe, data=data, image_root=image_root, output=output,
-                      feature_cache=feature_cache, cache_features=cache_features, on_bad_sample=on_bad_sample,
-                      save_every=save_every, resume=resume, callbacks=callbacks, show_progress=show_progress)
-    except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        where = f" ({e.filename})" if e.filename else ""
-        raise BackboneSwapError(
-            f"training stopped: no space left on the disk{where}; what was saved before is kept",
-            "Free space (the feature cache can move with --feature-cache DIR, or be left out with "
-            "--no-cache-features), then run the same command again with --resume",
-        ) from None
-
-
-def _train(
     model_dir: str | Path,
     *,
     recipe: Recipe,
