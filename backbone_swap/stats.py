@@ -14,6 +14,7 @@ not something a user can fix.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -266,13 +267,7 @@ def _item_bootstrap_diff(
     """
     n = a.size
     estimate = float(np.mean(b) - np.mean(a))
-    rng = np.random.default_rng(seed)
-    replicates = np.empty(n_resamples)
-    batch = max(1, _CHUNK_ELEMENTS // n)
-    for start in range(0, n_resamples, batch):
-        stop = min(start + batch, n_resamples)
-        drawn = rng.integers(0, n, size=(stop - start, n))
-        replicates[start:stop] = _mean_diff(a[drawn], b[drawn])
+    replicates = _replicates(n, n_resamples, seed, lambda drawn: _mean_diff(a[drawn], b[drawn]))
     alpha = (1.0 - confidence) / 2.0
     diff = b - a
     if np.ptp(diff) > 0:  # exact test on the raw values: identical differences leave BCa undefined
@@ -321,15 +316,23 @@ def _cluster_bootstrap_diff(
     if n_clusters < 2:
         return Interval(estimate, math.nan, math.nan, "percentile")
 
-    rng = np.random.default_rng(seed)
-    replicates = np.empty(n_resamples)
-    chunk = max(1, _CHUNK_ELEMENTS // n_clusters)
-    for start in range(0, n_resamples, chunk):
-        stop = min(start + chunk, n_resamples)
-        drawn = rng.integers(0, n_clusters, size=(stop - start, n_clusters))
-        replicates[start:stop] = cluster_sum[drawn].sum(axis=1) / cluster_size[drawn].sum(axis=1)
+    replicates = _replicates(n_clusters, n_resamples, seed,
+                             lambda drawn: cluster_sum[drawn].sum(axis=1) / cluster_size[drawn].sum(axis=1))
     low, high = _percentile_bounds(replicates, confidence)
     return Interval(estimate, low, high, "percentile")
+
+
+def _replicates(n: int, n_resamples: int, seed: int,
+                statistic: Callable[[NDArray[np.int64]], NDArray[np.float64]]) -> NDArray[np.float64]:
+    """``statistic`` of each of ``n_resamples`` draws of n indices with replacement, drawn in chunks so
+    memory stays bounded whatever n (the draws are those of one seeded generator, chunk after chunk)."""
+    rng = np.random.default_rng(seed)
+    replicates = np.empty(n_resamples)
+    chunk = max(1, _CHUNK_ELEMENTS // n)
+    for start in range(0, n_resamples, chunk):
+        stop = min(start + chunk, n_resamples)
+        replicates[start:stop] = statistic(rng.integers(0, n, size=(stop - start, n)))
+    return replicates
 
 
 def _percentile_bounds(replicates: NDArray[np.float64], confidence: float) -> tuple[float, float]:
