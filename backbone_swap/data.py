@@ -337,14 +337,29 @@ def default_workers() -> int:
     return max(1, min(32, cores // max(local, 1)))
 
 
+def _main_is_guarded() -> bool:
+    """Whether worker processes can be spawned safely: each one imports the main script again, so a script
+    without an ``if __name__ == "__main__":`` guard would run its training again in every worker (the
+    ``backbone-swap`` command, ``python -m backbone_swap.cli`` and pytest have the guard)."""
+    import inspect
+    import sys
+
+    main = sys.modules.get("__main__")
+    try:
+        source = inspect.getsource(main) if main is not None else ""
+    except (OSError, TypeError):  # an interactive session, or a main module without a file
+        return False
+    return "__name__ == '__main__'" in source or '__name__ == "__main__"' in source
+
+
 def _prepared(path: Path, ctx: _Context, workers: int) -> Iterator[Sample | BadSample]:
     """Every record prepared, in file order; chunks go to ``workers`` processes once the file is larger than
     one chunk (rendering chat templates takes milliseconds a record: half an hour for LLaVA's 665K mix)."""
     from itertools import islice
 
     records = read_records(path)
-    first = list(islice(records, CHUNK))
-    if workers <= 1 or len(first) < CHUNK:
+    first = list(islice(records, CHUNK + 1))
+    if workers <= 1 or len(first) <= CHUNK or not _main_is_guarded():
         yield from (_prepare(line, record, ctx) for line, record in first)
         yield from (_prepare(line, record, ctx) for line, record in records)
         return
@@ -358,25 +373,37 @@ def _prepared(path: Path, ctx: _Context, workers: int) -> Iterator[Sample | BadS
         while chunk := list(islice(records, CHUNK)):
             yield chunk
 
-    pending: deque = deque()
+    def here(chunk: list[tuple[int, Any]]) -> list[Sample | BadSample]:
+        return [_prepare(line, record, ctx) for line, record in chunk]
+
+    pending: deque = deque()  # (chunk, future), in file order
+    broken = False  # a worker died (out of memory, killed): the rest is prepared in this process
     # spawn, not fork: the training process may already hold CUDA or thread pools a fork would copy broken
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
                              initargs=(ctx,)) as pool:
-        for chunk in chunks():  # a few chunks in flight per worker, so memory stays bounded
-            pending.append((chunk, pool.submit(_prepare_chunk, chunk)))
-            while len(pending) > 2 * workers or (pending and pending[0][1].done()):
-                yield from _result(*pending.popleft(), ctx, BrokenProcessPool)
+        for chunk in chunks():
+            if not broken:
+                try:
+                    pending.append((chunk, pool.submit(_prepare_chunk, chunk)))
+                except BrokenProcessPool:
+                    broken = True
+            if broken:
+                pending.append((chunk, None))
+            # a few chunks in flight per worker, so memory stays bounded
+            while len(pending) > 2 * workers or (pending and (pending[0][1] is None or pending[0][1].done())):
+                chunk_, future = pending.popleft()
+                try:
+                    yield from (future.result() if future is not None else here(chunk_))
+                except BrokenProcessPool:
+                    broken = True
+                    yield from here(chunk_)
         while pending:
-            yield from _result(*pending.popleft(), ctx, BrokenProcessPool)
-
-
-def _result(chunk: list[tuple[int, Any]], future, ctx: _Context, broken: type[Exception]) -> list[Sample | BadSample]:
-    """A worker's samples; the chunk is prepared here when the workers could not start (a script that runs
-    training without an ``if __name__ == "__main__"`` guard cannot spawn processes)."""
-    try:
-        return future.result()
-    except broken:
-        return [_prepare(line, record, ctx) for line, record in chunk]
+            chunk_, future = pending.popleft()
+            try:
+                yield from (future.result() if future is not None and not broken else here(chunk_))
+            except BrokenProcessPool:
+                broken = True
+                yield from here(chunk_)
 
 
 def build_dataset(

@@ -478,7 +478,14 @@ class Trainer:
 
         # our own file, written by _save_checkpoint; weights_only keeps it to tensors and plain data
         state = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
-        load_optimizer_state(self.accelerator, model, optimizer, state["optimizer"])
+        try:
+            load_optimizer_state(self.accelerator, model, optimizer, state["optimizer"])
+        except (ValueError, KeyError) as e:  # torch: "loaded state dict contains a parameter group that ..."
+            raise BackboneSwapError(
+                f"{folder} holds optimizer state for other parameter groups (written by an earlier version of "
+                f"backbone-swap, or for another recipe), so this stage cannot continue from it ({e})",
+                f"Delete {folder} and resume: the stage starts again from its beginning",
+            ) from None
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") and torch.cuda.is_available():

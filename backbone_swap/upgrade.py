@@ -114,14 +114,31 @@ def plan(options: UpgradeOptions) -> Plan:
     shapes = estimate.shapes_of(old, new, new_ckpt, compat, targets, lora.r if lora else 0)
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(options.llm)
-    data = estimate.measure_data(options.data, tokenizer, shapes.image_tokens, seed=options.seed)
+    def measured(llm: Path, template: Path | None):
+        tokenizer = AutoTokenizer.from_pretrained(llm)
+        if template is not None:  # the template the transplant will write, for the tokens it adds per turn
+            tokenizer.chat_template = Path(template).read_text()
+        return estimate.measure_data(options.data, tokenizer, shapes.image_tokens, seed=options.seed)
+
+    data = measured(options.llm, options.chat_template)
     records, tokens = data.records, round(data.tokens)
     trainable = shapes.projector_params + shapes.lora_params
     memory_parts = estimate.peak_memory(shapes, data, recipe, trainable=trainable)
     memory = sum(memory_parts.values())
     flops = estimate.training_flops(shapes, data, recipe)
-    models = 2 if options.baseline == "retrain" else 1
+    if options.baseline == "retrain" and options.old_llm is not None:
+        # the baseline trains the old LLM the same way: its own shapes and tokens; memory is the larger peak
+        old_llm = read_anatomy(old_llm_ckpt)
+        old_targets = (tuple(old_llm.lora_targets) if lora is None or isinstance(lora.targets, str)
+                       else tuple(lora.targets))
+        old_shapes = estimate.shapes_of(old, old_llm, old_llm_ckpt, baseline_compat, old_targets,
+                                        lora.r if lora else 0)
+        old_data = measured(options.old_llm, options.old_chat_template)
+        old_parts = estimate.peak_memory(old_shapes, old_data, recipe,
+                                         trainable=old_shapes.projector_params + old_shapes.lora_params)
+        if sum(old_parts.values()) > memory:
+            memory_parts, memory = old_parts, sum(old_parts.values())
+        flops += estimate.training_flops(old_shapes, old_data, recipe)
     steps = [s for s in STEPS if s != "baseline" or options.baseline == "retrain"]
     lines = [
         f"steps: {', '.join(steps)}",
@@ -139,10 +156,10 @@ def plan(options: UpgradeOptions) -> Plan:
         f"suite {options.suite.name}: {options.suite.names()}",
         f"estimate: about {memory / 1e9:.1f} GB of accelerator memory on one device without sharding ("
         + ", ".join(f"{k.replace('_', ' ')} {v / 1e9:.1f}" for k, v in memory_parts.items()) + "), "
-        f"{flops * models / 1e15:.3g} PFLOP of training compute "
-        f"(about {flops * models / (0.4 * 312e12) / 3600:.2g} GPU-hours at 40% of an A100's bf16 peak)",
+        f"{flops / 1e15:.3g} PFLOP of training compute "
+        f"(about {flops / (0.4 * 312e12) / 3600:.2g} GPU-hours at 40% of an A100's bf16 peak)",
     ]
-    figures = {"memory_bytes": int(memory), "memory": memory_parts, "train_flops": float(flops * models),
+    figures = {"memory_bytes": int(memory), "memory": memory_parts, "train_flops": float(flops),
                "records": records, "tokens": tokens, "longest_tokens": data.longest,
                "trainable_parameters": int(trainable)}
     return Plan(steps, lines, figures)
@@ -273,6 +290,9 @@ def upgrade(options: UpgradeOptions, *, restart: str | None = None, dry_run: boo
                      dtype=options.dtype, show_progress=options.show_progress)
             run.finish(step, started, output=str(paths[step]))
     started = time.time()
+    # the comparison is always made again (its evaluations live outside its folder): a report a stopped run
+    # left half written goes first
+    shutil.rmtree(paths["compare"], ignore_errors=True)
     comparison = compare(
         old_model, new_model, options.suite, paths["compare"], min_gain=options.min_gain, alpha=options.alpha,
         weights=options.weights, n_resamples=options.n_resamples, seed=options.seed, batch_size=options.batch_size,

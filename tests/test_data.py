@@ -227,3 +227,36 @@ def test_worker_processes_prepare_exactly_what_one_process_does(transplanted, tm
             _build(transplanted["mistral"], tmp_path, image_root, records, workers=workers)
         errors.append(str(caught.value))
     assert errors[0] == errors[1] and "(line 4): the conversation has no assistant" in errors[0]
+
+
+class _DiesInAWorker:
+    """A tokenizer whose copy kills the worker process that receives it: the pool breaks at once."""
+
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+    def __call__(self, *args, **kwargs):
+        return self._tokenizer(*args, **kwargs)
+
+    def __reduce__(self):
+        import os
+
+        return (os._exit, (1,))
+
+
+def test_records_are_prepared_here_when_the_workers_die(transplanted, tmp_path, image_root, monkeypatch):
+    """Seven chunks over 2 workers that die on start: every chunk, submitted or not, is prepared in this
+    process, with the samples of a one-process run."""
+    from backbone_swap import data
+
+    records = [{"id": i, "image": "a.png", "conversations": TWO_TURNS} for i in range(140)]
+    monkeypatch.setattr(data, "CHUNK", 20)
+    tok, one = _build(transplanted["mistral"], tmp_path, image_root, records, workers=1)
+    options = dict(image_root=image_root, image_token="<image>", image_tokens=16, max_length=256,
+                   end_of_turn=end_of_turn(tok))
+    survived = build_dataset(tmp_path / "d.jsonl", _DiesInAWorker(tok), workers=2, **options)
+    assert [(s.id, s.input_ids, s.labels) for s in survived.samples] == [
+        (s.id, s.input_ids, s.labels) for s in one.samples]

@@ -162,6 +162,15 @@ def test_interrupted_run_resumes_to_the_same_weights(transplanted, colour_data, 
     refused = pytest.raises(BackboneSwapError, match="--resume")
     with refused:
         train(transplanted["mistral"], output=tmp_path / "cut", save_every=2, **common)
+    # a checkpoint of an earlier version: one projector group, biases decayed with the weights
+    shutil.copytree(tmp_path / "cut", tmp_path / "earlier")
+    saved = tmp_path / "earlier" / "stage2" / "checkpoint" / "optimizer.pt"
+    state = torch.load(saved, weights_only=True)
+    groups = state["optimizer"]["param_groups"]
+    groups[0]["params"] += groups.pop(1)["params"]
+    torch.save(state, saved)
+    with pytest.raises(BackboneSwapError, match="other parameter groups.*Delete .*checkpoint and resume"):
+        train(transplanted["mistral"], output=tmp_path / "earlier", save_every=2, resume=True, **common)
     resumed = train(transplanted["mistral"], output=tmp_path / "cut", save_every=2, resume=True, **common)
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in whole.history]
     a = load_file(tmp_path / "whole" / "stage2" / "trainable.safetensors")
