@@ -37,6 +37,13 @@ _PREAMBLE_START = TEMPLATE_PREAMBLE[: TEMPLATE_PREAMBLE.index("{%- for")]
 TEMPLATE_VARIABLES = {"date_string": "26 Jul 2024"}
 
 
+def template_variables(template: Any) -> dict[str, str]:
+    """The TEMPLATE_VARIABLES a template reads: a processor takes any other keyword for its own ``__call__``
+    and warns about it at every rendering."""
+    text = template if isinstance(template, str) else " ".join(map(str, (template or {}).values()))
+    return {k: v for k, v in TEMPLATE_VARIABLES.items() if k in text}
+
+
 def processor_template(llm_template: str, image_token: str) -> str:
     """The LLM's chat template, made able to render messages that contain images."""
     if llm_template.startswith(_PREAMBLE_START):

@@ -87,3 +87,12 @@ def test_train_and_eval_stop_at_the_end_of_turn(llama3, colour_data, suite_file,
         generated = evaluator.model.generate(**inputs, max_new_tokens=12, do_sample=False, eos_token_id=eot)
     tokens = generated[0, inputs["input_ids"].shape[1]:].tolist()
     assert eot in tokens and len(tokens) < 12
+
+
+def test_only_templates_that_read_the_date_are_given_it():
+    """A processor hands keywords its template does not read to its own __call__, with a warning each time."""
+    from backbone_swap.templates import template_variables
+
+    assert template_variables(tm.LLAMA3_TEMPLATE) == TEMPLATE_VARIABLES
+    assert template_variables(tm.LLAVA_TEMPLATE) == {} and template_variables(None) == {}
+    assert template_variables({"default": tm.LLAMA3_TEMPLATE}) == TEMPLATE_VARIABLES

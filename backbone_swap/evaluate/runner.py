@@ -22,7 +22,7 @@ from backbone_swap.evaluate import scoring
 from backbone_swap.evaluate.suite import Suite, Task, read_items
 from backbone_swap.manifest import step_record
 from backbone_swap.outputs import write_json
-from backbone_swap.templates import TEMPLATE_VARIABLES, end_of_turn, reply_prefix
+from backbone_swap.templates import end_of_turn, reply_prefix, template_variables
 
 
 @dataclass
@@ -135,7 +135,7 @@ class Evaluator:
 
         prompts = [
             self.processor.apply_chat_template(_messages(q, task.instruction), add_generation_prompt=True,
-                                               **TEMPLATE_VARIABLES)
+                                               **template_variables(self.processor.chat_template))
             for q in questions
         ]
         inputs = self._inputs(images, prompts)
