@@ -83,3 +83,22 @@ def write_json(path: Path, data: Any) -> None:
         os.fsync(f.fileno())
     share_as_created(f.name)
     os.replace(f.name, path)
+
+
+def previous_manifest(output: Path, field: str, value: str, what: str) -> dict[str, Any] | None:
+    """The ``manifest.json`` of the run already in ``output`` (None: the folder is new or empty).
+
+    Refuses an output that is a file, and a folder whose manifest does not say ``field: value``: it holds
+    other files, which a run would overwrite or delete. ``what`` names the run in the message.
+    """
+    if output.exists() and not output.is_dir():
+        raise BackboneSwapError(f"{output} exists and is not a folder", "Choose another --output")
+    if not output.exists() or not any(output.iterdir()):
+        return None
+    previous = None
+    with contextlib.suppress(OSError, UnicodeDecodeError, json.JSONDecodeError):
+        previous = json.loads((output / "manifest.json").read_text(encoding="utf-8"))
+    if not isinstance(previous, dict) or previous.get(field) != value:
+        raise BackboneSwapError(f"{output} already exists and holds other files, not {what}",
+                                "Choose another --output, or an empty folder")
+    return previous

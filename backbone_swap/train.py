@@ -28,7 +28,7 @@ from typing import Any
 from backbone_swap.data import IGNORE, Dataset, build_dataset, length_grouped_batches, padding_fraction
 from backbone_swap.errors import BackboneSwapError
 from backbone_swap.manifest import step_record
-from backbone_swap.outputs import staged_dir, write_json
+from backbone_swap.outputs import previous_manifest, staged_dir, write_json
 from backbone_swap.recipe import Recipe, Stage, recipe_hash, recipe_to_dict
 from backbone_swap.safetensors_io import TORCH_DTYPES, sha256_file
 
@@ -854,14 +854,9 @@ def _previous_run(output: Path, model_dir: Path, *, resume: bool) -> dict[str, A
     if resolved == model or model in resolved.parents or resolved in model.parents:
         raise BackboneSwapError(f"the output folder {output} overlaps the model folder {model_dir}",
                                 "Choose an output folder outside the model folder")
-    if not output.exists() or not any(output.iterdir()):
+    previous = previous_manifest(output, "step", "train", "a training run")
+    if previous is None:
         return None
-    previous = None
-    with contextlib.suppress(OSError, UnicodeDecodeError, json.JSONDecodeError):
-        previous = json.loads((output / "manifest.json").read_text(encoding="utf-8"))
-    if not isinstance(previous, dict) or previous.get("step") != "train":
-        raise BackboneSwapError(f"{output} already exists and holds other files, not a training run",
-                                "Choose another --output, or an empty folder")
     if not resume:
         raise BackboneSwapError(f"{output} already holds a training run",
                                 "Pass --resume to continue it, or choose another --output")

@@ -7,9 +7,7 @@ are done, so a run started again continues where it stopped.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -19,7 +17,7 @@ from typing import Any
 from backbone_swap import estimate
 from backbone_swap.errors import BackboneSwapError
 from backbone_swap.manifest import versions
-from backbone_swap.outputs import write_json
+from backbone_swap.outputs import previous_manifest, write_json
 from backbone_swap.recipe import Recipe, recipe_hash, recipe_to_dict
 
 STEPS = ("transplant", "baseline", "train", "eval-old", "eval-new", "compare")
@@ -165,22 +163,6 @@ def plan(options: UpgradeOptions) -> Plan:
     return Plan(steps, lines, figures)
 
 
-def _previous_upgrade(output: Path) -> dict[str, Any] | None:
-    """The manifest of the upgrade run in ``output`` (None: new or empty); never a folder of other files,
-    in which a run would overwrite or delete what is there."""
-    if output.exists() and not output.is_dir():
-        raise BackboneSwapError(f"{output} exists and is not a folder", "Choose another --output")
-    if not output.exists() or not any(output.iterdir()):
-        return None
-    previous = None
-    with contextlib.suppress(OSError, UnicodeDecodeError, json.JSONDecodeError):
-        previous = json.loads((output / "manifest.json").read_text(encoding="utf-8"))
-    if not isinstance(previous, dict) or previous.get("command") != "upgrade":
-        raise BackboneSwapError(f"{output} already exists and holds other files, not an upgrade run",
-                                "Choose another --output, or an empty folder")
-    return previous
-
-
 class _Run:
     """The run folder's manifest: which steps are done, with their outputs and timings."""
 
@@ -196,7 +178,8 @@ class _Run:
             path = getattr(options, key)
             if path is not None:
                 identity[key] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-        previous = _previous_upgrade(options.output)
+        # never a folder of other files, in which the run would overwrite or delete what is there
+        previous = previous_manifest(options.output, "command", "upgrade", "an upgrade run")
         if previous and previous.get("identity") != identity and restart != "transplant":
             changed = sorted(k for k in identity if previous.get("identity", {}).get(k) != identity[k])
             raise BackboneSwapError(
