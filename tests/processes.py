@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import time
 from pathlib import Path
 
+import psutil
+
 
 def kill_once_written(command: list[str], marker: Path, *, env: dict[str, str] | None = None,
                       cwd: Path | None = None, timeout: float = 300) -> None:
-    """Start ``command`` in its own process group and SIGKILL the whole group as soon as ``marker`` exists."""
+    """Start ``command`` and SIGKILL it with every process under it as soon as ``marker`` exists.
+
+    A launcher's workers are not in its process group (torch's elastic agent starts each in a session of its
+    own), so the tree is walked: a worker left alive would go on writing into the folder being resumed.
+    """
     process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
     deadline = time.time() + timeout
@@ -20,6 +27,30 @@ def kill_once_written(command: list[str], marker: Path, *, env: dict[str, str] |
     try:
         assert marker.exists(), f"the command never wrote {marker.name}"
     finally:
-        if process.poll() is None:
+        _kill_tree(process)
+
+
+def _kill_tree(process: subprocess.Popen) -> None:
+    try:
+        tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = []
+    for member in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.kill()
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    process.wait()
+    deadline = time.time() + 60
+    while (running := [member.pid for member in tree if _running(member)]) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not running, f"processes {running} outlived SIGKILL"
+
+
+def _running(member: psutil.Process) -> bool:
+    # a killed worker whose new parent does not reap it stays a zombie: dead all the same
+    try:
+        return member.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
