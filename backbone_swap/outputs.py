@@ -85,6 +85,22 @@ def write_json(path: Path, data: Any) -> None:
     os.replace(f.name, path)
 
 
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write through a temporary file in the same folder and a rename; readers never see a partial file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        share_as_created(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def previous_manifest(output: Path, field: str, value: str, what: str) -> dict[str, Any] | None:
     """The ``manifest.json`` of the run already in ``output`` (None: the folder is new or empty).
 

@@ -19,15 +19,12 @@ no global backend switch) and imported only when plots are drawn.
 from __future__ import annotations
 
 import base64
-import contextlib
 import dataclasses
 import datetime as _dt
 import io
 import json
 import math
-import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePath
 from typing import Any
@@ -36,7 +33,7 @@ import numpy as np
 
 from backbone_swap.evaluate.scoring import TASK_TYPES
 from backbone_swap.evaluate.suite import NEEDS
-from backbone_swap.outputs import share_as_created
+from backbone_swap.outputs import write_bytes
 from backbone_swap.recommend import (
     EXPECTATIONS,
     OVERALL_VERDICTS,
@@ -336,22 +333,6 @@ def to_jsonable(value: Any, where: str = "comparison") -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return to_jsonable(dataclasses.asdict(value), where)
     raise TypeError(f"{where}: {type(value).__name__} cannot be written to JSON")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write through a temporary file in the same folder and a rename; readers never see a partial file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        share_as_created(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 # --------------------------------------------------------------------------------------------------
@@ -784,14 +765,14 @@ def write_report(folder: Path, comparison: Mapping[str, Any]) -> dict[str, Path]
     paths: dict[str, Path] = {}
     for key, png in images.items():
         paths[key] = folder / f"{key}.png"
-        _atomic_write(paths[key], png)
+        write_bytes(paths[key], png)
     paths["markdown"] = folder / "report.md"
-    _atomic_write(paths["markdown"], render_markdown(data).encode("utf-8"))
+    write_bytes(paths["markdown"], render_markdown(data).encode("utf-8"))
     paths["html"] = folder / "report.html"
-    _atomic_write(paths["html"], render_html(data, images).encode("utf-8"))
+    write_bytes(paths["html"], render_html(data, images).encode("utf-8"))
     paths["json"] = folder / "report.json"
     text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    _atomic_write(paths["json"], text.encode("utf-8"))
+    write_bytes(paths["json"], text.encode("utf-8"))
     return paths
 
 

@@ -14,6 +14,7 @@ import contextlib
 import csv
 import errno
 import functools
+import io
 import json
 import math
 import random
@@ -28,7 +29,7 @@ from typing import Any
 from backbone_swap.data import IGNORE, Dataset, build_dataset, length_grouped_batches, padding_fraction
 from backbone_swap.errors import BackboneSwapError
 from backbone_swap.manifest import step_record
-from backbone_swap.outputs import previous_manifest, staged_dir, write_json
+from backbone_swap.outputs import previous_manifest, staged_dir, write_bytes, write_json
 from backbone_swap.recipe import Recipe, Stage, recipe_hash, recipe_to_dict
 from backbone_swap.safetensors_io import TORCH_DTYPES, sha256_file
 
@@ -536,10 +537,11 @@ class _StageProgress:
 
 def write_loss_curve(history: list[dict[str, Any]], folder: Path) -> None:
     """loss.csv and loss.png: the curve a practitioner checks first."""
-    with open(folder / "loss.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["stage", "step", "loss", "lr"])
-        writer.writeheader()
-        writer.writerows(history)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=["stage", "step", "loss", "lr"])
+    writer.writeheader()
+    writer.writerows(history)
+    write_bytes(folder / "loss.csv", table.getvalue().encode("utf-8"))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -555,8 +557,10 @@ def write_loss_curve(history: list[dict[str, Any]], folder: Path) -> None:
     ax.set_ylabel("loss")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(folder / "loss.png", dpi=100)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=100)
     plt.close(fig)
+    write_bytes(folder / "loss.png", image.getvalue())
 
 
 def _restore_tower(vlm, source: Path) -> None:
