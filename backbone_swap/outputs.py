@@ -7,9 +7,11 @@ previous output of the same name survives until the new one is whole.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -101,6 +103,68 @@ def write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+LOCK_NAME = ".lock"
+
+
+@contextlib.contextmanager
+def held_by_this_run(folder: Path, what: str, state: Any = None) -> Iterator[None]:
+    """Refuse to write ``folder`` while another run writes it, and hold it for this run until the block ends.
+
+    Two runs in one folder (a job submitted twice, or the workers of a launcher killed with SIGKILL: torch
+    starts them in sessions of their own, so they go on training) would overwrite each other's checkpoints and
+    answers. The main process holds an advisory lock (``flock``) on ``folder/.lock``; the kernel drops it when
+    the process ends, however it ends, so a crash never leaves a folder locked. With ``state`` (accelerate's
+    ``PartialState`` or ``Accelerator``) the other processes of a multi-process run learn the outcome from the
+    main one, so all of them stop together. A file system without locks (some parallel file systems) is
+    written without one.
+    """
+    handle = None
+    refusal = None
+    if folder.exists() and not folder.is_dir():
+        raise BackboneSwapError(f"{folder} exists and is not a folder", "Choose another --output")
+    if state is None or state.is_main_process:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, refusal = _lock(folder / LOCK_NAME)
+        if refusal is not None:
+            refusal = f"{folder} is being written by another {what} ({refusal})"
+    if state is not None and state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        refusal = broadcast_object_list([refusal])[0]
+    if refusal is not None:
+        raise BackboneSwapError(refusal, "Wait for that run to end, or stop it and every worker process it started "
+                                         "(they outlive a launcher killed with SIGKILL), then run again")
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.close()  # releases the lock
+
+
+def _lock(path: Path) -> tuple[Any, str | None]:
+    """(the open lock file, None) when this process now holds ``path``; (None, who holds it) when another does."""
+    try:
+        import fcntl
+    except ImportError:  # no flock on this platform
+        return None, None
+    handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the run's duration
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+            handle.close()
+            return None, None  # the file system has no locks
+        handle.seek(0)
+        holder = handle.read().strip()
+        handle.close()
+        return None, holder or "a process still running"
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+    return handle, None
+
+
 def previous_manifest(output: Path, field: str, value: str, what: str) -> dict[str, Any] | None:
     """The ``manifest.json`` of the run already in ``output`` (None: the folder is new or empty).
 
@@ -109,7 +173,7 @@ def previous_manifest(output: Path, field: str, value: str, what: str) -> dict[s
     """
     if output.exists() and not output.is_dir():
         raise BackboneSwapError(f"{output} exists and is not a folder", "Choose another --output")
-    if not output.exists() or not any(output.iterdir()):
+    if not output.exists() or not any(p.name != LOCK_NAME for p in output.iterdir()):
         return None
     previous = None
     with contextlib.suppress(OSError, UnicodeDecodeError, json.JSONDecodeError):

@@ -29,7 +29,7 @@ from typing import Any
 from backbone_swap.data import IGNORE, Dataset, build_dataset, length_grouped_batches, padding_fraction
 from backbone_swap.errors import BackboneSwapError
 from backbone_swap.manifest import step_record
-from backbone_swap.outputs import previous_manifest, staged_dir, write_bytes, write_json
+from backbone_swap.outputs import held_by_this_run, previous_manifest, staged_dir, write_bytes, write_json
 from backbone_swap.recipe import Recipe, Stage, recipe_hash, recipe_to_dict
 from backbone_swap.safetensors_io import TORCH_DTYPES, sha256_file
 
@@ -776,74 +776,75 @@ def train(
                             image_tokens=anatomy.vision.image_tokens, max_length=max_length,
                             end_of_turn=eot, on_bad_sample=on_bad_sample)
     accelerator.wait_for_everyone()  # every process has checked the output folder before anything is written
-    if accelerator.is_main_process:
-        output.mkdir(parents=True, exist_ok=True)
-        write_json(manifest_path, {"step": "train", "recipe_hash": recipe_hash(recipe), "finished": False,
-                                   "identity": {"model": model_key, "data_sha256": data_sha}})
-    show_progress = show_progress and accelerator.is_main_process
+    with held_by_this_run(output, "training run", accelerator):
+        if accelerator.is_main_process:
+            output.mkdir(parents=True, exist_ok=True)
+            write_json(manifest_path, {"step": "train", "recipe_hash": recipe_hash(recipe), "finished": False,
+                                       "identity": {"model": model_key, "data_sha256": data_sha}})
+        show_progress = show_progress and accelerator.is_main_process
 
-    if show_progress:
-        from backbone_swap.progress import console
+        if show_progress:
+            from backbone_swap.progress import console
 
-        summary = dataset.stats()
-        console.print(f"{summary['samples']} samples ({summary['skipped']} skipped), supervised tokens per sample: "
-                      f"mean {summary['supervised_tokens_mean']}, min {summary['supervised_tokens_min']}; "
-                      f"end of turn {eot!r}")
-        if max_length < recipe.max_length:
-            console.print(f"max_length {recipe.max_length} is beyond the LLM's {positions} positions: samples are "
-                          f"limited to {max_length} tokens")
-    images = sorted({s.image for s in dataset.samples if s.image is not None})
-    if not cache_features:
-        from transformers import LlavaForConditionalGeneration
+            summary = dataset.stats()
+            console.print(f"{summary['samples']} samples ({summary['skipped']} skipped), supervised tokens per sample: "
+                          f"mean {summary['supervised_tokens_mean']}, min {summary['supervised_tokens_min']}; "
+                          f"end of turn {eot!r}")
+            if max_length < recipe.max_length:
+                console.print(f"max_length {recipe.max_length} is beyond the LLM's {positions} positions: samples are "
+                              f"limited to {max_length} tokens")
+        images = sorted({s.image for s in dataset.samples if s.image is not None})
+        if not cache_features:
+            from transformers import LlavaForConditionalGeneration
 
-        from backbone_swap.features import TowerFeatures
-        from backbone_swap.sharding import loading_whole
+            from backbone_swap.features import TowerFeatures
+            from backbone_swap.sharding import loading_whole
 
-        with loading_whole(accelerator, every_process=True):
-            tower = LlavaForConditionalGeneration.from_pretrained(
-                model_dir, dtype=_dtype(recipe.precision)).model.vision_tower.to(accelerator.device).eval()
-        features = TowerFeatures(tower, processor.image_processor, image_aspect=recipe.image_aspect,
-                                 layer=anatomy.vision.feature_layer, strategy=anatomy.vision.select_strategy,
-                                 device=accelerator.device)
-        feature_record = {"cache": None, "computed": "every step"}
-    else:
-        features, feature_record = _cached_features(accelerator, model_dir, processor, anatomy, recipe, images,
-                                                    feature_cache, show_progress)
+            with loading_whole(accelerator, every_process=True):
+                tower = LlavaForConditionalGeneration.from_pretrained(
+                    model_dir, dtype=_dtype(recipe.precision)).model.vision_tower.to(accelerator.device).eval()
+            features = TowerFeatures(tower, processor.image_processor, image_aspect=recipe.image_aspect,
+                                     layer=anatomy.vision.feature_layer, strategy=anatomy.vision.select_strategy,
+                                     device=accelerator.device)
+            feature_record = {"cache": None, "computed": "every step"}
+        else:
+            features, feature_record = _cached_features(accelerator, model_dir, processor, anatomy, recipe, images,
+                                                        feature_cache, show_progress)
 
-    # resolved: the adapter records this path as its base, which must hold from any working directory
-    trainer = Trainer(accelerator, model_dir.resolve(), recipe, dataset, processor, output, features=features,
-                      save_every=save_every, callbacks=list(callbacks or []), show_progress=show_progress)
-    model = trainer.run()
-    if trainer.accelerator.is_main_process:
-        dtype_name = TORCH_DTYPES.get(anatomy.dtypes.get("language_model", "F32"), "float32")
-        exported = export(model, processor, output, dtype_name=dtype_name, image_aspect=recipe.image_aspect,
-                          tower_source=model_dir)
-        write_loss_curve(trainer.history, output)
-        stages = {s.name: json.loads((output / s.name / "state.json").read_text()) for s in recipe.stages}
-        final_loss = trainer.history[-1]["loss"] if trainer.history else None
-        manifest = step_record(
-            "train",
-            inputs={"model": model_key, "data": str(data), "data_sha256": data_sha,
-                    "image_root": str(image_root) if image_root else None},
-            recipe=recipe_to_dict(recipe),
-            recipe_hash=recipe_hash(recipe),
-            data=dataset.stats() | {"end_of_turn": eot, "max_length": max_length},
-            features=feature_record,
-            stages={name: {k: v for k, v in s.items() if k != "history"} for name, s in stages.items()},
-            final_loss=final_loss,
-            exported=exported,
-            seconds=round(time.time() - started, 3),
-            identity={"model": model_key, "data_sha256": data_sha},
-            finished=True,
-            history=trainer.history,
-        )
-        for folder in exported.values():  # each export carries its provenance when copied elsewhere
-            write_json(Path(folder) / "manifest.json", {k: v for k, v in manifest.items() if k != "history"})
-        write_json(manifest_path, manifest)
-    else:
-        manifest = {}
-    trainer.accelerator.wait_for_everyone()
-    return TrainResult(output, manifest, trainer.history)
+        # resolved: the adapter records this path as its base, which must hold from any working directory
+        trainer = Trainer(accelerator, model_dir.resolve(), recipe, dataset, processor, output, features=features,
+                          save_every=save_every, callbacks=list(callbacks or []), show_progress=show_progress)
+        model = trainer.run()
+        if trainer.accelerator.is_main_process:
+            dtype_name = TORCH_DTYPES.get(anatomy.dtypes.get("language_model", "F32"), "float32")
+            exported = export(model, processor, output, dtype_name=dtype_name, image_aspect=recipe.image_aspect,
+                              tower_source=model_dir)
+            write_loss_curve(trainer.history, output)
+            stages = {s.name: json.loads((output / s.name / "state.json").read_text()) for s in recipe.stages}
+            final_loss = trainer.history[-1]["loss"] if trainer.history else None
+            manifest = step_record(
+                "train",
+                inputs={"model": model_key, "data": str(data), "data_sha256": data_sha,
+                        "image_root": str(image_root) if image_root else None},
+                recipe=recipe_to_dict(recipe),
+                recipe_hash=recipe_hash(recipe),
+                data=dataset.stats() | {"end_of_turn": eot, "max_length": max_length},
+                features=feature_record,
+                stages={name: {k: v for k, v in s.items() if k != "history"} for name, s in stages.items()},
+                final_loss=final_loss,
+                exported=exported,
+                seconds=round(time.time() - started, 3),
+                identity={"model": model_key, "data_sha256": data_sha},
+                finished=True,
+                history=trainer.history,
+            )
+            for folder in exported.values():  # each export carries its provenance when copied elsewhere
+                write_json(Path(folder) / "manifest.json", {k: v for k, v in manifest.items() if k != "history"})
+            write_json(manifest_path, manifest)
+        else:
+            manifest = {}
+        trainer.accelerator.wait_for_everyone()
+        return TrainResult(output, manifest, trainer.history)
 
 
 def _previous_run(output: Path, model_dir: Path, *, resume: bool) -> dict[str, Any] | None:

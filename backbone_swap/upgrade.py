@@ -7,7 +7,9 @@ are done, so a run started again continues where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -17,7 +19,7 @@ from typing import Any
 from backbone_swap import estimate
 from backbone_swap.errors import BackboneSwapError
 from backbone_swap.manifest import versions
-from backbone_swap.outputs import previous_manifest, write_json
+from backbone_swap.outputs import held_by_this_run, previous_manifest, write_json
 from backbone_swap.recipe import Recipe, recipe_hash, recipe_to_dict
 
 STEPS = ("transplant", "baseline", "train", "eval-old", "eval-new", "compare")
@@ -235,55 +237,59 @@ def upgrade(options: UpgradeOptions, *, restart: str | None = None, dry_run: boo
         on_plan(the_plan)
     if dry_run:
         return {"plan": the_plan.to_dict()}
-    run = _Run(options, the_plan, restart)
-    paths = _run_paths(options.output)
-    common = dict(recipe=options.recipe, data=options.data, image_root=options.image_root,
-                  feature_cache=options.feature_cache, on_bad_sample=options.on_bad_sample,
-                  save_every=options.save_every, resume=True, callbacks=options.callbacks,
-                  show_progress=options.show_progress)
+    # one upgrade per folder; the processes of a multi-process launch share it (train and eval hold theirs)
+    previous_manifest(options.output, "command", "upgrade", "an upgrade run")  # no lock file among other files
+    alone = int(os.environ.get("WORLD_SIZE", "1")) == 1
+    with held_by_this_run(options.output, "upgrade run") if alone else contextlib.nullcontext():
+        run = _Run(options, the_plan, restart)
+        paths = _run_paths(options.output)
+        common = dict(recipe=options.recipe, data=options.data, image_root=options.image_root,
+                      feature_cache=options.feature_cache, on_bad_sample=options.on_bad_sample,
+                      save_every=options.save_every, resume=True, callbacks=options.callbacks,
+                      show_progress=options.show_progress)
 
-    if not run.done("transplant"):
-        started = time.time()
-        shutil.rmtree(paths["transplant"], ignore_errors=True)
-        transplant(options.vlm, options.llm, paths["transplant"], seed=options.seed, llm_kind=options.llm_kind,
-                   chat_template=options.chat_template)
-        run.finish("transplant", started, output=str(paths["transplant"]))
-    old_model = options.vlm
-    if options.baseline == "retrain":
-        if not run.done("baseline"):
+        if not run.done("transplant"):
             started = time.time()
-            shutil.rmtree(paths["baseline-transplant"], ignore_errors=True)
-            transplant(options.vlm, options.old_llm, paths["baseline-transplant"], seed=options.seed,
-                       llm_kind=options.old_llm_kind, chat_template=options.old_chat_template)
-            train(paths["baseline-transplant"], output=paths["baseline"], **common)
-            run.finish("baseline", started, output=str(paths["baseline"] / "final" / "merged"))
-        old_model = paths["baseline"] / "final" / "merged"
-    if not run.done("train"):
-        started = time.time()
-        result = train(paths["transplant"], output=paths["train"], **common)
-        run.finish("train", started, output=str(paths["train"] / "final" / "merged"),
-                   final_loss=result.manifest.get("final_loss"))
-    new_model = paths["train"] / "final" / "merged"
-    from backbone_swap.evaluate.runner import evaluate
+            shutil.rmtree(paths["transplant"], ignore_errors=True)
+            transplant(options.vlm, options.llm, paths["transplant"], seed=options.seed, llm_kind=options.llm_kind,
+                       chat_template=options.chat_template)
+            run.finish("transplant", started, output=str(paths["transplant"]))
+        old_model = options.vlm
+        if options.baseline == "retrain":
+            if not run.done("baseline"):
+                started = time.time()
+                shutil.rmtree(paths["baseline-transplant"], ignore_errors=True)
+                transplant(options.vlm, options.old_llm, paths["baseline-transplant"], seed=options.seed,
+                           llm_kind=options.old_llm_kind, chat_template=options.old_chat_template)
+                train(paths["baseline-transplant"], output=paths["baseline"], **common)
+                run.finish("baseline", started, output=str(paths["baseline"] / "final" / "merged"))
+            old_model = paths["baseline"] / "final" / "merged"
+        if not run.done("train"):
+            started = time.time()
+            result = train(paths["transplant"], output=paths["train"], **common)
+            run.finish("train", started, output=str(paths["train"] / "final" / "merged"),
+                       final_loss=result.manifest.get("final_loss"))
+        new_model = paths["train"] / "final" / "merged"
+        from backbone_swap.evaluate.runner import evaluate
 
-    for step, model in (("eval-old", old_model), ("eval-new", new_model)):
-        if not run.done(step):
-            started = time.time()
-            evaluate(model, options.suite, paths[step], batch_size=options.batch_size, seed=options.seed,
-                     dtype=options.dtype, show_progress=options.show_progress)
-            run.finish(step, started, output=str(paths[step]))
-    started = time.time()
-    # the comparison is always made again (its evaluations live outside its folder): a report a stopped run
-    # left half written goes first
-    shutil.rmtree(paths["compare"], ignore_errors=True)
-    comparison = compare(
-        old_model, new_model, options.suite, paths["compare"], min_gain=options.min_gain, alpha=options.alpha,
-        weights=options.weights, n_resamples=options.n_resamples, seed=options.seed, batch_size=options.batch_size,
-        baseline=options.baseline, eval_dirs=(paths["eval-old"], paths["eval-new"]), dtype=options.dtype,
-        extra_warnings=_kind_warning(options), show_progress=options.show_progress,
-    )
-    run.finish("compare", started, output=str(paths["compare"]), verdict=comparison["overall"]["verdict"])
-    return comparison
+        for step, model in (("eval-old", old_model), ("eval-new", new_model)):
+            if not run.done(step):
+                started = time.time()
+                evaluate(model, options.suite, paths[step], batch_size=options.batch_size, seed=options.seed,
+                         dtype=options.dtype, show_progress=options.show_progress)
+                run.finish(step, started, output=str(paths[step]))
+        started = time.time()
+        # the comparison is always made again (its evaluations live outside its folder): a report a stopped run
+        # left half written goes first
+        shutil.rmtree(paths["compare"], ignore_errors=True)
+        comparison = compare(
+            old_model, new_model, options.suite, paths["compare"], min_gain=options.min_gain, alpha=options.alpha,
+            weights=options.weights, n_resamples=options.n_resamples, seed=options.seed, batch_size=options.batch_size,
+            baseline=options.baseline, eval_dirs=(paths["eval-old"], paths["eval-new"]), dtype=options.dtype,
+            extra_warnings=_kind_warning(options), show_progress=options.show_progress,
+        )
+        run.finish("compare", started, output=str(paths["compare"]), verdict=comparison["overall"]["verdict"])
+        return comparison
 
 
 def _kind_warning(options: UpgradeOptions) -> list[str]:

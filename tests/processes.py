@@ -6,7 +6,9 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -54,3 +56,17 @@ def _running(member: psutil.Process) -> bool:
         return member.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+@contextlib.contextmanager
+def folder_held_elsewhere(folder: Path, what: str = "training run") -> Iterator[subprocess.Popen]:
+    """Another process holds ``folder`` for a run (as a live run does) until the block ends; then it is killed."""
+    code = ("import sys, time; from pathlib import Path; from backbone_swap.outputs import held_by_this_run\n"
+            "with held_by_this_run(Path(sys.argv[1]), sys.argv[2]):\n    print('held', flush=True); time.sleep(600)")
+    process = subprocess.Popen([sys.executable, "-c", code, str(folder), what], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == "held"
+        yield process
+    finally:
+        process.kill()
+        process.wait()

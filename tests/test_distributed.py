@@ -202,3 +202,14 @@ def test_a_stage_whose_batch_cannot_be_split_on_these_processes_is_refused_befor
     result = _launch(args, 2, tmp_path, fails=True)
     assert "error: stage2: global_batch 4 cannot be split into micro batches of 4 on 2 devices" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_every_process_stops_when_another_run_holds_the_folder(transplanted, suite_file, tmp_path):
+    # the main process finds the folder held and tells the others, which would otherwise wait for it forever
+    from processes import folder_held_elsewhere
+
+    with folder_held_elsewhere(tmp_path / "two", "evaluation") as holder:
+        result = _launch(["eval", str(transplanted["mistral"]), "--suite", str(suite_file), "-o",
+                          str(tmp_path / "two")], 2, tmp_path, fails=True)
+    assert result.stderr.count(f"is being written by another evaluation (process {holder.pid} on") == 2
+    assert [p.name for p in (tmp_path / "two").iterdir()] == [".lock"]

@@ -189,3 +189,14 @@ def test_an_llm_without_a_chat_template_takes_one_from_a_file(cli, kit, colour_d
     assert transplanted.chat_template.endswith(tm.MISTRAL_TEMPLATE)
     identity = json.loads((tmp_path / "run" / "manifest.json").read_text())["identity"]
     assert identity["chat_template"] == hashlib.sha256(template.read_bytes()).hexdigest()
+
+
+def test_a_folder_another_upgrade_is_writing_is_refused(cli, kit, colour_data, suite_file, tmp_path):
+    from processes import folder_held_elsewhere
+
+    run = tmp_path / "run"
+    with folder_held_elsewhere(run, "upgrade run") as holder:
+        result = cli(*_args(kit, colour_data, suite_file, run, tmp_path / "cache"))
+    assert result.code == 1
+    assert f"{run} is being written by another upgrade run (process {holder.pid} on" in result.err
+    assert [p.name for p in run.iterdir()] == [".lock"]  # no step started

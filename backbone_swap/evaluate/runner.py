@@ -21,7 +21,7 @@ from backbone_swap.errors import BackboneSwapError
 from backbone_swap.evaluate import scoring
 from backbone_swap.evaluate.suite import Suite, Task, read_items
 from backbone_swap.manifest import step_record
-from backbone_swap.outputs import write_json
+from backbone_swap.outputs import held_by_this_run, write_json
 from backbone_swap.templates import end_of_turn, reply_prefix, template_variables
 
 
@@ -429,73 +429,74 @@ def evaluate(
         # partial answers of a stopped run)
         raise BackboneSwapError(f"{output} already exists and holds other files, not evaluation results",
                                 "Choose another --output, or an empty folder")
-    output.mkdir(parents=True, exist_ok=True)
-    if marker.is_file():
-        recorded = json.loads(marker.read_text())
-        if recorded.get("dtype", dtype) != dtype and {k: recorded.get(k) for k in ("model", "suite")} == {
-                k: identity[k] for k in ("model", "suite")}:
-            raise BackboneSwapError(
-                f"{output} holds answers computed in {recorded['dtype']}, and this run would compute in {dtype}",
-                f"Pass --dtype {recorded['dtype']} to resume, or choose another --output",
-            )
-        if any(recorded.get(k, v) != v for k, v in identity.items()):
-            raise BackboneSwapError(
-                f"{output} holds answers of another model or suite ({recorded.get('model')})",
-                "Choose another --output, or delete that folder",
-            )
-    if not marker.is_file():
-        write_json(marker, identity)
-    finished = all(
-        {str(i["id"]) for i in items[t.name]} <= _done_ids(output / f"{t.name}.jsonl", repair=False)
-        and (not probes or not suite.probes or (output / "probes" / f"{t.name}.safetensors").is_file())
-        for t in suite.tasks
-    )
-    if finished and (output / "manifest.json").is_file():
-        return EvalResult(output, json.loads((output / "manifest.json").read_text()))
     from accelerate import PartialState
 
     # under torchrun / accelerate launch: this process's rank and device (gloo when there is no GPU)
     state = PartialState(cpu=not torch.cuda.is_available())
-    rank, world = state.process_index, state.num_processes
-    evaluator = Evaluator(model_dir, batch_size=batch_size, device=device or str(state.device), dtype=dtype)
-    total = sum(len(v) for v in items.values()) // world
-    show_progress = show_progress and state.is_main_process
-    with (
-        progress_bar(f"eval {model_dir.name}", total)
-        if show_progress
-        else contextlib.nullcontext(lambda n: None) as advance
-    ):
-        if state.is_main_process:  # answers a stopped multi-process run left in per-process files
+    with held_by_this_run(output, "evaluation", state):
+        output.mkdir(parents=True, exist_ok=True)
+        if marker.is_file():
+            recorded = json.loads(marker.read_text())
+            if recorded.get("dtype", dtype) != dtype and {k: recorded.get(k) for k in ("model", "suite")} == {
+                    k: identity[k] for k in ("model", "suite")}:
+                raise BackboneSwapError(
+                    f"{output} holds answers computed in {recorded['dtype']}, and this run would compute in {dtype}",
+                    f"Pass --dtype {recorded['dtype']} to resume, or choose another --output",
+                )
+            if any(recorded.get(k, v) != v for k, v in identity.items()):
+                raise BackboneSwapError(
+                    f"{output} holds answers of another model or suite ({recorded.get('model')})",
+                    "Choose another --output, or delete that folder",
+                )
+        if not marker.is_file():
+            write_json(marker, identity)
+        finished = all(
+            {str(i["id"]) for i in items[t.name]} <= _done_ids(output / f"{t.name}.jsonl", repair=False)
+            and (not probes or not suite.probes or (output / "probes" / f"{t.name}.safetensors").is_file())
+            for t in suite.tasks
+        )
+        if finished and (output / "manifest.json").is_file():
+            return EvalResult(output, json.loads((output / "manifest.json").read_text()))
+        rank, world = state.process_index, state.num_processes
+        evaluator = Evaluator(model_dir, batch_size=batch_size, device=device or str(state.device), dtype=dtype)
+        total = sum(len(v) for v in items.values()) // world
+        show_progress = show_progress and state.is_main_process
+        with (
+            progress_bar(f"eval {model_dir.name}", total)
+            if show_progress
+            else contextlib.nullcontext(lambda n: None) as advance
+        ):
+            if state.is_main_process:  # answers a stopped multi-process run left in per-process files
+                for task in suite.tasks:
+                    merge_parts(output, task)
+            state.wait_for_everyone()
             for task in suite.tasks:
-                merge_parts(output, task)
+                evaluate_task(evaluator, task, output, on_items=advance, rank=rank, world=world)
         state.wait_for_everyone()
+        if not state.is_main_process:
+            return EvalResult(output, {})
         for task in suite.tasks:
-            evaluate_task(evaluator, task, output, on_items=advance, rank=rank, world=world)
-    state.wait_for_everyone()
-    if not state.is_main_process:
-        return EvalResult(output, {})
-    for task in suite.tasks:
-        merge_parts(output, task)
-    if probes and suite.probes:
-        (output / "probes").mkdir(exist_ok=True)
-        for task in suite.tasks:
-            target = output / "probes" / f"{task.name}.safetensors"
-            if not target.is_file():
-                states = probe_states(evaluator, task, suite.probes, seed)
-                tmp = target.with_name(f".{target.name}.tmp")
-                save_file({k: v.contiguous() for k, v in states.items()}, tmp)
-                tmp.replace(target)
-    manifest = step_record(
-        "eval",
-        model=str(model_dir),
-        suite=suite.name,
-        suite_source=suite.source,
-        tasks={t.name: len(items[t.name]) for t in suite.tasks},
-        processes=world,
-        batch_size=batch_size,
-        dtype=dtype,
-        device=evaluator.device,
-        seconds=round(time.time() - started, 3),
-    )
-    write_json(output / "manifest.json", manifest)
-    return EvalResult(output, manifest)
+            merge_parts(output, task)
+        if probes and suite.probes:
+            (output / "probes").mkdir(exist_ok=True)
+            for task in suite.tasks:
+                target = output / "probes" / f"{task.name}.safetensors"
+                if not target.is_file():
+                    states = probe_states(evaluator, task, suite.probes, seed)
+                    tmp = target.with_name(f".{target.name}.tmp")
+                    save_file({k: v.contiguous() for k, v in states.items()}, tmp)
+                    tmp.replace(target)
+        manifest = step_record(
+            "eval",
+            model=str(model_dir),
+            suite=suite.name,
+            suite_source=suite.source,
+            tasks={t.name: len(items[t.name]) for t in suite.tasks},
+            processes=world,
+            batch_size=batch_size,
+            dtype=dtype,
+            device=evaluator.device,
+            seconds=round(time.time() - started, 3),
+        )
+        write_json(output / "manifest.json", manifest)
+        return EvalResult(output, manifest)
