@@ -7,6 +7,10 @@ conversations of one to five rounds with images, then, in this process, times ``
 ``workers=1`` and with ``--workers`` processes (default: this machine's cores), checks that both give the
 same samples, and prints records/s and the ratio. Images are checked (opened) in both runs. At LLaVA's scale
 (665K records, about 3 ms a record on one core) one process takes over half an hour.
+
+It then measures (tracemalloc) the memory the samples' token ids and labels hold, as stored, against the same
+tokens as the Python lists ``tokenize`` returns (how samples were held before); every training process holds
+the whole data set.
 """
 
 from __future__ import annotations
@@ -72,6 +76,40 @@ def main() -> None:
     for workers, seconds in timings.items():
         print(f"workers {workers:>3}: {seconds:7.2f} s, {args.records / seconds:8.0f} records/s")
     print(f"ratio {args.workers} workers / 1: {timings[1] / timings[args.workers]:.2f}; same samples: {same}")
+    stored, lists = token_memory(built[1].samples, data, tokenizer, options)
+    count = len(built[1].samples)
+    print(f"tokens and labels: {stored / count:8.0f} bytes a sample as stored, {lists / count:8.0f} as lists; "
+          f"ratio lists / stored: {lists / stored:.2f} (665K samples: {stored / count * 665e3 / 1e9:.1f} GB against "
+          f"{lists / count * 665e3 / 1e9:.1f} GB in every process)")
+
+
+def token_memory(samples, data: Path, tokenizer, options) -> tuple[int, int]:
+    """Bytes held by the samples' token ids and labels as stored, and by the lists ``tokenize`` returns for the
+    same records (how samples held them before)."""
+    import tracemalloc
+    from array import array
+
+    from backbone_swap.data import to_messages, tokenize
+
+    records = [json.loads(line) for line in data.read_text().splitlines()]
+    image_id = tokenizer.convert_tokens_to_ids(options["image_token"])
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    stored = [(array(s.input_ids.typecode, s.input_ids), array(s.labels.typecode, s.labels)) for s in samples]
+    stored_bytes = tracemalloc.get_traced_memory()[0] - base
+    del stored
+    lists = []
+    base = tracemalloc.get_traced_memory()[0]
+    for record in records:
+        messages = to_messages(record["conversations"], True)
+        ids, labels, text = tokenize(tokenizer, messages, image_token_id=image_id,
+                                     image_tokens=options["image_tokens"], end_of_turn=options["end_of_turn"])
+        lists.append((ids, labels))
+        del text
+    list_bytes = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    assert [ids for ids, _ in lists] == [list(s.input_ids) for s in samples]  # the same tokens, held two ways
+    return stored_bytes, list_bytes
 
 
 if __name__ == "__main__":
