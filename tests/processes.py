@@ -32,6 +32,22 @@ def kill_once_written(command: list[str], marker: Path, *, env: dict[str, str] |
         _kill_tree(process)
 
 
+def run_whole(command: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None,
+              timeout: float = 300) -> subprocess.CompletedProcess:
+    """``subprocess.run`` for a launcher: a run that outlasts ``timeout`` is stopped with its workers (left
+    alive, they would slow every later test) and reported with the end of what it printed."""
+    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_tree(process)
+        stdout, stderr = process.communicate()
+        raise AssertionError(f"{' '.join(command[:6])} ... did not end within {timeout} s; its output ended "
+                             f"with:\n{stdout[-1500:]}\n{stderr[-3000:]}") from None
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
 def _kill_tree(process: subprocess.Popen) -> None:
     try:
         tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]

@@ -5,13 +5,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from processes import kill_once_written
+from processes import kill_once_written, run_whole
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
@@ -35,7 +34,7 @@ def _launch(args, processes, cwd, config: str | None = None, env: dict[str, str]
         # torchrun gives accelerate its multi-process CPU mode (gloo); on GPUs users run `accelerate launch`
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
                    "-m", "backbone_swap.cli", *args]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+    result = run_whole(command, env=env, cwd=cwd)
     assert (result.returncode != 0) == fails, result.stderr[-3000:]
     return result
 
@@ -178,16 +177,8 @@ def test_a_last_batch_too_small_to_share_is_left_out_and_training_ends(transplan
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "backbone_swap.cli",
                *args]
-    # a session of its own, so that a run that hangs is stopped whole, workers included
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                               cwd=tmp_path, start_new_session=True)
-    try:
-        _, stderr = process.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, 9)
-        process.communicate()
-        pytest.fail("the two-process run did not finish")
-    assert process.returncode == 0, stderr[-3000:]
+    result = run_whole(command, env=env, cwd=tmp_path, timeout=240)  # a run that hangs is stopped, workers too
+    assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["stages"]["stage1"]["steps"] == 4 and manifest["stages"]["stage2"]["steps"] == 2
 
