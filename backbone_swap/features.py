@@ -76,18 +76,27 @@ def select_features(hidden_states: Sequence[Any], layer: int | list[int], strate
     return chosen[0] if len(chosen) == 1 else torch.cat(chosen, dim=-1)
 
 
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def bytes_per_image(image_tokens: int, feature_dim: int, dtype: str) -> int:
+    """Disk one image's cached features take: its feature matrix and the safetensors header."""
+    return image_tokens * feature_dim * DTYPE_BYTES[dtype] + 128
+
+
 class FeatureCache:
     """Vision features by image, stored as one safetensors file per image under a key folder."""
 
     def __init__(self, root: Path, model_dir: Path, image_processor, *, image_aspect: str,
-                 layer: int | list[int], strategy: str) -> None:
-        preprocessing = json.dumps(
-            {"processor": json.loads(image_processor.to_json_string()), "aspect": image_aspect,
-             "layer": layer, "strategy": strategy}, sort_keys=True)
-        key = hashlib.sha256(preprocessing.encode()).hexdigest()[:16]
+                 layer: int | list[int], strategy: str, dtype: str = "float32") -> None:
+        key_fields = {"processor": json.loads(image_processor.to_json_string()), "aspect": image_aspect,
+                      "layer": layer, "strategy": strategy}
+        if dtype != "float32":  # the tower's precision changes its features (float32 caches keep their key)
+            key_fields["dtype"] = dtype
+        key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:16]
         self.folder = Path(root) / tower_fingerprint(model_dir)[:16] / key
         self.image_processor = image_processor
-        self.image_aspect, self.layer, self.strategy = image_aspect, layer, strategy
+        self.image_aspect, self.layer, self.strategy, self.dtype = image_aspect, layer, strategy, dtype
         self._digests: dict[Path, str] = {}
 
     def path_for(self, image: Path) -> Path:
@@ -115,6 +124,8 @@ class FeatureCache:
         todo = self.missing(images)
         self.folder.mkdir(parents=True, exist_ok=True)
         dtype = next(vision_tower.parameters()).dtype
+        if str(dtype).removeprefix("torch.") != self.dtype:
+            raise ValueError(f"this cache holds {self.dtype} features, and the tower given computes in {dtype}")
         for i in range(0, len(todo), batch_size):
             chunk = todo[i: i + batch_size]
             pixels = preprocess([open_image(p) for p in chunk], self.image_processor, self.image_aspect)

@@ -103,6 +103,14 @@ def write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def free_bytes(path: Path) -> int:
+    """Free space on the file system ``path`` is (or will be) on: that of its nearest existing folder."""
+    path = Path(path).expanduser().absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
 LOCK_NAME = ".lock"
 
 

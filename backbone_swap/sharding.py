@@ -32,10 +32,15 @@ def make_accelerator(precision: str):
     """The run's one accelerator, with the scheme of the launch configuration (CPU FSDP included)."""
     import torch
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import DistributedType
 
-    accelerator = Accelerator(mixed_precision="no" if precision == "fp32" else precision,
-                              cpu=not torch.cuda.is_available())
+    mixed = "no" if precision == "fp32" else precision
+    if AcceleratorState._shared_state.get("_mixed_precision", mixed) != mixed:
+        # an earlier training in this process chose another precision; accelerate keeps one per process and
+        # refuses to change it, so its state (not the processes' group) starts again
+        AcceleratorState._reset_state()
+    accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
     if accelerator.distributed_type == DistributedType.MULTI_CPU and _env_flag("ACCELERATE_USE_FSDP"):
         _fsdp_on_cpu(accelerator)
     if accelerator.distributed_type == DistributedType.MULTI_CPU and _env_flag("ACCELERATE_USE_DEEPSPEED"):

@@ -29,7 +29,14 @@ from typing import Any
 from backbone_swap.data import IGNORE, Dataset, build_dataset, length_grouped_batches, padding_fraction
 from backbone_swap.errors import BackboneSwapError
 from backbone_swap.manifest import step_record
-from backbone_swap.outputs import held_by_this_run, previous_manifest, staged_dir, write_bytes, write_json
+from backbone_swap.outputs import (
+    free_bytes,
+    held_by_this_run,
+    previous_manifest,
+    staged_dir,
+    write_bytes,
+    write_json,
+)
 from backbone_swap.recipe import Recipe, Stage, recipe_hash, recipe_to_dict
 from backbone_swap.safetensors_io import TORCH_DTYPES, sha256_file
 
@@ -871,22 +878,35 @@ def _previous_run(output: Path, model_dir: Path, *, resume: bool) -> dict[str, A
 def _cached_features(accelerator, model_dir: Path, processor, anatomy, recipe: Recipe, images: list[Path],
                      feature_cache: str | Path | None, show_progress: bool):
     """The cache's reader, once the main process has computed what the cache lacked; and what that took."""
-    from backbone_swap.features import FeatureCache, default_cache_dir
+    from backbone_swap.features import FeatureCache, bytes_per_image, default_cache_dir
     from backbone_swap.progress import progress_bar
 
+    # the tower computes in the recipe's precision, as it does without the cache (and in LLaVA's training)
+    dtype = _dtype(recipe.precision)
     cache = FeatureCache(Path(feature_cache) if feature_cache else default_cache_dir(), model_dir,
                          processor.image_processor, image_aspect=recipe.image_aspect,
-                         layer=anatomy.vision.feature_layer, strategy=anatomy.vision.select_strategy)
+                         layer=anatomy.vision.feature_layer, strategy=anatomy.vision.select_strategy,
+                         dtype=str(dtype).removeprefix("torch."))
     computed = 0
     todo = cache.missing(images) if images and accelerator.is_main_process else []
     if todo:
+        need = len(todo) * bytes_per_image(anatomy.vision.image_tokens, anatomy.vision.feature_dim, cache.dtype)
+        free = free_bytes(cache.folder)
+        if need > free:  # found now, not after hours of filling
+            raise BackboneSwapError(
+                f"the vision-feature cache needs about {need / 1e9:.1f} GB for {len(todo):,} images not cached yet, "
+                f"and {cache.folder} has {free / 1e9:.1f} GB free",
+                "Pass --feature-cache DIR on a disk with room, or --no-cache-features to run the vision tower on "
+                "every batch instead",
+            )
         from transformers import LlavaForConditionalGeneration
 
         from backbone_swap.sharding import loading_whole
 
         device = accelerator.device
         with loading_whole(accelerator, every_process=True):
-            tower = LlavaForConditionalGeneration.from_pretrained(model_dir).model.vision_tower.to(device).eval()
+            tower = LlavaForConditionalGeneration.from_pretrained(
+                model_dir, dtype=dtype).model.vision_tower.to(device).eval()
         bar = progress_bar("vision features", len(todo)) if show_progress else contextlib.nullcontext(lambda n: None)
         with bar as advance:
             computed = cache.fill(tower, todo, batch_size=32, device=device, on_batch=advance)

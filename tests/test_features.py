@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from PIL import Image
 from transformers import AutoProcessor, LlavaForConditionalGeneration
@@ -72,3 +73,37 @@ def test_another_process_filling_the_same_cache_does_not_collide(transplanted, t
     assert all(cache.load(image).shape[0] > 0 for image in images)
     assert sorted(p.name for p in cache.folder.iterdir() if not p.name.startswith(".")) == sorted(
         cache.path_for(image).name for image in images)
+
+
+def test_the_cache_takes_the_disk_its_estimate_says(kit, transplanted, tmp_path):
+    from backbone_swap.anatomy import read_anatomy
+    from backbone_swap.checkpoint import open_checkpoint
+    from backbone_swap.features import bytes_per_image
+
+    model_dir = transplanted["mistral"]
+    model = LlavaForConditionalGeneration.from_pretrained(model_dir).eval()
+    processor = AutoProcessor.from_pretrained(model_dir)
+    cache = FeatureCache(tmp_path / "cache", model_dir, processor.image_processor, image_aspect="pad", layer=-2,
+                         strategy="default")
+    images = _images(tmp_path / "img")
+    cache.fill(model.model.vision_tower, images, batch_size=3, device="cpu")
+    vision = read_anatomy(open_checkpoint(model_dir)).vision
+    estimate = bytes_per_image(vision.image_tokens, vision.feature_dim, "float32")
+    for image in images:
+        on_disk = cache.path_for(image).stat().st_size
+        assert estimate - 128 < on_disk <= estimate  # the features' bytes, and a header of under 128
+        assert cache.load(image).numel() * 4 == estimate - 128
+
+
+def test_a_cache_in_another_precision_is_another_cache(transplanted, tmp_path):
+    model_dir = transplanted["mistral"]
+    processor = AutoProcessor.from_pretrained(model_dir)
+    full, half = (FeatureCache(tmp_path, model_dir, processor.image_processor, image_aspect="pad", layer=-2,
+                               strategy="default", dtype=dtype) for dtype in ("float32", "bfloat16"))
+    assert full.folder != half.folder
+    tower = LlavaForConditionalGeneration.from_pretrained(model_dir).model.vision_tower  # float32
+    with pytest.raises(ValueError, match="holds bfloat16 features"):
+        half.fill(tower, _images(tmp_path / "img"), batch_size=3, device="cpu")
+    tower = tower.to(torch.bfloat16)
+    assert half.fill(tower, [tmp_path / "img" / "0.png"], batch_size=1, device="cpu") == 1
+    assert half.load(tmp_path / "img" / "0.png").dtype == torch.bfloat16

@@ -275,3 +275,55 @@ def test_max_length_beyond_the_llms_positions_is_limited_to_them(transplanted, c
         train(transplanted["mistral"], output=tmp_path / "refused", **common)
     result = train(transplanted["mistral"], output=tmp_path / "run", on_bad_sample="skip", **common)
     assert result.manifest["data"]["max_length"] == 512 and result.manifest["data"]["skipped_ids"] == ["long"]
+
+
+def test_features_are_cached_in_the_recipes_precision(transplanted, colour_data, tmp_path):
+    # the cache holds what the bf16 tower computes, as the tower gives without the cache (and in LLaVA's training)
+    recipe = apply_overrides(load_recipe("tiny-cpu"), ["precision=bf16", "stage1.max_steps=1", "stage2.max_steps=1"])
+    result = train(transplanted["mistral"], recipe=recipe, data=colour_data["train"], image_root=colour_data["root"],
+                   output=tmp_path / "run", feature_cache=tmp_path / "cache", show_progress=False)
+    folder = result.manifest["features"]["cache"]
+    files = sorted(folder_path for folder_path in (tmp_path / "cache").rglob("*.safetensors"))
+    assert files and all(str(f).startswith(folder) for f in files)
+    record = json.loads(colour_data["train"].read_text().splitlines()[0])
+    model = LlavaForConditionalGeneration.from_pretrained(transplanted["mistral"], dtype=torch.bfloat16).eval()
+    processor = AutoProcessor.from_pretrained(transplanted["mistral"])
+    from backbone_swap.features import FeatureCache, preprocess
+
+    cache = FeatureCache(tmp_path / "cache", transplanted["mistral"], processor.image_processor, image_aspect="pad",
+                         layer=-2, strategy="default", dtype="bfloat16")
+    assert str(cache.folder) == folder
+    image = colour_data["root"] / record["image"]
+    pixels = preprocess([Image.open(image).convert("RGB")], processor.image_processor, "pad")
+    with torch.no_grad():
+        hidden = model.model.vision_tower(pixels.to(torch.bfloat16), output_hidden_states=True).hidden_states
+    cached = cache.load(image)
+    assert cached.dtype == torch.bfloat16
+    torch.testing.assert_close(cached, hidden[-2][0, 1:], rtol=0, atol=0)
+    from backbone_swap.sharding import make_accelerator
+
+    assert make_accelerator("fp32").mixed_precision == "no"  # a later training in this process may choose another
+
+
+def test_a_feature_cache_the_disk_cannot_hold_is_refused_before_it_is_filled(cli, transplanted, colour_data, tmp_path,
+                                                                            monkeypatch):
+    from backbone_swap.anatomy import read_anatomy
+    from backbone_swap.checkpoint import open_checkpoint
+    from backbone_swap.features import bytes_per_image
+
+    vision = read_anatomy(open_checkpoint(transplanted["mistral"])).vision
+    names = {json.loads(line)["image"] for line in colour_data["train"].read_text().splitlines()}
+    images = len({hashlib.sha256((colour_data["root"] / name).read_bytes()).digest() for name in names})  # by content
+    need = images * bytes_per_image(vision.image_tokens, vision.feature_dim, "float32")
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=need - 1))  # a nearly full disk
+    args = ["train", transplanted["mistral"], "--recipe", "tiny-cpu", "--data", colour_data["train"],
+            "--image-root", colour_data["root"], "-o", tmp_path / "run", "--feature-cache", tmp_path / "cache",
+            "--set", "stage1.max_steps=1", "--set", "stage2.max_steps=1"]
+    result = cli(*args)
+    assert result.code == 1 and "Traceback" not in result.err
+    assert f"needs about {need / 1e9:.1f} GB for {images:,} images not cached yet" in " ".join(result.err.split())
+    assert not list((tmp_path / "cache").rglob("*.safetensors"))  # nothing computed
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=need))  # just enough
+    assert cli(*args, "--resume").code == 0
+    assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == images
