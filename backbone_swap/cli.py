@@ -237,6 +237,8 @@ def upgrade_command(
     dtype: Annotated[str | None, typer.Option(help="Evaluate in float32, bfloat16 or float16 (default: each "
                                              "checkpoint's own dtype on a GPU, float32 on CPU).")] = None,
     feature_cache: Annotated[Path | None, typer.Option(help="Vision feature cache folder.")] = None,
+    cache_features: Annotated[bool, typer.Option(help="Keep vision features on disk (off: run the tower every "
+                                                      "batch, for data sets whose features do not fit).")] = True,
     save_every: Annotated[int | None, typer.Option(help="Checkpoint training every N optimizer steps.")] = 50,
     on_bad_sample: Annotated[str, typer.Option(help="fail or skip bad training records.")] = "fail",
     llm_kind: Annotated[str, typer.Option(help="base, instruct or unknown (recorded for the confound check).")]
@@ -263,9 +265,9 @@ def upgrade_command(
         vlm=vlm, llm=llm, recipe=apply_overrides(load_recipe(recipe), list(set_ or [])), data=data,
         image_root=image_root, suite=load_suite(suite), output=output, baseline=baseline, old_llm=old_llm,
         seed=seed, min_gain=min_gain, alpha=alpha, weights=parse_weights(weights), n_resamples=resamples,
-        batch_size=batch_size, dtype=dtype, feature_cache=feature_cache, save_every=save_every,
-        on_bad_sample=on_bad_sample, llm_kind=llm_kind, old_llm_kind=old_llm_kind, chat_template=chat_template,
-        old_chat_template=old_chat_template,
+        batch_size=batch_size, dtype=dtype, feature_cache=feature_cache, cache_features=cache_features,
+        save_every=save_every, on_bad_sample=on_bad_sample, llm_kind=llm_kind, old_llm_kind=old_llm_kind,
+        chat_template=chat_template, old_chat_template=old_chat_template,
     )
 
     def show(plan) -> None:

@@ -55,6 +55,7 @@ class DataSize:
     tokens: float  # sum of sample lengths
     tokens_squared: float  # sum of squared lengths (attention grows with the square)
     longest: int
+    distinct_images: int = 0  # image paths named by the records (the cache also merges equal files)
 
 
 def llm_shapes(config: dict[str, Any], weights, lora_targets: tuple[str, ...], lora_r: int,
@@ -140,13 +141,15 @@ def measure_data(path: Path, tokenizer, image_tokens: int, *, seed: int = 0) -> 
     the template's own tokens per turn are counted."""
     from backbone_swap.data import IMAGE_PLACEHOLDER, read_records
 
-    chars, has_image = [], []
+    chars, has_image, distinct = [], [], set()
     for _, record in read_records(path):
         if not isinstance(record, dict):
             continue
         turns = [t for t in record.get("conversations", []) or [] if isinstance(t, dict)]
         chars.append(sum(len(str(t.get("value", "")).replace(IMAGE_PLACEHOLDER, "")) for t in turns))
         has_image.append(bool(record.get("image")))
+        if record.get("image"):
+            distinct.add(str(record["image"]))
     records = [r for _, r in read_records(path) if isinstance(r, dict)] if len(chars) <= SAMPLE else None
     indices = sorted(random.Random(seed).sample(range(len(chars)), min(SAMPLE, len(chars))))
     if records is None:  # a large file: read the sampled records in a second pass
@@ -163,7 +166,8 @@ def measure_data(path: Path, tokenizer, image_tokens: int, *, seed: int = 0) -> 
     per_char = sample_tokens / max(sample_chars, 1)
     lengths = [c * per_char + (image_tokens if image else 0) for c, image in zip(chars, has_image, strict=True)]
     return DataSize(records=len(chars), images=sum(has_image), tokens=sum(lengths),
-                    tokens_squared=sum(n * n for n in lengths), longest=round(max(lengths, default=0)))
+                    tokens_squared=sum(n * n for n in lengths), longest=round(max(lengths, default=0)),
+                    distinct_images=len(distinct))
 
 
 def _text_tokens(record: dict[str, Any], tokenizer) -> int:
@@ -195,8 +199,31 @@ def training_flops(shapes: Shapes, data: DataSize, recipe, *, cache_features: bo
             epochs = min(epochs, stage.max_steps * stage.global_batch / data.records)
         total += per_epoch * epochs
     if cache_features:
-        total += tower_flops(shapes) * data.images
+        total += tower_flops(shapes) * data.distinct_images
     return total
+
+
+def model_bytes(vlm_checkpoint, llm_checkpoint, shapes: Shapes) -> int:
+    """Bytes of the model a transplant writes (and a merged export writes again): the VLM's vision tower as it
+    is, the LLM with the rows of its added tokens, and the new projector in the LLM's dtype."""
+    from backbone_swap.anatomy import component_of
+    from backbone_swap.safetensors_io import DTYPE_SIZES
+
+    vlm, llm = vlm_checkpoint.weights, llm_checkpoint.weights
+    tower = sum(vlm.nbytes(n) for n in vlm.names() if component_of(n, "vlm") == "vision_tower")
+    embeddings = [n for n in llm.names() if n.endswith("embed_tokens.weight")]
+    heads = [n for n in llm.names() if n.endswith("lm_head.weight")]
+    width = DTYPE_SIZES[llm.dtype(embeddings[0])] if embeddings else 2
+    rows_before = llm.shape(embeddings[0])[0] if embeddings else shapes.vocab
+    added = max(shapes.vocab - rows_before, 0) * shapes.hidden * (1 + len(heads))
+    return tower + sum(llm.nbytes(n) for n in llm.names()) + (added + shapes.projector_params) * width
+
+
+def run_bytes(model: int, trainable: int, stages: int) -> int:
+    """Bytes a run folder takes at most for one model it trains: the transplant, the merged export, the
+    trainable weights (float32) of each stage and of the adapter, and the checkpoint of the stage in progress
+    (weights and Adam's two moments)."""
+    return 2 * model + trainable * 4 * (stages + 1 + 3)
 
 
 def peak_memory(shapes: Shapes, data: DataSize, recipe, *, trainable: int) -> dict[str, int]:

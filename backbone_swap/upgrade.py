@@ -45,6 +45,7 @@ class UpgradeOptions:
     batch_size: int = 16
     dtype: str | None = None
     feature_cache: Path | None = None
+    cache_features: bool = True  # off: the vision tower runs on every batch (features that would not fit)
     save_every: int | None = None
     on_bad_sample: str = "fail"
     llm_kind: str = "unknown"
@@ -125,7 +126,9 @@ def plan(options: UpgradeOptions) -> Plan:
     trainable = shapes.projector_params + shapes.lora_params
     memory_parts = estimate.peak_memory(shapes, data, recipe, trainable=trainable)
     memory = sum(memory_parts.values())
-    flops = estimate.training_flops(shapes, data, recipe)
+    flops = estimate.training_flops(shapes, data, recipe, cache_features=options.cache_features)
+    model_disk = estimate.model_bytes(old_ckpt, new_ckpt, shapes)
+    run_disk = estimate.run_bytes(model_disk, trainable, len(recipe.stages))
     if options.baseline == "retrain" and options.old_llm is not None:
         # the baseline trains the old LLM the same way: its own shapes and tokens; memory is the larger peak
         old_llm = read_anatomy(old_llm_ckpt)
@@ -138,7 +141,13 @@ def plan(options: UpgradeOptions) -> Plan:
                                          trainable=old_shapes.projector_params + old_shapes.lora_params)
         if sum(old_parts.values()) > memory:
             memory_parts, memory = old_parts, sum(old_parts.values())
-        flops += estimate.training_flops(old_shapes, old_data, recipe)
+        flops += estimate.training_flops(old_shapes, old_data, recipe, cache_features=options.cache_features)
+        if options.cache_features:  # the same tower on the same images: its features are in the cache already
+            flops -= estimate.tower_flops(old_shapes) * old_data.distinct_images
+        run_disk += estimate.run_bytes(estimate.model_bytes(old_ckpt, old_llm_ckpt, old_shapes),
+                                       old_shapes.projector_params + old_shapes.lora_params, len(recipe.stages))
+    disk_lines, disk = _disk(options, data, shapes, run_disk)
+    disk["model_bytes"] = int(model_disk)
     steps = [s for s in STEPS if s != "baseline" or options.baseline == "retrain"]
     lines = [
         f"steps: {', '.join(steps)}",
@@ -158,11 +167,53 @@ def plan(options: UpgradeOptions) -> Plan:
         + ", ".join(f"{k.replace('_', ' ')} {v / 1e9:.1f}" for k, v in memory_parts.items()) + "), "
         f"{flops / 1e15:.3g} PFLOP of training compute "
         f"(about {flops / (0.4 * 312e12) / 3600:.2g} GPU-hours at 40% of an A100's bf16 peak)",
+        *disk_lines,
     ]
     figures = {"memory_bytes": int(memory), "memory": memory_parts, "train_flops": float(flops),
                "records": records, "tokens": tokens, "longest_tokens": data.longest,
-               "trainable_parameters": int(trainable)}
+               "trainable_parameters": int(trainable), "disk": disk}
     return Plan(steps, lines, figures)
+
+
+def _disk(options: UpgradeOptions, data: estimate.DataSize, shapes: estimate.Shapes,
+          run_disk: int) -> tuple[list[str], dict[str, int]]:
+    """The plan's disk lines, with a warning where a folder's file system lacks the room (the run would stop
+    there, hours in); the figures say what the run and the feature cache will write, and what is free."""
+    from backbone_swap.features import bytes_per_image, default_cache_dir
+    from backbone_swap.outputs import free_bytes
+
+    run_free = free_bytes(options.output)
+    figures = {"run_bytes": int(run_disk), "run_free": int(run_free)}
+    lines = [f"disk: about {run_disk / 1e9:.1f} GB in {options.output} (transplants, merged exports, checkpoints); "
+             f"{run_free / 1e9:.1f} GB free there"]
+    if options.cache_features:
+        cache = Path(options.feature_cache) if options.feature_cache else default_cache_dir()
+        dtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[options.recipe.precision]
+        need = data.distinct_images * bytes_per_image(shapes.image_tokens, shapes.projector_in, dtype)
+        cache_free = free_bytes(cache)
+        figures.update(cache_bytes=int(need), cache_free=int(cache_free))
+        lines.append(f"vision-feature cache: up to {need / 1e9:.1f} GB for {data.distinct_images:,} images in {cache} "
+                     f"(images cached before are reused); {cache_free / 1e9:.1f} GB free there")
+        same_disk = os.stat(_existing(cache)).st_dev == os.stat(_existing(options.output)).st_dev
+        if same_disk and need + run_disk > run_free:
+            lines.append("warning: the run and the feature cache need more room than their disk has; pass "
+                         "--feature-cache DIR on another disk, or --no-cache-features")
+        elif need > cache_free:
+            lines.append("warning: the feature cache may not fit on its disk; pass --feature-cache DIR on a disk with "
+                         "room, or --no-cache-features (the vision tower then runs on every batch)")
+    else:
+        lines.append("vision-feature cache: off (the vision tower runs on every batch)")
+    if run_disk > run_free and not any(line.startswith("warning: the run") for line in lines):
+        lines.append(f"warning: {options.output}'s disk has less room than the run writes; free space or choose "
+                     "another --output")
+    return lines, figures
+
+
+def _existing(path: Path) -> Path:
+    path = Path(path).expanduser().absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 class _Run:
@@ -244,7 +295,8 @@ def upgrade(options: UpgradeOptions, *, restart: str | None = None, dry_run: boo
         run = _Run(options, the_plan, restart)
         paths = _run_paths(options.output)
         common = dict(recipe=options.recipe, data=options.data, image_root=options.image_root,
-                      feature_cache=options.feature_cache, on_bad_sample=options.on_bad_sample,
+                      feature_cache=options.feature_cache, cache_features=options.cache_features,
+                      on_bad_sample=options.on_bad_sample,
                       save_every=options.save_every, resume=True, callbacks=options.callbacks,
                       show_progress=options.show_progress)
 

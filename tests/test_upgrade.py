@@ -200,3 +200,49 @@ def test_a_folder_another_upgrade_is_writing_is_refused(cli, kit, colour_data, s
     assert result.code == 1
     assert f"{run} is being written by another upgrade run (process {holder.pid} on" in result.err
     assert [p.name for p in run.iterdir()] == [".lock"]  # no step started
+
+
+def test_the_plan_says_what_the_run_and_the_cache_write_on_disk(finished, colour_data):
+    from safetensors import safe_open
+
+    root, _ = finished
+    run = root / "run"
+    disk = json.loads((run / "manifest.json").read_text())["plan"]["estimate"]["disk"]
+    for model in (run / "transplant", run / "train" / "final" / "merged"):  # every tensor's bytes, as written
+        with safe_open(model / "model.safetensors", "pt") as f:
+            written = sum(_tensor_bytes(f, k) for k in f.keys())  # noqa: SIM118 - a safetensors handle
+        assert disk["model_bytes"] == written
+    files = sum(f.stat().st_size for folder in ("transplant", "train") for f in (run / folder).rglob("*.safetensors"))
+    assert files <= disk["run_bytes"] <= 2 * files  # an upper bound, and not a loose one
+    # the cache: one file per distinct image file, each of the size the plan gives an image
+    paths = {json.loads(line)["image"] for line in colour_data["train"].read_text().splitlines()}
+    cached = list((root / "cache").rglob("*.safetensors"))
+    assert 0 < len(cached) <= len(paths)
+    assert all(f.stat().st_size <= disk["cache_bytes"] / len(paths) < f.stat().st_size + 128 for f in cached)
+
+
+def _tensor_bytes(handle, name: str) -> int:
+    tensor = handle.get_tensor(name)
+    return tensor.numel() * tensor.element_size()
+
+
+def test_the_plan_warns_of_a_disk_without_room_and_the_cache_can_be_left_out(cli, kit, colour_data, suite_file,
+                                                                           tmp_path, monkeypatch):
+    import shutil
+
+    args = _args(kit, colour_data, suite_file, tmp_path / "run", tmp_path / "cache")
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=10_000))  # a nearly full disk
+    planned = " ".join(cli(*args, "--dry-run").out.split())
+    images = len({json.loads(line)["image"] for line in colour_data["train"].read_text().splitlines()})
+    assert f"vision-feature cache: up to 0.0 GB for {images:,} images in {tmp_path / 'cache'}" in planned
+    assert "warning: the run and the feature cache need more room than their disk has" in planned
+    planned = " ".join(cli(*args, "--dry-run", "--no-cache-features").out.split())
+    assert "vision-feature cache: off" in planned and "warning: the run" not in planned
+    assert f"warning: {tmp_path / 'run'}'s disk has less room than the run writes" in planned
+    monkeypatch.undo()
+    result = cli(*args, "--no-cache-features")
+    assert result.code == 0, result.err
+    assert not list((tmp_path / "cache").rglob("*.safetensors"))  # the tower ran on every batch instead
+    trained = json.loads((tmp_path / "run" / "train" / "manifest.json").read_text())
+    assert trained["features"] == {"cache": None, "computed": "every step"}
