@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,18 @@ from pathlib import Path
 import pytest
 
 from backbone_swap.demo import tiny_models as tm
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """The tests read what the commands print as plain text, 80 columns wide. Colour forced by the machine's
+    environment (FORCE_COLOR, PY_COLORS, GITHUB_ACTIONS, TTY_COMPATIBLE) would put escape codes inside the words
+    of the help, the tables and the progress bars, and a terminal width (COLUMNS, TERMINAL_WIDTH) would wrap
+    them; typer and the progress console read these once, when imported, so they go before any test module is
+    collected (pytest has set up its own output by now)."""
+    for name in ("FORCE_COLOR", "PY_COLORS", "GITHUB_ACTIONS", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "COLUMNS",
+                 "LINES", "TERMINAL_WIDTH"):
+        os.environ.pop(name, None)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,18 @@ needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is No
 ACCELERATE_CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "accelerate"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def extensions_of_this_session(tmp_path_factory):
+    """DeepSpeed compiles a CPU op on first use into TORCH_EXTENSIONS_DIR, by default ~/.cache/torch_extensions,
+    shared by every run and virtual environment on the machine: a run killed while compiling leaves a lock file
+    there that every later run waits on forever, and a virtual environment at another path compiles over the
+    build of the last. The launches here compile into a folder of this session (unless one is set)."""
+    with pytest.MonkeyPatch.context() as patch:
+        if not os.environ.get("TORCH_EXTENSIONS_DIR"):
+            patch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path_factory.mktemp("torch-extensions")))
+        yield
+
+
 def _launch(args, processes, cwd, config: str | None = None, env: dict[str, str] | None = None, fails: bool = False):
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     if processes == 1:
