@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 import sys
 
 import pytest
-from processes import kill_once_written
+from processes import kill_once_written, run_whole
 
 pytestmark = pytest.mark.slow
 
@@ -98,7 +97,7 @@ def test_killed_during_training_finishes_with_the_same_report(finished, kit, col
     kill_once_written([sys.executable, "-m", "backbone_swap.cli", *args],
                       out / "train" / "stage2" / "checkpoint" / "state.json")
     assert not (out / "compare" / "report.json").exists()
-    resumed = subprocess.run([sys.executable, "-m", "backbone_swap.cli", *args], capture_output=True, text=True)
+    resumed = run_whole([sys.executable, "-m", "backbone_swap.cli", *args])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert _numbers(out / "compare" / "report.json") == _numbers(root / "run" / "compare" / "report.json")
 
