@@ -206,6 +206,8 @@ def compare_command(
                          dtype=dtype)
     from rich.console import Console
 
+    if not comparison:  # another process of a multi-process launch than the main one
+        return
     console = Console()
     console.print(terminal_table(comparison))
     console.print(f"overall: {comparison['overall']['verdict']}; report: {output / 'report.html'}")
@@ -276,7 +278,7 @@ def upgrade_command(
             console.print(f"  {line}", highlight=False, markup=False)
 
     result = upgrade(options, restart=restart, dry_run=dry_run, on_plan=show)
-    if dry_run:
+    if dry_run or not result:  # not result: another process of a multi-process launch than the main one
         return
     console.print(terminal_table(result))
     console.print(f"overall: {result['overall']['verdict']}; report: {output / 'compare' / 'report.html'}")

@@ -236,7 +236,10 @@ def compare(
     dtype: str | None = None,
     show_progress: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate (or reuse) A and B on ``suite``, compare task by task, and write the report to ``output``."""
+    """Evaluate (or reuse) A and B on ``suite``, compare task by task, and write the report to ``output``.
+
+    Under a multi-process launch every process evaluates its share, and the main one compares and writes; the
+    others return an empty dict."""
     from backbone_swap.evaluate.runner import evaluate
     from backbone_swap.recommend import Thresholds, capabilities, check_expectation, overall_verdict, task_verdict
     from backbone_swap.report import write_report
@@ -258,6 +261,10 @@ def compare(
                                     f"Its tasks: {suite.names()}")
     for model, folder in ((model_a, eval_a), (model_b, eval_b)):
         evaluate(model, suite, folder, batch_size=batch_size, seed=seed, dtype=dtype, show_progress=show_progress)
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # under a multi-process launch the main process writes the report
+        return {}
     thresholds = Thresholds(alpha=alpha, min_gain=min_gain)
     tasks = []
     for task in suite.tasks:

@@ -7,7 +7,6 @@ are done, so a run started again continues where it stopped.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import shutil
@@ -219,8 +218,8 @@ def _existing(path: Path) -> Path:
 class _Run:
     """The run folder's manifest: which steps are done, with their outputs and timings."""
 
-    def __init__(self, options: UpgradeOptions, plan_: Plan, restart: str | None) -> None:
-        self.options = options
+    def __init__(self, options: UpgradeOptions, plan_: Plan, restart: str | None, *, main: bool = True) -> None:
+        self.options, self.main = options, main  # the other processes of a launch keep the record, not the files
         self.path = options.output / "manifest.json"
         identity = {
             "vlm": str(options.vlm.resolve()), "llm": str(options.llm.resolve()),
@@ -248,7 +247,7 @@ class _Run:
             for step in STEPS[STEPS.index(restart):]:
                 self.data["steps"].pop(step, None)
                 for key, folder in paths.items():
-                    if key == step or (step == "baseline" and key == "baseline-transplant"):
+                    if main and (key == step or (step == "baseline" and key == "baseline-transplant")):
                         shutil.rmtree(folder, ignore_errors=True)
         options.output.mkdir(parents=True, exist_ok=True)
         self.save()
@@ -261,7 +260,8 @@ class _Run:
         self.save()
 
     def save(self) -> None:
-        write_json(self.path, self.data)
+        if self.main:
+            write_json(self.path, self.data)
 
 
 def upgrade(options: UpgradeOptions, *, restart: str | None = None, dry_run: bool = False,
@@ -269,7 +269,7 @@ def upgrade(options: UpgradeOptions, *, restart: str | None = None, dry_run: boo
     """Run (or continue) the whole upgrade; returns the comparison, or the plan with ``dry_run``."""
     from backbone_swap.compare import compare
     from backbone_swap.train import train
-    from backbone_swap.transplant import LLM_KINDS, transplant
+    from backbone_swap.transplant import LLM_KINDS
 
     if options.baseline not in BASELINES:
         raise BackboneSwapError(f"--baseline must be one of {', '.join(BASELINES)}, not {options.baseline!r}",
@@ -283,16 +283,18 @@ def upgrade(options: UpgradeOptions, *, restart: str | None = None, dry_run: boo
                                     "Say whether that LLM is a base or an instruction-tuned model")
     if restart is not None and restart not in STEPS:
         raise BackboneSwapError(f"--restart must name a step ({', '.join(STEPS)}), not {restart!r}", "")
+    # under accelerate launch / torchrun: training and evaluation share the processes, and the main one writes
+    # what is written once (transplants, the manifest, the report)
+    state = _launch_state()
+    main = state is None or state.is_main_process
     the_plan = plan(options)
-    if on_plan:
+    if on_plan and main:
         on_plan(the_plan)
     if dry_run:
         return {"plan": the_plan.to_dict()}
-    # one upgrade per folder; the processes of a multi-process launch share it (train and eval hold theirs)
     previous_manifest(options.output, "command", "upgrade", "an upgrade run")  # no lock file among other files
-    alone = int(os.environ.get("WORLD_SIZE", "1")) == 1
-    with held_by_this_run(options.output, "upgrade run") if alone else contextlib.nullcontext():
-        run = _Run(options, the_plan, restart)
+    with held_by_this_run(options.output, "upgrade run", state):
+        run = _Run(options, the_plan, restart, main=main)
         paths = _run_paths(options.output)
         common = dict(recipe=options.recipe, data=options.data, image_root=options.image_root,
                       feature_cache=options.feature_cache, cache_features=options.cache_features,
@@ -300,19 +302,23 @@ def upgrade(options: UpgradeOptions, *, restart: str | None = None, dry_run: boo
                       save_every=options.save_every, resume=True, callbacks=options.callbacks,
                       show_progress=options.show_progress)
 
+        def on_main(work) -> None:
+            if main:
+                work()
+            if state is not None:
+                state.wait_for_everyone()
+
         if not run.done("transplant"):
             started = time.time()
-            shutil.rmtree(paths["transplant"], ignore_errors=True)
-            transplant(options.vlm, options.llm, paths["transplant"], seed=options.seed, llm_kind=options.llm_kind,
-                       chat_template=options.chat_template)
+            on_main(lambda: _transplant(options.vlm, options.llm, paths["transplant"], options.seed,
+                                        options.llm_kind, options.chat_template))
             run.finish("transplant", started, output=str(paths["transplant"]))
         old_model = options.vlm
         if options.baseline == "retrain":
             if not run.done("baseline"):
                 started = time.time()
-                shutil.rmtree(paths["baseline-transplant"], ignore_errors=True)
-                transplant(options.vlm, options.old_llm, paths["baseline-transplant"], seed=options.seed,
-                           llm_kind=options.old_llm_kind, chat_template=options.old_chat_template)
+                on_main(lambda: _transplant(options.vlm, options.old_llm, paths["baseline-transplant"], options.seed,
+                                            options.old_llm_kind, options.old_chat_template))
                 train(paths["baseline-transplant"], output=paths["baseline"], **common)
                 run.finish("baseline", started, output=str(paths["baseline"] / "final" / "merged"))
             old_model = paths["baseline"] / "final" / "merged"
@@ -333,15 +339,33 @@ def upgrade(options: UpgradeOptions, *, restart: str | None = None, dry_run: boo
         started = time.time()
         # the comparison is always made again (its evaluations live outside its folder): a report a stopped run
         # left half written goes first
-        shutil.rmtree(paths["compare"], ignore_errors=True)
+        on_main(lambda: shutil.rmtree(paths["compare"], ignore_errors=True))
         comparison = compare(
             old_model, new_model, options.suite, paths["compare"], min_gain=options.min_gain, alpha=options.alpha,
             weights=options.weights, n_resamples=options.n_resamples, seed=options.seed, batch_size=options.batch_size,
             baseline=options.baseline, eval_dirs=(paths["eval-old"], paths["eval-new"]), dtype=options.dtype,
             extra_warnings=_kind_warning(options), show_progress=options.show_progress,
         )
-        run.finish("compare", started, output=str(paths["compare"]), verdict=comparison["overall"]["verdict"])
+        if main:
+            run.finish("compare", started, output=str(paths["compare"]), verdict=comparison["overall"]["verdict"])
         return comparison
+
+
+def _launch_state():
+    """accelerate's state of a multi-process launch (None in one process, which then needs no process group)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return None
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def _transplant(vlm: Path, llm: Path, output: Path, seed: int, llm_kind: str, chat_template: Path | None) -> None:
+    from backbone_swap.transplant import transplant
+
+    shutil.rmtree(output, ignore_errors=True)  # what a stopped transplant left
+    transplant(vlm, llm, output, seed=seed, llm_kind=llm_kind, chat_template=chat_template)
 
 
 def _kind_warning(options: UpgradeOptions) -> list[str]:

@@ -216,3 +216,32 @@ def test_every_process_stops_when_another_run_holds_the_folder(transplanted, sui
                           str(tmp_path / "two")], 2, tmp_path, fails=True)
     assert result.stderr.count(f"is being written by another evaluation (process {holder.pid} on") == 2
     assert [p.name for p in (tmp_path / "two").iterdir()] == [".lock"]
+
+
+def test_two_process_upgrade_trains_to_the_weights_of_one_and_writes_once(kit, colour_data, suite_file, tmp_path):
+    args = ["upgrade", "--vlm", str(kit.vlm), "--llm", str(kit.mistral), "--recipe", "tiny-cpu",
+            "--data", str(colour_data["train"]), "--image-root", str(colour_data["root"]), "--suite", str(suite_file),
+            "--feature-cache", str(tmp_path / "cache"), "--resamples", "300", "--batch-size", "6",
+            "--set", "stage1.max_steps=2", "--set", "stage2.max_steps=3",
+            "--set", "stage1.micro_batch=4", "--set", "stage2.micro_batch=4"]
+    _launch([*args, "-o", str(tmp_path / "one")], 1, tmp_path)
+    two = _launch([*args, "-o", str(tmp_path / "two")], 2, tmp_path)
+    lines = two.stdout.splitlines()
+    assert lines.count("plan") == 1 and sum(line.startswith("overall:") for line in lines) == 1  # printed once
+    steps = json.loads((tmp_path / "two" / "manifest.json").read_text())["steps"]
+    assert list(steps) == ["transplant", "train", "eval-old", "eval-new", "compare"]
+    assert all(step["status"] == "done" for step in steps.values())
+    trained = json.loads((tmp_path / "two" / "train" / "manifest.json").read_text())
+    assert trained["stages"]["stage2"]["world_size"] == 2
+    a = load_file(tmp_path / "one" / "train" / "stage2" / "trainable.safetensors")
+    b = load_file(tmp_path / "two" / "train" / "stage2" / "trainable.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5)
+    one_report = json.loads((tmp_path / "one" / "compare" / "report.json").read_text())
+    two_report = json.loads((tmp_path / "two" / "compare" / "report.json").read_text())
+    assert [(t["name"], t["n"]) for t in two_report["tasks"]] == [(t["name"], t["n"]) for t in one_report["tasks"]]
+    for task in ("colour", "choice", "where"):  # the old side is the same model: the same answers, every item once
+        lines = [(tmp_path / s / "eval" / "old" / f"{task}.jsonl").read_text().splitlines() for s in ("one", "two")]
+        answers = [{(r := json.loads(x))["id"]: r["prediction"] for x in side} for side in lines]
+        assert answers[1] == answers[0] and len(lines[1]) == len(lines[0]) == len(answers[0])
