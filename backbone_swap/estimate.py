@@ -221,9 +221,9 @@ def model_bytes(vlm_checkpoint, llm_checkpoint, shapes: Shapes) -> int:
 
 def run_bytes(model: int, trainable: int, stages: int) -> int:
     """Bytes a run folder takes at most for one model it trains: the transplant, the merged export, the
-    trainable weights (float32) of each stage and of the adapter, and the checkpoint of the stage in progress
-    (weights and Adam's two moments)."""
-    return 2 * model + trainable * 4 * (stages + 1 + 3)
+    trainable weights (float32) of each stage and of the adapter, and the checkpoints of the stage in progress
+    (weights and Adam's two moments; the last one is kept until the next is whole, so two at a time)."""
+    return 2 * model + trainable * 4 * (stages + 1 + 2 * 3)
 
 
 def peak_memory(shapes: Shapes, data: DataSize, recipe, *, trainable: int) -> dict[str, int]:

@@ -79,25 +79,54 @@ def select_features(hidden_states: Sequence[Any], layer: int | list[int], strate
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
+def _config_dtype(model_dir: Path) -> str:
+    """The dtype ``from_pretrained`` gives a checkpoint by default in transformers 5: its config's."""
+    config = open_checkpoint(model_dir).config
+    return str(config.get("dtype") or config.get("torch_dtype") or "float32")
+
+
 def bytes_per_image(image_tokens: int, feature_dim: int, dtype: str) -> int:
     """Disk one image's cached features take: its feature matrix and the safetensors header."""
     return image_tokens * feature_dim * DTYPE_BYTES[dtype] + 128
+
+
+def _key(fields: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _adopt(legacy: Path, folder: Path, dtype: str) -> None:
+    """Take over a cache from before the key named the dtype (features computed in the checkpoint's configured
+    dtype), when its features are in ``dtype``: hours of tower passes at LLaVA's scale."""
+    if folder.exists() or not legacy.is_dir():
+        return
+    sample = next(legacy.glob("*.safetensors"), None)
+    if sample is None:
+        return
+    try:
+        with open(sample, "rb") as f:
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        if {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}.get(header["features"]["dtype"]) == dtype:
+            os.rename(legacy, folder)
+    except (OSError, ValueError, KeyError):  # unreadable, or another process adopted it first
+        return
 
 
 class FeatureCache:
     """Vision features by image, stored as one safetensors file per image under a key folder."""
 
     def __init__(self, root: Path, model_dir: Path, image_processor, *, image_aspect: str,
-                 layer: int | list[int], strategy: str, dtype: str = "float32") -> None:
-        key_fields = {"processor": json.loads(image_processor.to_json_string()), "aspect": image_aspect,
-                      "layer": layer, "strategy": strategy}
-        if dtype != "float32":  # the tower's precision changes its features (float32 caches keep their key)
-            key_fields["dtype"] = dtype
-        key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:16]
-        self.folder = Path(root) / tower_fingerprint(model_dir)[:16] / key
+                 layer: int | list[int], strategy: str, dtype: str | None = None) -> None:
+        """``dtype``: the tower's precision, which changes its features (default: the checkpoint's configured one,
+        which ``from_pretrained`` gives)."""
+        fields = {"processor": json.loads(image_processor.to_json_string()), "aspect": image_aspect,
+                  "layer": layer, "strategy": strategy}
+        dtype = dtype or _config_dtype(model_dir)
+        tower = Path(root) / tower_fingerprint(model_dir)[:16]
+        self.folder = tower / _key({**fields, "dtype": dtype})
         self.image_processor = image_processor
         self.image_aspect, self.layer, self.strategy, self.dtype = image_aspect, layer, strategy, dtype
         self._digests: dict[Path, str] = {}
+        _adopt(tower / _key(fields), self.folder, dtype)
 
     def path_for(self, image: Path) -> Path:
         if image not in self._digests:

@@ -131,17 +131,25 @@ def held_by_this_run(folder: Path, what: str, state: Any = None) -> Iterator[Non
     if folder.exists() and not folder.is_dir():
         raise BackboneSwapError(f"{folder} exists and is not a folder", "Choose another --output")
     if state is None or state.is_main_process:
-        folder.mkdir(parents=True, exist_ok=True)
-        handle, refusal = _lock(folder / LOCK_NAME)
-        if refusal is not None:
-            refusal = f"{folder} is being written by another {what} ({refusal})"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            handle, refusal = _lock(folder / LOCK_NAME, what)
+        except OSError as e:  # reported to every process, which would otherwise wait for this one
+            refusal = f"{folder} cannot be written ({e.strerror or e})"
+        else:
+            if refusal is not None:
+                refusal = f"{folder} is being written by {refusal}"
     if state is not None and state.num_processes > 1:
         from accelerate.utils import broadcast_object_list
 
         refusal = broadcast_object_list([refusal])[0]
     if refusal is not None:
+        if "being written by" not in refusal:
+            raise BackboneSwapError(refusal, "Choose another --output, or fix the folder's permissions")
         raise BackboneSwapError(refusal, "Wait for that run to end, or stop it and every worker process it started "
-                                         "(they outlive a launcher killed with SIGKILL), then run again")
+                                         "(they outlive a launcher killed with SIGKILL), then run again; if no such "
+                                         f"process runs any more (a machine that crashed, on NFS), delete "
+                                         f"{folder / LOCK_NAME}")
     try:
         yield
     finally:
@@ -149,13 +157,20 @@ def held_by_this_run(folder: Path, what: str, state: Any = None) -> Iterator[Non
             handle.close()  # releases the lock
 
 
-def _lock(path: Path) -> tuple[Any, str | None]:
-    """(the open lock file, None) when this process now holds ``path``; (None, who holds it) when another does."""
+def _lock(path: Path, what: str) -> tuple[Any, str | None]:
+    """(the open lock file, None) when this process now holds ``path``; (None, which run holds it) when another
+    does; (None, None) where there is no lock to take (no flock, or a folder this user may only read: a
+    finished evaluation read again needs no lock, and a run that writes there fails on its first file)."""
     try:
         import fcntl
     except ImportError:  # no flock on this platform
         return None, None
-    handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the run's duration
+    try:
+        handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the run's duration
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return None, None
+        raise
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
@@ -165,10 +180,10 @@ def _lock(path: Path) -> tuple[Any, str | None]:
         handle.seek(0)
         holder = handle.read().strip()
         handle.close()
-        return None, holder or "a process still running"
+        return None, holder or "another run (a process still running)"
     handle.seek(0)
     handle.truncate()
-    handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+    handle.write(f"another {what} (process {os.getpid()} on {socket.gethostname()})\n")
     handle.flush()
     return handle, None
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 from backbone_swap.errors import BackboneSwapError
@@ -28,19 +29,35 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "false").strip().lower() in {"1", "true", "yes"}
 
 
+# how long processes wait in a collective for work the main process does alone: a transplant of a large LLM,
+# or the vision-feature cache of a large data set (accelerate's default is NCCL's 10 minutes)
+PROCESS_GROUP_TIMEOUT = timedelta(hours=6)
+
+
+def launch_state():
+    """accelerate's state of this process (its rank and device; gloo on CPU), with the run's timeout."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available(), timeout=PROCESS_GROUP_TIMEOUT)
+
+
 def make_accelerator(precision: str):
     """The run's one accelerator, with the scheme of the launch configuration (CPU FSDP included)."""
     import torch
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
-    from accelerate.utils import DistributedType
+    from accelerate.utils import DistributedType, InitProcessGroupKwargs
 
     mixed = "no" if precision == "fp32" else precision
-    if AcceleratorState._shared_state.get("_mixed_precision", mixed) != mixed:
+    shared = AcceleratorState._shared_state
+    if shared.get("_mixed_precision", mixed) != mixed and shared.get("distributed_type") != DistributedType.DEEPSPEED:
         # an earlier training in this process chose another precision; accelerate keeps one per process and
-        # refuses to change it, so its state (not the processes' group) starts again
+        # refuses to change it, so its state (not the processes' group) starts again (DeepSpeed records "no" and
+        # takes its precision from its own configuration)
         AcceleratorState._reset_state()
-    accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available(),
+                              kwargs_handlers=[InitProcessGroupKwargs(timeout=PROCESS_GROUP_TIMEOUT)])
     if accelerator.distributed_type == DistributedType.MULTI_CPU and _env_flag("ACCELERATE_USE_FSDP"):
         _fsdp_on_cpu(accelerator)
     if accelerator.distributed_type == DistributedType.MULTI_CPU and _env_flag("ACCELERATE_USE_DEEPSPEED"):

@@ -889,16 +889,21 @@ def _cached_features(accelerator, model_dir: Path, processor, anatomy, recipe: R
                          dtype=str(dtype).removeprefix("torch."))
     computed = 0
     todo = cache.missing(images) if images and accelerator.is_main_process else []
+    refusal = None
     if todo:
         need = len(todo) * bytes_per_image(anatomy.vision.image_tokens, anatomy.vision.feature_dim, cache.dtype)
         free = free_bytes(cache.folder)
         if need > free:  # found now, not after hours of filling
-            raise BackboneSwapError(
-                f"the vision-feature cache needs about {need / 1e9:.1f} GB for {len(todo):,} images not cached yet, "
-                f"and {cache.folder} has {free / 1e9:.1f} GB free",
-                "Pass --feature-cache DIR on a disk with room, or --no-cache-features to run the vision tower on "
-                "every batch instead",
-            )
+            refusal = (f"the vision-feature cache needs about {need / 1e9:.1f} GB for {len(todo):,} images not cached "
+                       f"yet, and {cache.folder} has {free / 1e9:.1f} GB free")
+    if accelerator.num_processes > 1:  # every process stops, rather than wait for the main one
+        from accelerate.utils import broadcast_object_list
+
+        refusal = broadcast_object_list([refusal])[0]
+    if refusal:
+        raise BackboneSwapError(refusal, "Pass --feature-cache DIR on a disk with room, or --no-cache-features to run "
+                                         "the vision tower on every batch instead")
+    if todo:
         from transformers import LlavaForConditionalGeneration
 
         from backbone_swap.sharding import loading_whole

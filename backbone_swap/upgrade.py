@@ -182,9 +182,13 @@ def _disk(options: UpgradeOptions, data: estimate.DataSize, shapes: estimate.Sha
     from backbone_swap.outputs import free_bytes
 
     run_free = free_bytes(options.output)
-    figures = {"run_bytes": int(run_disk), "run_free": int(run_free)}
-    lines = [f"disk: about {run_disk / 1e9:.1f} GB in {options.output} (transplants, merged exports, checkpoints); "
-             f"{run_free / 1e9:.1f} GB free there"]
+    written = sum(f.stat().st_size for f in Path(options.output).rglob("*") if f.is_file()) \
+        if Path(options.output).is_dir() else 0
+    to_write = max(run_disk - written, 0)  # a run started again has written part of it (and taken that room)
+    figures = {"run_bytes": int(run_disk), "run_to_write": int(to_write), "run_free": int(run_free)}
+    still = f"; {to_write / 1e9:.1f} GB still to write" if written else ""
+    lines = [f"disk: about {run_disk / 1e9:.1f} GB in {options.output} (transplants, merged exports, checkpoints"
+             f"{still}); {run_free / 1e9:.1f} GB free there"]
     if options.cache_features:
         cache = Path(options.feature_cache) if options.feature_cache else default_cache_dir()
         dtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[options.recipe.precision]
@@ -194,15 +198,15 @@ def _disk(options: UpgradeOptions, data: estimate.DataSize, shapes: estimate.Sha
         lines.append(f"vision-feature cache: up to {need / 1e9:.1f} GB for {data.distinct_images:,} images in {cache} "
                      f"(images cached before are reused); {cache_free / 1e9:.1f} GB free there")
         same_disk = os.stat(_existing(cache)).st_dev == os.stat(_existing(options.output)).st_dev
-        if same_disk and need + run_disk > run_free:
-            lines.append("warning: the run and the feature cache need more room than their disk has; pass "
-                         "--feature-cache DIR on another disk, or --no-cache-features")
+        if same_disk and need + to_write > run_free:
+            lines.append("warning: the run and the feature cache may need more room than their disk has (images "
+                         "cached before need none); pass --feature-cache DIR on another disk, or --no-cache-features")
         elif need > cache_free:
             lines.append("warning: the feature cache may not fit on its disk; pass --feature-cache DIR on a disk with "
                          "room, or --no-cache-features (the vision tower then runs on every batch)")
     else:
         lines.append("vision-feature cache: off (the vision tower runs on every batch)")
-    if run_disk > run_free and not any(line.startswith("warning: the run") for line in lines):
+    if to_write > run_free and not any(line.startswith("warning: the run") for line in lines):
         lines.append(f"warning: {options.output}'s disk has less room than the run writes; free space or choose "
                      "another --output")
     return lines, figures
@@ -266,7 +270,8 @@ class _Run:
 
 def upgrade(options: UpgradeOptions, *, restart: str | None = None, dry_run: bool = False,
             on_plan=None) -> dict[str, Any]:
-    """Run (or continue) the whole upgrade; returns the comparison, or the plan with ``dry_run``."""
+    """Run (or continue) the whole upgrade; returns the comparison, or the plan with ``dry_run`` (an empty dict in
+    the processes of a multi-process launch other than the main one)."""
     from backbone_swap.compare import compare
     from backbone_swap.train import train
     from backbone_swap.transplant import LLM_KINDS
@@ -355,10 +360,9 @@ def _launch_state():
     """accelerate's state of a multi-process launch (None in one process, which then needs no process group)."""
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return None
-    import torch
-    from accelerate import PartialState
+    from backbone_swap.sharding import launch_state
 
-    return PartialState(cpu=not torch.cuda.is_available())
+    return launch_state()
 
 
 def _transplant(vlm: Path, llm: Path, output: Path, seed: int, llm_kind: str, chat_template: Path | None) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from PIL import Image
@@ -42,7 +44,7 @@ def test_the_same_tower_shares_a_cache_and_preprocessing_changes_the_key(kit, tr
     processor = AutoProcessor.from_pretrained(kit.vlm)
     keys = {
         name: FeatureCache(tmp_path, path, processor.image_processor, image_aspect="pad", layer=-2,
-                           strategy="default").folder
+                           strategy="default", dtype="float32").folder  # the recipe's precision, as in train
         for name, path in [("old", kit.vlm), *transplanted.items()]
     }
     assert len(set(keys.values())) == 1  # old and both new VLMs carry the same tower: one cache
@@ -101,9 +103,34 @@ def test_a_cache_in_another_precision_is_another_cache(transplanted, tmp_path):
     full, half = (FeatureCache(tmp_path, model_dir, processor.image_processor, image_aspect="pad", layer=-2,
                                strategy="default", dtype=dtype) for dtype in ("float32", "bfloat16"))
     assert full.folder != half.folder
+    bf16 = transplanted["qwen2"]  # a bfloat16 checkpoint with the same tower: the tower's dtype decides the key
+    keys = {dtype: FeatureCache(tmp_path, bf16, processor.image_processor, image_aspect="pad", layer=-2,
+                                strategy="default", dtype=dtype).folder for dtype in (None, "bfloat16", "float32")}
+    assert keys[None] == keys["bfloat16"] == half.folder and keys["float32"] == full.folder
     tower = LlavaForConditionalGeneration.from_pretrained(model_dir).model.vision_tower  # float32
     with pytest.raises(ValueError, match="holds bfloat16 features"):
         half.fill(tower, _images(tmp_path / "img"), batch_size=3, device="cpu")
     tower = tower.to(torch.bfloat16)
     assert half.fill(tower, [tmp_path / "img" / "0.png"], batch_size=1, device="cpu") == 1
     assert half.load(tmp_path / "img" / "0.png").dtype == torch.bfloat16
+
+
+def test_a_cache_from_before_the_key_named_the_dtype_is_taken_over_when_its_dtype_matches(transplanted, tmp_path):
+    from backbone_swap.features import _key
+
+    model_dir = transplanted["mistral"]  # float32
+    model = LlavaForConditionalGeneration.from_pretrained(model_dir).eval()
+    processor = AutoProcessor.from_pretrained(model_dir)
+    options = dict(image_aspect="pad", layer=-2, strategy="default")
+    images = _images(tmp_path / "img")
+    cache = FeatureCache(tmp_path / "cache", model_dir, processor.image_processor, **options)
+    assert cache.fill(model.model.vision_tower, images, batch_size=3, device="cpu") == 3
+    fields = {"processor": json.loads(processor.image_processor.to_json_string()), "aspect": "pad", "layer": -2,
+              "strategy": "default"}
+    legacy = cache.folder.parent / _key(fields)  # the folder the cache had before
+    cache.folder.rename(legacy)
+    half = FeatureCache(tmp_path / "cache", model_dir, processor.image_processor, dtype="bfloat16", **options)
+    assert legacy.is_dir() and not half.folder.exists()  # float32 features are not bfloat16 ones
+    again = FeatureCache(tmp_path / "cache", model_dir, processor.image_processor, **options)
+    assert again.folder == cache.folder and not legacy.exists()
+    assert again.fill(model.model.vision_tower, images, batch_size=3, device="cpu") == 0  # nothing computed again

@@ -14,7 +14,7 @@ from backbone_swap.outputs import held_by_this_run
 
 def test_a_folder_is_held_by_one_run_at_a_time(tmp_path):
     folder = tmp_path / "run"
-    refusal = rf"being written by another evaluation \(process {os.getpid()} on "
+    refusal = rf"being written by another training run \(process {os.getpid()} on "  # the holder's kind
     with (held_by_this_run(folder, "training run"), pytest.raises(BackboneSwapError, match=refusal),
           held_by_this_run(folder, "evaluation")):
         pass

@@ -429,10 +429,10 @@ def evaluate(
         # partial answers of a stopped run)
         raise BackboneSwapError(f"{output} already exists and holds other files, not evaluation results",
                                 "Choose another --output, or an empty folder")
-    from accelerate import PartialState
+    from backbone_swap.sharding import launch_state
 
     # under torchrun / accelerate launch: this process's rank and device (gloo when there is no GPU)
-    state = PartialState(cpu=not torch.cuda.is_available())
+    state = launch_state()
     with held_by_this_run(output, "evaluation", state):
         output.mkdir(parents=True, exist_ok=True)
         if marker.is_file():
