@@ -103,12 +103,17 @@ def write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def free_bytes(path: Path) -> int:
-    """Free space on the file system ``path`` is (or will be) on: that of its nearest existing folder."""
+def nearest_existing(path: Path) -> Path:
+    """``path``, or the nearest folder above it that exists: where a file system is asked about a path to be."""
     path = Path(path).expanduser().absolute()
     while not path.exists() and path != path.parent:
         path = path.parent
-    return shutil.disk_usage(path).free
+    return path
+
+
+def free_bytes(path: Path) -> int:
+    """Free space on the file system ``path`` is (or will be) on."""
+    return shutil.disk_usage(nearest_existing(path)).free
 
 
 LOCK_NAME = ".lock"

@@ -179,7 +179,7 @@ def _disk(options: UpgradeOptions, data: estimate.DataSize, shapes: estimate.Sha
     """The plan's disk lines, with a warning where a folder's file system lacks the room (the run would stop
     there, hours in); the figures say what the run and the feature cache will write, and what is free."""
     from backbone_swap.features import bytes_per_image, default_cache_dir
-    from backbone_swap.outputs import free_bytes
+    from backbone_swap.outputs import free_bytes, nearest_existing
 
     run_free = free_bytes(options.output)
     written = sum(f.stat().st_size for f in Path(options.output).rglob("*") if f.is_file()) \
@@ -197,7 +197,7 @@ def _disk(options: UpgradeOptions, data: estimate.DataSize, shapes: estimate.Sha
         figures.update(cache_bytes=int(need), cache_free=int(cache_free))
         lines.append(f"vision-feature cache: up to {need / 1e9:.1f} GB for {data.distinct_images:,} images in {cache} "
                      f"(images cached before are reused); {cache_free / 1e9:.1f} GB free there")
-        same_disk = os.stat(_existing(cache)).st_dev == os.stat(_existing(options.output)).st_dev
+        same_disk = os.stat(nearest_existing(cache)).st_dev == os.stat(nearest_existing(options.output)).st_dev
         if same_disk and need + to_write > run_free:
             lines.append("warning: the run and the feature cache may need more room than their disk has (images "
                          "cached before need none); pass --feature-cache DIR on another disk, or --no-cache-features")
@@ -210,13 +210,6 @@ def _disk(options: UpgradeOptions, data: estimate.DataSize, shapes: estimate.Sha
         lines.append(f"warning: {options.output}'s disk has less room than the run writes; free space or choose "
                      "another --output")
     return lines, figures
-
-
-def _existing(path: Path) -> Path:
-    path = Path(path).expanduser().absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
 
 
 class _Run:
