@@ -19,6 +19,7 @@ from typing import Any
 from backbone_swap import safetensors_io as st
 from backbone_swap.anatomy import component_of
 from backbone_swap.checkpoint import open_checkpoint
+from backbone_swap.errors import BackboneSwapError
 
 
 def default_cache_dir() -> Path:
@@ -76,9 +77,6 @@ def select_features(hidden_states: Sequence[Any], layer: int | list[int], strate
     return chosen[0] if len(chosen) == 1 else torch.cat(chosen, dim=-1)
 
 
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-
-
 def _config_dtype(model_dir: Path) -> str:
     """The dtype ``from_pretrained`` gives a checkpoint by default in transformers 5: its config's."""
     config = open_checkpoint(model_dir).config
@@ -87,7 +85,7 @@ def _config_dtype(model_dir: Path) -> str:
 
 def bytes_per_image(image_tokens: int, feature_dim: int, dtype: str) -> int:
     """Disk one image's cached features take: its feature matrix and the safetensors header."""
-    return image_tokens * feature_dim * DTYPE_BYTES[dtype] + 128
+    return image_tokens * feature_dim * st.DTYPE_SIZES[st.safetensors_dtype(dtype)] + 128
 
 
 def _key(fields: dict[str, Any]) -> str:
@@ -103,11 +101,9 @@ def _adopt(legacy: Path, folder: Path, dtype: str) -> None:
     if sample is None:
         return
     try:
-        with open(sample, "rb") as f:
-            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
-        if {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}.get(header["features"]["dtype"]) == dtype:
+        if st.read_header(sample)[0]["features"].dtype == st.safetensors_dtype(dtype):
             os.rename(legacy, folder)
-    except (OSError, ValueError, KeyError):  # unreadable, or another process adopted it first
+    except (OSError, KeyError, BackboneSwapError):  # unreadable, or another process adopted it first
         return
 
 

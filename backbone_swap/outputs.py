@@ -75,20 +75,12 @@ def staged_dir(output: Path) -> Iterator[Path]:
 
 def write_json(path: Path, data: Any) -> None:
     """Write JSON through a temporary file and a rename, so readers never see half a file."""
-    path = Path(path)
-    # a temporary name of its own, so that processes writing the same file never share one
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.",
-                                     suffix=".tmp", delete=False) as f:
-        json.dump(data, f, indent=2, sort_keys=False, default=str)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    share_as_created(f.name)
-    os.replace(f.name, path)
+    write_bytes(Path(path), (json.dumps(data, indent=2, sort_keys=False, default=str) + "\n").encode("utf-8"))
 
 
 def write_bytes(path: Path, data: bytes) -> None:
-    """Write through a temporary file in the same folder and a rename; readers never see a partial file."""
+    """Write through a temporary file in the same folder and a rename; readers never see a partial file (the
+    temporary name is this call's own, so processes writing the same file never share one)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -131,6 +123,8 @@ def held_by_this_run(folder: Path, what: str, state: Any = None) -> Iterator[Non
     main one, so all of them stop together. A file system without locks (some parallel file systems) is
     written without one.
     """
+    from backbone_swap.sharding import stop_together
+
     handle = None
     refusal = None
     if folder.exists() and not folder.is_dir():
@@ -138,23 +132,17 @@ def held_by_this_run(folder: Path, what: str, state: Any = None) -> Iterator[Non
     if state is None or state.is_main_process:
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            handle, refusal = _lock(folder / LOCK_NAME, what)
-        except OSError as e:  # reported to every process, which would otherwise wait for this one
-            refusal = f"{folder} cannot be written ({e.strerror or e})"
+            handle, holder = _lock(folder / LOCK_NAME, what)
+        except OSError as e:
+            refusal = (f"{folder} cannot be written ({e.strerror or e})",
+                       "Choose another --output, or fix the folder's permissions")
         else:
-            if refusal is not None:
-                refusal = f"{folder} is being written by {refusal}"
-    if state is not None and state.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-
-        refusal = broadcast_object_list([refusal])[0]
-    if refusal is not None:
-        if "being written by" not in refusal:
-            raise BackboneSwapError(refusal, "Choose another --output, or fix the folder's permissions")
-        raise BackboneSwapError(refusal, "Wait for that run to end, or stop it and every worker process it started "
-                                         "(they outlive a launcher killed with SIGKILL), then run again; if no such "
-                                         f"process runs any more (a machine that crashed, on NFS), delete "
-                                         f"{folder / LOCK_NAME}")
+            if holder is not None:
+                refusal = (f"{folder} is being written by {holder}",
+                           "Wait for that run to end, or stop it and every worker process it started (they outlive a "
+                           "launcher killed with SIGKILL), then run again; if no such process runs any more (a "
+                           f"machine that crashed, on NFS), delete {folder / LOCK_NAME}")
+    stop_together(refusal, state)
     try:
         yield
     finally:

@@ -42,6 +42,18 @@ def launch_state():
     return PartialState(cpu=not torch.cuda.is_available(), timeout=PROCESS_GROUP_TIMEOUT)
 
 
+def stop_together(refusal: tuple[str, str] | None, state: Any = None) -> None:
+    """Raise ``refusal`` (message, hint), found by the main process, in every process of the run: the others
+    would otherwise wait for the main one in their next collective. ``state``: accelerate's state (None in one
+    process)."""
+    if state is not None and state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        refusal = broadcast_object_list([refusal])[0]
+    if refusal is not None:
+        raise BackboneSwapError(*refusal)
+
+
 def make_accelerator(precision: str):
     """The run's one accelerator, with the scheme of the launch configuration (CPU FSDP included)."""
     import torch

@@ -880,6 +880,7 @@ def _cached_features(accelerator, model_dir: Path, processor, anatomy, recipe: R
     """The cache's reader, once the main process has computed what the cache lacked; and what that took."""
     from backbone_swap.features import FeatureCache, bytes_per_image, default_cache_dir
     from backbone_swap.progress import progress_bar
+    from backbone_swap.sharding import stop_together
 
     # the tower computes in the recipe's precision, as it does without the cache (and in LLaVA's training)
     dtype = _dtype(recipe.precision)
@@ -895,14 +896,10 @@ def _cached_features(accelerator, model_dir: Path, processor, anatomy, recipe: R
         free = free_bytes(cache.folder)
         if need > free:  # found now, not after hours of filling
             refusal = (f"the vision-feature cache needs about {need / 1e9:.1f} GB for {len(todo):,} images not cached "
-                       f"yet, and {cache.folder} has {free / 1e9:.1f} GB free")
-    if accelerator.num_processes > 1:  # every process stops, rather than wait for the main one
-        from accelerate.utils import broadcast_object_list
-
-        refusal = broadcast_object_list([refusal])[0]
-    if refusal:
-        raise BackboneSwapError(refusal, "Pass --feature-cache DIR on a disk with room, or --no-cache-features to run "
-                                         "the vision tower on every batch instead")
+                       f"yet, and {cache.folder} has {free / 1e9:.1f} GB free",
+                       "Pass --feature-cache DIR on a disk with room, or --no-cache-features to run the vision tower "
+                       "on every batch instead")
+    stop_together(refusal, accelerator)
     if todo:
         from transformers import LlavaForConditionalGeneration
 
