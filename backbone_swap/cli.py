@@ -58,8 +58,8 @@ def inspect(
     trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """Show what is inside a checkpoint (from its config and weight index; no weights are loaded)."""
-    from backbone_swap.anatomy import compatibility, read_anatomy
-    from backbone_swap.checkpoint import open_checkpoint
+    from backbone_swap.checkpoints.anatomy import compatibility, read_anatomy
+    from backbone_swap.checkpoints.folder import open_checkpoint
 
     ckpt = open_checkpoint(path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     tower = None
@@ -75,7 +75,7 @@ def inspect(
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
-    from backbone_swap.inspect_view import print_inspection
+    from backbone_swap.checkpoints.view import print_inspection
 
     print_inspection(result)
 
@@ -139,8 +139,8 @@ def train_command(
     resume: Annotated[bool, typer.Option(help="Continue the run already in OUTPUT.")] = False,
 ) -> None:
     """Train the projector, then projector + LoRA, with a fixed recipe; export adapter and merged model."""
-    from backbone_swap.recipe import apply_overrides, load_recipe, recipe_hash
-    from backbone_swap.train import train
+    from backbone_swap.training.recipe import apply_overrides, load_recipe, recipe_hash
+    from backbone_swap.training.train import train
 
     chosen = apply_overrides(load_recipe(recipe), list(set_ or []))
     # resolved first: "." or "model/.." have no name of their own
@@ -194,10 +194,10 @@ def compare_command(
                                              "checkpoint's own dtype on a GPU, float32 on CPU).")] = None,
 ) -> None:
     """Evaluate A and B on a suite and say, task by task and with the evidence, whether B beats A."""
-    from backbone_swap.compare import compare
     from backbone_swap.evaluate.suite import load_suite
-    from backbone_swap.recommend import parse_weights
-    from backbone_swap.report import terminal_table
+    from backbone_swap.verdict.compare import compare
+    from backbone_swap.verdict.decision import parse_weights
+    from backbone_swap.verdict.report import terminal_table
 
     if not 0 < alpha < 1:
         raise BackboneSwapError(f"--alpha must lie between 0 and 1, not {alpha}", "Use e.g. --alpha 0.05")
@@ -257,10 +257,10 @@ def upgrade_command(
     from rich.console import Console
 
     from backbone_swap.evaluate.suite import load_suite
-    from backbone_swap.recipe import apply_overrides, load_recipe
-    from backbone_swap.recommend import parse_weights
-    from backbone_swap.report import terminal_table
+    from backbone_swap.training.recipe import apply_overrides, load_recipe
     from backbone_swap.upgrade import UpgradeOptions, upgrade
+    from backbone_swap.verdict.decision import parse_weights
+    from backbone_swap.verdict.report import terminal_table
 
     console = Console()
     options = UpgradeOptions(
@@ -295,8 +295,8 @@ def demo_command(
     from rich.console import Console
 
     from backbone_swap.demo.run import run_demo
-    from backbone_swap.recommend import count_shown
-    from backbone_swap.report import expectation_line, terminal_table
+    from backbone_swap.verdict.decision import count_shown
+    from backbone_swap.verdict.report import expectation_line, terminal_table
 
     console = Console()
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backbone_swap import original_llava as original
-from backbone_swap import safetensors_io as st
-from backbone_swap.anatomy import (
+from backbone_swap.checkpoints import original
+from backbone_swap.checkpoints import streaming as st
+from backbone_swap.checkpoints.anatomy import (
     ORIGINAL_FORMAT,
     VISION_TOWERS,
     Anatomy,
@@ -29,12 +29,11 @@ from backbone_swap.anatomy import (
     missing_tower_error,
     read_anatomy,
 )
-from backbone_swap.checkpoint import Checkpoint, open_checkpoint
+from backbone_swap.checkpoints.folder import Checkpoint, open_checkpoint
+from backbone_swap.checkpoints.templates import end_of_turn, processor_template
 from backbone_swap.errors import BackboneSwapError
-from backbone_swap.manifest import step_record
-from backbone_swap.outputs import check_output_dir, staged_dir, write_json
 from backbone_swap.progress import progress_bar
-from backbone_swap.templates import end_of_turn, processor_template
+from backbone_swap.runs import check_output_dir, staged_dir, step_record, write_json
 
 
 def parse_size(text: str | int) -> int:

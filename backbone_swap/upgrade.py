@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backbone_swap import estimate
 from backbone_swap.errors import BackboneSwapError
-from backbone_swap.manifest import versions
-from backbone_swap.outputs import held_by_this_run, previous_manifest, write_json
-from backbone_swap.recipe import Recipe, recipe_hash, recipe_to_dict
+from backbone_swap.runs import held_by_this_run, previous_manifest, versions, write_json
+from backbone_swap.training import estimate
+from backbone_swap.training.recipe import Recipe, recipe_hash, recipe_to_dict
 
 STEPS = ("transplant", "baseline", "train", "eval-old", "eval-new", "compare")
 BASELINES = ("as-is", "retrain")
@@ -79,8 +78,8 @@ def _run_paths(output: Path) -> dict[str, Path]:
 
 def plan(options: UpgradeOptions) -> Plan:
     """What the run will do, with an estimate of memory and compute from the models' and data's sizes."""
-    from backbone_swap.anatomy import compatibility, read_anatomy
-    from backbone_swap.checkpoint import open_checkpoint
+    from backbone_swap.checkpoints.anatomy import compatibility, read_anatomy
+    from backbone_swap.checkpoints.folder import open_checkpoint
 
     old_ckpt, new_ckpt = open_checkpoint(options.vlm), open_checkpoint(options.llm)
     old, new = read_anatomy(old_ckpt), read_anatomy(new_ckpt)
@@ -178,8 +177,8 @@ def _disk(options: UpgradeOptions, data: estimate.DataSize, shapes: estimate.Sha
           run_disk: int) -> tuple[list[str], dict[str, int]]:
     """The plan's disk lines, with a warning where a folder's file system lacks the room (the run would stop
     there, hours in); the figures say what the run and the feature cache will write, and what is free."""
-    from backbone_swap.features import bytes_per_image, default_cache_dir
-    from backbone_swap.outputs import free_bytes, nearest_existing
+    from backbone_swap.runs import free_bytes, nearest_existing
+    from backbone_swap.training.features import bytes_per_image, default_cache_dir
 
     run_free = free_bytes(options.output)
     written = sum(f.stat().st_size for f in Path(options.output).rglob("*") if f.is_file()) \
@@ -265,9 +264,9 @@ def upgrade(options: UpgradeOptions, *, restart: str | None = None, dry_run: boo
             on_plan=None) -> dict[str, Any]:
     """Run (or continue) the whole upgrade; returns the comparison, or the plan with ``dry_run`` (an empty dict in
     the processes of a multi-process launch other than the main one)."""
-    from backbone_swap.compare import compare
-    from backbone_swap.train import train
+    from backbone_swap.training.train import train
     from backbone_swap.transplant import LLM_KINDS
+    from backbone_swap.verdict.compare import compare
 
     if options.baseline not in BASELINES:
         raise BackboneSwapError(f"--baseline must be one of {', '.join(BASELINES)}, not {options.baseline!r}",
@@ -353,7 +352,7 @@ def _launch_state():
     """accelerate's state of a multi-process launch (None in one process, which then needs no process group)."""
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return None
-    from backbone_swap.sharding import launch_state
+    from backbone_swap.training.schemes import launch_state
 
     return launch_state()
 

@@ -4,7 +4,7 @@
 
 For each size, draws two correlated 0/1 answer vectors (B agrees with A on 75% of the questions) and times,
 in this process: ``scipy.stats.bootstrap(paired=True, method="BCa", vectorized=True)`` on the mean
-difference, and ``backbone_swap.stats.paired_bootstrap_diff`` with the same seed. Prints both times, the
+difference, and ``backbone_swap.verdict.stats.paired_bootstrap_diff`` with the same seed. Prints both times, the
 ratio scipy / backbone-swap, and the largest difference between the two intervals' bounds (they draw the same
 resamples, so it should be at rounding level). scipy's BCa evaluates the statistic on n leave-one-out
 samples, so its time grows with the square of n; the sizes default to what it finishes in under a minute.
@@ -28,7 +28,7 @@ def pair(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def main() -> None:
     from scipy import stats as sps
 
-    from backbone_swap import stats
+    from backbone_swap.verdict import stats
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 10000, 20000])

@@ -53,8 +53,8 @@ def build_inputs(root: Path, records: int) -> tuple[Path, Path]:
 def main() -> None:
     from transformers import AutoTokenizer
 
-    from backbone_swap.data import build_dataset, default_workers
-    from backbone_swap.templates import end_of_turn
+    from backbone_swap.checkpoints.templates import end_of_turn
+    from backbone_swap.training.data import build_dataset, default_workers
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=6000)
@@ -89,7 +89,7 @@ def token_memory(samples, data: Path, tokenizer, options) -> tuple[int, int]:
     import tracemalloc
     from array import array
 
-    from backbone_swap.data import to_messages, tokenize
+    from backbone_swap.training.data import to_messages, tokenize
 
     records = [json.loads(line) for line in data.read_text().splitlines()]
     image_id = tokenizer.convert_tokens_to_ids(options["image_token"])

@@ -153,8 +153,8 @@ def train_phase(model: Path, data: Path, images: Path, root: Path, *, steps: int
     """Stage-2 throughput of backbone-swap's trainer (stage 1 runs one step, to reach stage 2)."""
     from transformers import AutoConfig
 
-    from backbone_swap.recipe import apply_overrides, load_recipe
-    from backbone_swap.train import train
+    from backbone_swap.training.recipe import apply_overrides, load_recipe
+    from backbone_swap.training.train import train
 
     overrides = ["stage1.max_steps=1", f"stage1.global_batch={batch}", f"stage1.micro_batch={batch}",
                  f"stage2.max_steps={steps}", f"stage2.global_batch={batch}", f"stage2.micro_batch={batch}",

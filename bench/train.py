@@ -43,8 +43,8 @@ def build(root: Path) -> tuple[Path, Path, Path]:
 
 
 def ours(model: Path, data: Path, images: Path, root: Path, steps: int, batch: int, *, cache: bool = True) -> dict:
-    from backbone_swap.recipe import apply_overrides, load_recipe
-    from backbone_swap.train import train
+    from backbone_swap.training.recipe import apply_overrides, load_recipe
+    from backbone_swap.training.train import train
 
     recipe = apply_overrides(load_recipe("tiny-cpu"), [
         "stage1.max_steps=1", f"stage2.max_steps={steps}", f"stage2.global_batch={batch}",
@@ -79,10 +79,10 @@ def hf_trainer(model_dir: Path, data: Path, images: Path, root: Path, steps: int
     from PIL import Image
     from transformers import AutoProcessor, LlavaForConditionalGeneration, Trainer, TrainerCallback, TrainingArguments
 
-    from backbone_swap.data import build_dataset
-    from backbone_swap.features import preprocess
-    from backbone_swap.templates import end_of_turn
-    from backbone_swap.train import lora_target_regex, pad_batch
+    from backbone_swap.checkpoints.templates import end_of_turn
+    from backbone_swap.training.data import build_dataset
+    from backbone_swap.training.features import preprocess
+    from backbone_swap.training.train import lora_target_regex, pad_batch
 
     processor = AutoProcessor.from_pretrained(model_dir)
     tok = processor.tokenizer

@@ -79,7 +79,7 @@ def build_inputs(root: Path, llm_layers: int) -> tuple[Path, Path, int]:
         LlavaProcessor,
     )
 
-    from backbone_swap import safetensors_io as st
+    from backbone_swap.checkpoints import streaming as st
     from backbone_swap.demo import tiny_models as tm
 
     old, new = root / "old-vlm", root / "new-llm"

@@ -77,7 +77,7 @@ def _running(member: psutil.Process) -> bool:
 @contextlib.contextmanager
 def folder_held_elsewhere(folder: Path, what: str = "training run") -> Iterator[subprocess.Popen]:
     """Another process holds ``folder`` for a run (as a live run does) until the block ends; then it is killed."""
-    code = ("import sys, time; from pathlib import Path; from backbone_swap.outputs import held_by_this_run\n"
+    code = ("import sys, time; from pathlib import Path; from backbone_swap.runs import held_by_this_run\n"
             "with held_by_this_run(Path(sys.argv[1]), sys.argv[2]):\n    print('held', flush=True); time.sleep(600)")
     process = subprocess.Popen([sys.executable, "-c", code, str(folder), what], stdout=subprocess.PIPE, text=True)
     try:

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from backbone_swap.compare import task_statistics
 from backbone_swap.evaluate.suite import Task
-from backbone_swap.report import validate_report
+from backbone_swap.verdict.compare import task_statistics
+from backbone_swap.verdict.report import validate_report
 
 
 def _write(folder, name, correct, confidence, ids):
@@ -77,8 +77,8 @@ def test_a_task_without_items_is_an_error_not_a_traceback(tmp_path):
 
 
 def test_questions_all_on_one_image_give_no_interval_and_no_verdict_from_it(tmp_path):
-    from backbone_swap.recommend import task_verdict
-    from backbone_swap.report import to_jsonable
+    from backbone_swap.verdict.decision import task_verdict
+    from backbone_swap.verdict.report import to_jsonable
 
     ids = [f"q{i}" for i in range(40)]
     _write(tmp_path / "a", "t", [i % 8 == 1 for i in range(40)], [0.5] * 40, ids)
@@ -138,7 +138,7 @@ def test_compare_two_models_end_to_end(cli, transplanted, suite_file, tmp_path):
 
 
 def test_confounds_are_warned_about(tmp_path):
-    from backbone_swap.compare import confounds
+    from backbone_swap.verdict.compare import confounds
 
     def make(name, kind, recipe, max_length, data):
         transplant_dir = tmp_path / f"{name}-transplant"
@@ -215,7 +215,7 @@ def test_answers_are_scored_again_against_the_current_references(tmp_path):
 
 
 def test_a_weight_decay_difference_is_named(tmp_path):
-    from backbone_swap.compare import confounds
+    from backbone_swap.verdict.compare import confounds
 
     def make(name, decay):
         run = tmp_path / name

@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 from transformers import AutoTokenizer
 
-from backbone_swap.data import IGNORE, build_dataset, length_grouped_batches, padding_fraction
+from backbone_swap.checkpoints.templates import end_of_turn
 from backbone_swap.errors import BackboneSwapError
-from backbone_swap.templates import end_of_turn
+from backbone_swap.training.data import IGNORE, build_dataset, length_grouped_batches, padding_fraction
 
 TWO_TURNS = [
     {"from": "human", "value": "<image>\nwhat colour is the shape?"},
@@ -164,7 +164,7 @@ def test_a_template_that_raises_marks_the_sample_bad(transplanted, tmp_path, ima
 
 
 def test_huge_images_are_refused_as_decompression_bombs(transplanted, tmp_path, image_root, monkeypatch):
-    import backbone_swap.data as data_module
+    import backbone_swap.training.data as data_module
 
     monkeypatch.setattr(data_module, "MAX_IMAGE_PIXELS", 150)  # a.png has 200 pixels: over, but under twice
     records = [{"id": "big", "image": "a.png", "conversations": TWO_TURNS}]
@@ -200,7 +200,7 @@ def test_images_behind_a_linked_folder_inside_the_root_are_found(transplanted, t
 def test_worker_processes_prepare_exactly_what_one_process_does(transplanted, tmp_path, image_root, monkeypatch):
     """Chunks of 40 records over 2 spawned processes: the same samples in file order, the same bad records
     (missing image, duplicate id, no reply) and the same first error."""
-    from backbone_swap import data
+    from backbone_swap.training import data
 
     records = []
     for i in range(130):
@@ -250,7 +250,7 @@ class _DiesInAWorker:
 def test_records_are_prepared_here_when_the_workers_die(transplanted, tmp_path, image_root, monkeypatch):
     """Seven chunks over 2 workers that die on start: every chunk, submitted or not, is prepared in this
     process, with the samples of a one-process run."""
-    from backbone_swap import data
+    from backbone_swap.training import data
 
     records = [{"id": i, "image": "a.png", "conversations": TWO_TURNS} for i in range(140)]
     monkeypatch.setattr(data, "CHUNK", 20)

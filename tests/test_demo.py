@@ -9,7 +9,7 @@ import pytest
 
 from backbone_swap.demo import benchmark
 from backbone_swap.demo.run import run_demo
-from backbone_swap.report import validate_report
+from backbone_swap.verdict.report import validate_report
 
 REPORT_FILES = ("report.json", "report.md", "report.html", "accuracy.png", "overlap.png", "reliability.png")
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from backbone_swap import estimate
-from backbone_swap.anatomy import compatibility, read_anatomy
-from backbone_swap.checkpoint import open_checkpoint
+from backbone_swap.checkpoints.anatomy import compatibility, read_anatomy
+from backbone_swap.checkpoints.folder import open_checkpoint
+from backbone_swap.training import estimate
 
 
 def _shapes(kit, lora_r=8):
@@ -27,7 +27,7 @@ def test_the_flops_of_one_sample_are_what_torch_counts(kit, transplanted, lora, 
     from peft import LoraConfig, get_peft_model
     from transformers import LlavaForConditionalGeneration
 
-    from backbone_swap.train import CachedFeatureVLM, lora_target_regex
+    from backbone_swap.training.train import CachedFeatureVLM, lora_target_regex
 
     shapes, compat = _shapes(kit)
     vlm = LlavaForConditionalGeneration.from_pretrained(transplanted["mistral"], attn_implementation="eager")
@@ -75,8 +75,8 @@ def test_the_measured_tokens_are_those_training_counts(kit, colour_data, tmp_pat
     """The plan's sampled token count against the dataset the training code builds from the same file."""
     from transformers import AutoProcessor, AutoTokenizer
 
-    from backbone_swap.data import build_dataset
-    from backbone_swap.templates import end_of_turn
+    from backbone_swap.checkpoints.templates import end_of_turn
+    from backbone_swap.training.data import build_dataset
     from backbone_swap.transplant import transplant
 
     shapes, _ = _shapes(kit)
@@ -96,7 +96,7 @@ def test_the_measured_tokens_are_those_training_counts(kit, colour_data, tmp_pat
 def test_memory_parts_follow_the_recipe(kit, colour_data):
     from transformers import AutoTokenizer
 
-    from backbone_swap.recipe import apply_overrides, load_recipe
+    from backbone_swap.training.recipe import apply_overrides, load_recipe
 
     shapes, _ = _shapes(kit)
     data = estimate.measure_data(colour_data["train"], AutoTokenizer.from_pretrained(kit.mistral),
@@ -119,7 +119,7 @@ def test_memory_parts_follow_the_recipe(kit, colour_data):
 def test_max_steps_caps_the_compute_of_a_stage(kit, colour_data):
     from transformers import AutoTokenizer
 
-    from backbone_swap.recipe import apply_overrides, load_recipe
+    from backbone_swap.training.recipe import apply_overrides, load_recipe
 
     shapes, _ = _shapes(kit)
     data = estimate.measure_data(colour_data["train"], AutoTokenizer.from_pretrained(kit.mistral),

@@ -189,10 +189,10 @@ def test_answers_of_another_model_are_not_reused(transplanted, suite_file, evalu
 @pytest.mark.parametrize("llm", ["mistral", "qwen2"])
 def test_option_scores_are_the_log_likelihood_of_the_reply_as_trained(transplanted, suite_file, llm):
     """Independently: tokenise the whole conversation as the trainer does and sum the supervised log-probs."""
-    from backbone_swap.data import IGNORE, to_messages, tokenize
     from backbone_swap.evaluate.runner import _load_image
     from backbone_swap.evaluate.suite import read_items
-    from backbone_swap.features import preprocess
+    from backbone_swap.training.data import IGNORE, to_messages, tokenize
+    from backbone_swap.training.features import preprocess
 
     task = load_suite(suite_file).task("choice")
     evaluator = Evaluator(transplanted[llm])
@@ -236,7 +236,7 @@ def test_the_dtype_is_recorded_and_a_folder_refuses_to_mix_dtypes(transplanted, 
 
 
 def test_two_sides_evaluated_in_different_dtypes_are_warned_about(transplanted, suite_file, evaluated, tmp_path):
-    from backbone_swap.compare import confounds
+    from backbone_swap.verdict.compare import confounds
 
     half = evaluate(transplanted["mistral"], load_suite(suite_file), tmp_path / "bf16", dtype="bfloat16",
                     probes=False, show_progress=False)

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-from backbone_swap.features import FeatureCache, expand_to_square, preprocess
+from backbone_swap.training.features import FeatureCache, expand_to_square, preprocess
 
 
 def _images(folder):
@@ -78,9 +78,9 @@ def test_another_process_filling_the_same_cache_does_not_collide(transplanted, t
 
 
 def test_the_cache_takes_the_disk_its_estimate_says(kit, transplanted, tmp_path):
-    from backbone_swap.anatomy import read_anatomy
-    from backbone_swap.checkpoint import open_checkpoint
-    from backbone_swap.features import bytes_per_image
+    from backbone_swap.checkpoints.anatomy import read_anatomy
+    from backbone_swap.checkpoints.folder import open_checkpoint
+    from backbone_swap.training.features import bytes_per_image
 
     model_dir = transplanted["mistral"]
     model = LlavaForConditionalGeneration.from_pretrained(model_dir).eval()
@@ -116,7 +116,7 @@ def test_a_cache_in_another_precision_is_another_cache(transplanted, tmp_path):
 
 
 def test_a_cache_from_before_the_key_named_the_dtype_is_taken_over_when_its_dtype_matches(transplanted, tmp_path):
-    from backbone_swap.features import _key
+    from backbone_swap.training.features import _key
 
     model_dir = transplanted["mistral"]  # float32
     model = LlavaForConditionalGeneration.from_pretrained(model_dir).eval()

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 from transformers import AutoTokenizer
 
-from backbone_swap.data import IGNORE, build_dataset
+from backbone_swap.checkpoints.templates import TEMPLATE_VARIABLES, end_of_turn
 from backbone_swap.demo import tiny_models as tm
-from backbone_swap.templates import TEMPLATE_VARIABLES, end_of_turn
+from backbone_swap.training.data import IGNORE, build_dataset
 from backbone_swap.transplant import transplant
 
 pytestmark = pytest.mark.slow
@@ -63,8 +63,8 @@ def test_samples_have_one_bos_a_fixed_date_and_the_end_of_turn_learned(llama3, c
 def test_train_and_eval_stop_at_the_end_of_turn(llama3, colour_data, suite_file, tmp_path):
     from backbone_swap.evaluate.runner import Evaluator, evaluate
     from backbone_swap.evaluate.suite import load_suite
-    from backbone_swap.recipe import apply_overrides, load_recipe
-    from backbone_swap.train import train
+    from backbone_swap.training.recipe import apply_overrides, load_recipe
+    from backbone_swap.training.train import train
 
     recipe = apply_overrides(load_recipe("tiny-cpu"), ["stage1.max_steps=4", "stage2.max_steps=30"])
     result = train(llama3["vlm"], recipe=recipe, data=colour_data["train"], image_root=colour_data["root"],
@@ -91,7 +91,7 @@ def test_train_and_eval_stop_at_the_end_of_turn(llama3, colour_data, suite_file,
 
 def test_only_templates_that_read_the_date_are_given_it():
     """A processor hands keywords its template does not read to its own __call__, with a warning each time."""
-    from backbone_swap.templates import template_variables
+    from backbone_swap.checkpoints.templates import template_variables
 
     assert template_variables(tm.LLAMA3_TEMPLATE) == TEMPLATE_VARIABLES
     assert template_variables(tm.LLAVA_TEMPLATE) == {} and template_variables(None) == {}

@@ -9,10 +9,10 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, AutoTokenizer, LlavaForConditionalGeneration
 
-from backbone_swap.data import IGNORE, build_dataset
+from backbone_swap.checkpoints.templates import end_of_turn
 from backbone_swap.demo import tiny_models as tm
 from backbone_swap.errors import BackboneSwapError
-from backbone_swap.templates import end_of_turn
+from backbone_swap.training.data import IGNORE, build_dataset
 from backbone_swap.transplant import transplant
 
 TWO_TURNS = [
@@ -97,8 +97,8 @@ def test_qwen3_transplant_loads_and_generates(qwen3):
 
 @pytest.mark.slow
 def test_qwen3_trains_on_multi_turn_samples(qwen3, colour_data, tmp_path):
-    from backbone_swap.recipe import apply_overrides, load_recipe
-    from backbone_swap.train import train
+    from backbone_swap.training.recipe import apply_overrides, load_recipe
+    from backbone_swap.training.train import train
 
     records = [json.loads(line) for line in colour_data["train"].read_text().splitlines()[:16]]
     for record in records:
@@ -119,8 +119,8 @@ def test_qwen3_trains_on_multi_turn_samples(qwen3, colour_data, tmp_path):
 
 
 def test_evaluation_reads_the_answer_after_the_think_block(qwen3, kit):
+    from backbone_swap.checkpoints.templates import reply_prefix
     from backbone_swap.evaluate.runner import answer_text
-    from backbone_swap.templates import reply_prefix
 
     tok = AutoTokenizer.from_pretrained(qwen3["vlm"])
     prefix = reply_prefix(tok)

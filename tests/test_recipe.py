@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from backbone_swap.errors import BackboneSwapError
-from backbone_swap.recipe import (
+from backbone_swap.training.recipe import (
     LoraSettings,
     Recipe,
     Stage,

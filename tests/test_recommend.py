@@ -1,7 +1,7 @@
 """The decision rule on task statistics computed from real 0/1 correctness vectors.
 
 ``make_task`` builds every field of a task the way compare.py does, with the functions of
-``backbone_swap.stats``, so each verdict below is reached on realistic numbers (intervals from the paired
+``backbone_swap.verdict.stats``, so each verdict below is reached on realistic numbers (intervals from the paired
 bootstrap, p-values from the exact test) rather than on hand-typed ones.
 """
 
@@ -12,9 +12,9 @@ import math
 import numpy as np
 import pytest
 
-from backbone_swap import stats as st
 from backbone_swap.errors import BackboneSwapError
-from backbone_swap.recommend import (
+from backbone_swap.verdict import stats as st
+from backbone_swap.verdict.decision import (
     Thresholds,
     capabilities,
     check_expectation,

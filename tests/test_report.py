@@ -13,8 +13,8 @@ import pytest
 from rich.console import Console
 from test_recommend import make_task, outcomes, with_verdict
 
-from backbone_swap.recommend import Thresholds, capabilities, check_expectation, overall_verdict
-from backbone_swap.report import (
+from backbone_swap.verdict.decision import Thresholds, capabilities, check_expectation, overall_verdict
+from backbone_swap.verdict.report import (
     REPORT_SCHEMA,
     plot_accuracy,
     plot_reliability,

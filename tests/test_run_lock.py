@@ -9,7 +9,7 @@ import pytest
 from processes import folder_held_elsewhere
 
 from backbone_swap.errors import BackboneSwapError
-from backbone_swap.outputs import held_by_this_run
+from backbone_swap.runs import held_by_this_run
 
 
 def test_a_folder_is_held_by_one_run_at_a_time(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from backbone_swap import safetensors_io as st
+from backbone_swap.checkpoints import streaming as st
 from backbone_swap.errors import BackboneSwapError
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from backbone_swap import stats
-from backbone_swap.stats import PairedTable
+from backbone_swap.verdict import stats
+from backbone_swap.verdict.stats import PairedTable
 
 # --------------------------------------------------------------------------------------------------
 # Paired table and the statistics on it

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from PIL import Image, ImageChops
 
-from backbone_swap.data import open_image, resolve_image
 from backbone_swap.demo.scenes import example_suite
 from backbone_swap.evaluate.suite import load_suite, read_items, shipped_suites
+from backbone_swap.training.data import open_image, resolve_image
 
 
 def test_every_shipped_suite_loads_with_valid_items():

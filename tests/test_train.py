@@ -15,8 +15,8 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 from weights import read_tensors, tensor_sha
 
 from backbone_swap.errors import BackboneSwapError
-from backbone_swap.recipe import apply_overrides, load_recipe, recipe_hash
-from backbone_swap.train import train
+from backbone_swap.training.recipe import apply_overrides, load_recipe, recipe_hash
+from backbone_swap.training.train import train
 
 pytestmark = pytest.mark.slow
 
@@ -244,7 +244,7 @@ def test_tower_on_every_batch_trains_to_the_weights_of_the_cache(transplanted, c
 
 def test_weight_decay_shrinks_the_projector_matrices_and_leaves_its_biases(kit):
     """One AdamW step with zero gradients: decoupled decay multiplies decayed weights by (1 - lr * decay)."""
-    from backbone_swap.train import decay_groups
+    from backbone_swap.training.train import decay_groups
 
     projector = LlavaForConditionalGeneration.from_pretrained(kit.vlm).model.multi_modal_projector
     before = {n: p.detach().clone() for n, p in projector.named_parameters()}
@@ -288,7 +288,7 @@ def test_features_are_cached_in_the_recipes_precision(transplanted, colour_data,
     record = json.loads(colour_data["train"].read_text().splitlines()[0])
     model = LlavaForConditionalGeneration.from_pretrained(transplanted["mistral"], dtype=torch.bfloat16).eval()
     processor = AutoProcessor.from_pretrained(transplanted["mistral"])
-    from backbone_swap.features import FeatureCache, preprocess
+    from backbone_swap.training.features import FeatureCache, preprocess
 
     cache = FeatureCache(tmp_path / "cache", transplanted["mistral"], processor.image_processor, image_aspect="pad",
                          layer=-2, strategy="default", dtype="bfloat16")
@@ -300,16 +300,16 @@ def test_features_are_cached_in_the_recipes_precision(transplanted, colour_data,
     cached = cache.load(image)
     assert cached.dtype == torch.bfloat16
     torch.testing.assert_close(cached, hidden[-2][0, 1:], rtol=0, atol=0)
-    from backbone_swap.sharding import make_accelerator
+    from backbone_swap.training.schemes import make_accelerator
 
     assert make_accelerator("fp32").mixed_precision == "no"  # a later training in this process may choose another
 
 
 def test_a_feature_cache_the_disk_cannot_hold_is_refused_before_it_is_filled(cli, transplanted, colour_data, tmp_path,
                                                                             monkeypatch):
-    from backbone_swap.anatomy import read_anatomy
-    from backbone_swap.checkpoint import open_checkpoint
-    from backbone_swap.features import bytes_per_image
+    from backbone_swap.checkpoints.anatomy import read_anatomy
+    from backbone_swap.checkpoints.folder import open_checkpoint
+    from backbone_swap.training.features import bytes_per_image
 
     vision = read_anatomy(open_checkpoint(transplanted["mistral"])).vision
     names = {json.loads(line)["image"] for line in colour_data["train"].read_text().splitlines()}

@@ -11,7 +11,7 @@ from PIL import Image
 from transformers import AutoProcessor, AutoTokenizer, LlavaForConditionalGeneration
 from weights import read_tensors
 
-from backbone_swap import safetensors_io as st
+from backbone_swap.checkpoints import streaming as st
 from backbone_swap.transplant import transplant
 
 
@@ -214,8 +214,8 @@ def test_a_siglip_tower_transplants_and_generates(kit, tmp_path):
                                                      ("gemma", "<end_of_turn>"), ("gemma3", "<end_of_turn>"),
                                                      ("olmo2", "<|im_end|>")])
 def test_other_llm_families_receive_the_tower(kit, tmp_path, family, end_of_turn):
-    from backbone_swap.anatomy import read_anatomy
-    from backbone_swap.checkpoint import open_checkpoint
+    from backbone_swap.checkpoints.anatomy import read_anatomy
+    from backbone_swap.checkpoints.folder import open_checkpoint
     from backbone_swap.demo import tiny_models as tm
 
     llm = tm.build_llm(tmp_path / family, getattr(tm, f"{family}_spec")())
@@ -235,7 +235,7 @@ def test_other_llm_families_receive_the_tower(kit, tmp_path, family, end_of_turn
     inputs = processor(images=Image.new("RGB", (40, 40)), text=processor.apply_chat_template(
         messages, add_generation_prompt=True), add_special_tokens=False, return_tensors="pt")
     assert model.generate(**inputs, max_new_tokens=2, do_sample=False).shape[1] == inputs["input_ids"].shape[1] + 2
-    from backbone_swap.train import lora_target_regex
+    from backbone_swap.training.train import lora_target_regex
 
     pattern = lora_target_regex(model, "family")
     import re
@@ -322,8 +322,8 @@ def test_newer_and_unknown_families_train_with_lora_on_every_projection(kit, col
     from safetensors.torch import load_file
 
     from backbone_swap.demo import tiny_models as tm
-    from backbone_swap.recipe import apply_overrides, load_recipe
-    from backbone_swap.train import train
+    from backbone_swap.training.recipe import apply_overrides, load_recipe
+    from backbone_swap.training.train import train
 
     llm = tm.build_llm(tmp_path / family, getattr(tm, f"{family}_spec")())
     out = transplant(kit.vlm, llm, tmp_path / "vlm", hash_inputs=False).output

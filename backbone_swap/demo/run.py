@@ -17,8 +17,8 @@ from typing import Any
 from backbone_swap.demo import benchmark
 from backbone_swap.demo import tiny_models as tm
 from backbone_swap.errors import BackboneSwapError
-from backbone_swap.outputs import staged_dir, write_json
-from backbone_swap.recommend import count_shown
+from backbone_swap.runs import staged_dir, write_json
+from backbone_swap.verdict.decision import count_shown
 
 RECIPE = "demo-cpu"
 # The vision side the old VLM came with: a small CLIP, 4x4 patches of a 32-pixel image.
@@ -78,7 +78,7 @@ def run_demo(output: Path, *, quick: bool = False, seed: int = 0, show_progress:
     data and seed as the new one, so the two sides differ only in the backbone, as in the controlled study.
     """
     from backbone_swap.evaluate.suite import load_suite
-    from backbone_swap.recipe import load_recipe
+    from backbone_swap.training.recipe import load_recipe
     from backbone_swap.upgrade import UpgradeOptions, upgrade
 
     output = Path(output).expanduser().resolve()

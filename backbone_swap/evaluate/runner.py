@@ -17,12 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from backbone_swap.checkpoints.templates import end_of_turn, reply_prefix, template_variables
 from backbone_swap.errors import BackboneSwapError
 from backbone_swap.evaluate import scoring
 from backbone_swap.evaluate.suite import Suite, Task, read_items
-from backbone_swap.manifest import step_record
-from backbone_swap.outputs import held_by_this_run, write_json
-from backbone_swap.templates import end_of_turn, reply_prefix, template_variables
+from backbone_swap.runs import held_by_this_run, step_record, write_json
 
 
 @dataclass
@@ -82,8 +81,8 @@ class Evaluator:
         import transformers
         from transformers import AutoConfig
 
-        from backbone_swap.anatomy import VLM_FORMATS
-        from backbone_swap.checkpoint import load_processor
+        from backbone_swap.checkpoints.anatomy import VLM_FORMATS
+        from backbone_swap.checkpoints.folder import load_processor
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = run_dtype(model_dir, dtype, self.device)
@@ -107,7 +106,7 @@ class Evaluator:
 
     def _inputs(self, images, prompts):
         if self.image_aspect == "pad":
-            from backbone_swap.features import pad_to_square
+            from backbone_swap.training.features import pad_to_square
 
             images = [pad_to_square(image, self.processor.image_processor) for image in images]
         # the rendered template already holds the BOS it wants, as in training: add no second one
@@ -169,7 +168,7 @@ class Evaluator:
         """Model inputs for the prompt and the reply's token ids exactly as training tokenises a reply:
         through the chat template, with the end-of-turn token, so no option is scored on tokens (or a
         missing leading space) the model never learned."""
-        from backbone_swap.data import _Bad, supervised_spans
+        from backbone_swap.training.data import _Bad, supervised_spans
 
         messages = _messages(question, task.instruction) + [{"role": "assistant", "content": reply}]
         try:
@@ -246,7 +245,7 @@ def _image_sizes(inputs: list[Any]) -> dict[str, Any]:
 
 
 def _load_image(task: Task, item: dict[str, Any]):
-    from backbone_swap.data import _Bad, open_image, resolve_image
+    from backbone_swap.training.data import _Bad, open_image, resolve_image
 
     try:
         return open_image(resolve_image(item.get("image"), task.image_root))
@@ -405,8 +404,8 @@ def evaluate(
 
     started = time.time()
     model_dir, output = Path(model_dir).expanduser(), Path(output).expanduser()
-    from backbone_swap.anatomy import VLM_FORMATS, read_anatomy
-    from backbone_swap.checkpoint import open_checkpoint
+    from backbone_swap.checkpoints.anatomy import VLM_FORMATS, read_anatomy
+    from backbone_swap.checkpoints.folder import open_checkpoint
 
     anatomy = read_anatomy(open_checkpoint(model_dir))
     if anatomy.kind != "vlm":
@@ -429,7 +428,7 @@ def evaluate(
         # partial answers of a stopped run)
         raise BackboneSwapError(f"{output} already exists and holds other files, not evaluation results",
                                 "Choose another --output, or an empty folder")
-    from backbone_swap.sharding import launch_state
+    from backbone_swap.training.schemes import launch_state
 
     # under torchrun / accelerate launch: this process's rank and device (gloo when there is no GPU)
     state = launch_state()

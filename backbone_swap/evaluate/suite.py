@@ -17,7 +17,7 @@ import yaml
 
 from backbone_swap.errors import BackboneSwapError
 from backbone_swap.evaluate.scoring import STRUCTURED_FORMATS, TASK_TYPES
-from backbone_swap.recommend import EXPECTATIONS
+from backbone_swap.verdict.decision import EXPECTATIONS
 
 NEEDS = ("perception", "reasoning", "format")
 _TASK_KEYS = {

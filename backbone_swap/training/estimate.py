@@ -82,7 +82,7 @@ def llm_shapes(config: dict[str, Any], weights, lora_targets: tuple[str, ...], l
 
 def shapes_of(old, new, new_checkpoint, compat, lora_targets: tuple[str, ...], lora_r: int) -> Shapes:
     """The shapes of the model a transplant of ``old``'s tower onto ``new`` (an LLM) would train."""
-    from backbone_swap.anatomy import VISION_TOWERS
+    from backbone_swap.checkpoints.anatomy import VISION_TOWERS
 
     vision = old.vision
     patches = (vision.image_size // vision.patch_size) ** 2 if vision else 0
@@ -139,7 +139,7 @@ def measure_data(path: Path, tokenizer, image_tokens: int, *, seed: int = 0) -> 
 
     The sample is rendered with the tokenizer's chat template (plain text when it has none or refuses), so
     the template's own tokens per turn are counted."""
-    from backbone_swap.data import IMAGE_PLACEHOLDER, read_records
+    from backbone_swap.training.data import IMAGE_PLACEHOLDER, read_records
 
     chars, has_image, distinct = [], [], set()
     for _, record in read_records(path):
@@ -171,8 +171,8 @@ def measure_data(path: Path, tokenizer, image_tokens: int, *, seed: int = 0) -> 
 
 
 def _text_tokens(record: dict[str, Any], tokenizer) -> int:
-    from backbone_swap.data import IMAGE_PLACEHOLDER, ROLES
-    from backbone_swap.templates import TEMPLATE_VARIABLES
+    from backbone_swap.checkpoints.templates import TEMPLATE_VARIABLES
+    from backbone_swap.training.data import IMAGE_PLACEHOLDER, ROLES
 
     turns = [t for t in record.get("conversations", []) or [] if isinstance(t, dict)]
     messages = [{"role": ROLES.get(t.get("from"), "user"),
@@ -206,8 +206,8 @@ def training_flops(shapes: Shapes, data: DataSize, recipe, *, cache_features: bo
 def model_bytes(vlm_checkpoint, llm_checkpoint, shapes: Shapes) -> int:
     """Bytes of the model a transplant writes (and a merged export writes again): the VLM's vision tower as it
     is, the LLM with the rows of its added tokens, and the new projector in the LLM's dtype."""
-    from backbone_swap.anatomy import component_of
-    from backbone_swap.safetensors_io import DTYPE_SIZES
+    from backbone_swap.checkpoints.anatomy import component_of
+    from backbone_swap.checkpoints.streaming import DTYPE_SIZES
 
     vlm, llm = vlm_checkpoint.weights, llm_checkpoint.weights
     tower = sum(vlm.nbytes(n) for n in vlm.names() if component_of(n, "vlm") == "vision_tower")

@@ -52,7 +52,7 @@ class LoraSettings:
     alpha: int
     dropout: float
     bias: str = "none"
-    # "family": the LLM family's registry targets (backbone_swap.anatomy.FAMILIES), resolved at training
+    # "family": the LLM family's registry targets (backbone_swap.checkpoints.anatomy.FAMILIES), resolved at training
     # time because the recipe is written before the new LLM is chosen; or an explicit tuple of module names.
     targets: tuple[str, ...] | str = FAMILY_TARGETS
 

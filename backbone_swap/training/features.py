@@ -16,9 +16,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from backbone_swap import safetensors_io as st
-from backbone_swap.anatomy import component_of
-from backbone_swap.checkpoint import open_checkpoint
+from backbone_swap.checkpoints import streaming as st
+from backbone_swap.checkpoints.anatomy import component_of
+from backbone_swap.checkpoints.folder import open_checkpoint
 from backbone_swap.errors import BackboneSwapError
 
 
@@ -144,7 +144,7 @@ class FeatureCache:
         import torch
         from safetensors.torch import save_file
 
-        from backbone_swap.data import open_image
+        from backbone_swap.training.data import open_image
 
         todo = self.missing(images)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -194,7 +194,7 @@ class TowerFeatures:
         """Features of several images in one forward pass (what the trainer's collate calls)."""
         import torch
 
-        from backbone_swap.data import open_image
+        from backbone_swap.training.data import open_image
 
         pixels = preprocess([open_image(p) for p in images], self.image_processor, self.image_aspect)
         with torch.no_grad():

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backbone_swap.checkpoints.templates import TEMPLATE_VARIABLES
 from backbone_swap.errors import BackboneSwapError
-from backbone_swap.templates import TEMPLATE_VARIABLES
 
 IGNORE = -100
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}

@@ -26,19 +26,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backbone_swap.data import IGNORE, Dataset, build_dataset, length_grouped_batches, padding_fraction
+from backbone_swap.checkpoints.streaming import TORCH_DTYPES, sha256_file
 from backbone_swap.errors import BackboneSwapError
-from backbone_swap.manifest import step_record
-from backbone_swap.outputs import (
+from backbone_swap.runs import (
     free_bytes,
     held_by_this_run,
     previous_manifest,
     staged_dir,
+    step_record,
     write_bytes,
     write_json,
 )
-from backbone_swap.recipe import Recipe, Stage, recipe_hash, recipe_to_dict
-from backbone_swap.safetensors_io import TORCH_DTYPES, sha256_file
+from backbone_swap.training.data import IGNORE, Dataset, build_dataset, length_grouped_batches, padding_fraction
+from backbone_swap.training.recipe import Recipe, Stage, recipe_hash, recipe_to_dict
 
 PROJECTOR = "multi_modal_projector"
 
@@ -185,7 +185,7 @@ def decay_groups(params: list, lr: float, weight_decay: float) -> list[dict[str,
 
 def lora_target_regex(model, recipe_targets: tuple[str, ...] | str) -> str:
     """A peft target regex on the language model's Linear layers only (never the tower or projector)."""
-    from backbone_swap.anatomy import FAMILIES, lora_targets
+    from backbone_swap.checkpoints.anatomy import FAMILIES, lora_targets
 
     family = model.config.text_config.model_type
     if isinstance(recipe_targets, str):
@@ -241,7 +241,7 @@ class Trainer:
         checkpoint with the earlier stages' trained weights loaded, as a resumed run does. Other processes
         then return None.
         """
-        from backbone_swap.sharding import consumes_module
+        from backbone_swap.training.schemes import consumes_module
 
         sharded = consumes_module(self.accelerator)
         self.model = self._load_base()
@@ -262,7 +262,7 @@ class Trainer:
         import torch
         from transformers import LlavaForConditionalGeneration
 
-        from backbone_swap.sharding import loading_whole
+        from backbone_swap.training.schemes import loading_whole
 
         recipe = self.recipe
         torch.manual_seed(recipe.seed)
@@ -335,7 +335,7 @@ class Trainer:
         import torch
         from transformers import get_scheduler
 
-        from backbone_swap.sharding import (
+        from backbone_swap.training.schemes import (
             configure_deepspeed,
             consumes_module,
             local_fraction,
@@ -463,7 +463,7 @@ class Trainer:
         optimizer state are gathered onto the main process, which writes)."""
         import torch
 
-        from backbone_swap.sharding import optimizer_state, trainable_state
+        from backbone_swap.training.schemes import optimizer_state, trainable_state
 
         accelerator = self.accelerator
         optimizer_sd = optimizer_state(accelerator, model, optimizer)
@@ -482,7 +482,7 @@ class Trainer:
         """Optimizer, scheduler and random state of a checkpoint (its weights are loaded before preparing)."""
         import torch
 
-        from backbone_swap.sharding import load_optimizer_state
+        from backbone_swap.training.schemes import load_optimizer_state
 
         # our own file, written by _save_checkpoint; weights_only keeps it to tensors and plain data
         state = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
@@ -576,8 +576,8 @@ def _restore_tower(vlm, source: Path) -> None:
     Training holds the tower in the recipe's precision (and the export casts to the LLM's dtype), so an fp16
     tower under a bf16 LLM would otherwise be written rounded: the tower every comparison assumes shared
     would no longer be the one transplanted."""
-    from backbone_swap.anatomy import component_of
-    from backbone_swap.checkpoint import open_checkpoint
+    from backbone_swap.checkpoints.anatomy import component_of
+    from backbone_swap.checkpoints.folder import open_checkpoint
 
     weights = open_checkpoint(source).weights
     stored = {name.split("vision_tower.", 1)[1]: name for name in weights.names()
@@ -716,12 +716,12 @@ def train(
     unfinished stage continues from its last checkpoint (every ``save_every`` optimizer steps), ending with
     the weights of an uninterrupted run.
     """
-    from backbone_swap.templates import end_of_turn
+    from backbone_swap.checkpoints.templates import end_of_turn
 
     started = time.time()
     model_dir, output = Path(model_dir).expanduser(), Path(output).expanduser()
-    from backbone_swap.anatomy import read_anatomy
-    from backbone_swap.checkpoint import load_processor, open_checkpoint
+    from backbone_swap.checkpoints.anatomy import read_anatomy
+    from backbone_swap.checkpoints.folder import load_processor, open_checkpoint
 
     ckpt = open_checkpoint(model_dir)
     anatomy = read_anatomy(ckpt)
@@ -746,7 +746,7 @@ def train(
         if previous.get("finished"):
             return TrainResult(output, previous, previous.get("history", []))
 
-    from backbone_swap.sharding import make_accelerator, scheme
+    from backbone_swap.training.schemes import make_accelerator, scheme
 
     # one process per device under `accelerate launch`; the main one writes, the others wait for it
     accelerator = make_accelerator(recipe.precision)
@@ -804,8 +804,8 @@ def train(
         if not cache_features:
             from transformers import LlavaForConditionalGeneration
 
-            from backbone_swap.features import TowerFeatures
-            from backbone_swap.sharding import loading_whole
+            from backbone_swap.training.features import TowerFeatures
+            from backbone_swap.training.schemes import loading_whole
 
             with loading_whole(accelerator, every_process=True):
                 tower = LlavaForConditionalGeneration.from_pretrained(
@@ -878,9 +878,9 @@ def _previous_run(output: Path, model_dir: Path, *, resume: bool) -> dict[str, A
 def _cached_features(accelerator, model_dir: Path, processor, anatomy, recipe: Recipe, images: list[Path],
                      feature_cache: str | Path | None, show_progress: bool):
     """The cache's reader, once the main process has computed what the cache lacked; and what that took."""
-    from backbone_swap.features import FeatureCache, bytes_per_image, default_cache_dir
     from backbone_swap.progress import progress_bar
-    from backbone_swap.sharding import stop_together
+    from backbone_swap.training.features import FeatureCache, bytes_per_image, default_cache_dir
+    from backbone_swap.training.schemes import stop_together
 
     # the tower computes in the recipe's precision, as it does without the cache (and in LLaVA's training)
     dtype = _dtype(recipe.precision)
@@ -903,7 +903,7 @@ def _cached_features(accelerator, model_dir: Path, processor, anatomy, recipe: R
     if todo:
         from transformers import LlavaForConditionalGeneration
 
-        from backbone_swap.sharding import loading_whole
+        from backbone_swap.training.schemes import loading_whole
 
         device = accelerator.device
         with loading_whole(accelerator, every_process=True):

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from backbone_swap import stats
 from backbone_swap.errors import BackboneSwapError
 from backbone_swap.evaluate.runner import read_answers
 from backbone_swap.evaluate.suite import Suite, Task, read_items
+from backbone_swap.verdict import stats
 
 
 def _lines(path: Path) -> dict[str, dict[str, Any]]:
@@ -241,8 +241,14 @@ def compare(
     Under a multi-process launch every process evaluates its share, and the main one compares and writes; the
     others return an empty dict."""
     from backbone_swap.evaluate.runner import evaluate
-    from backbone_swap.recommend import Thresholds, capabilities, check_expectation, overall_verdict, task_verdict
-    from backbone_swap.report import write_report
+    from backbone_swap.verdict.decision import (
+        Thresholds,
+        capabilities,
+        check_expectation,
+        overall_verdict,
+        task_verdict,
+    )
+    from backbone_swap.verdict.report import write_report
 
     started = time.time()
     model_a, model_b, output = Path(model_a), Path(model_b), Path(output)

@@ -10,13 +10,17 @@ import contextlib
 import errno
 import json
 import os
+import platform
 import shutil
 import socket
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import backbone_swap
 from backbone_swap.errors import BackboneSwapError
 
 
@@ -123,7 +127,7 @@ def held_by_this_run(folder: Path, what: str, state: Any = None) -> Iterator[Non
     main one, so all of them stop together. A file system without locks (some parallel file systems) is
     written without one.
     """
-    from backbone_swap.sharding import stop_together
+    from backbone_swap.training.schemes import stop_together
 
     handle = None
     refusal = None
@@ -198,3 +202,19 @@ def previous_manifest(output: Path, field: str, value: str, what: str) -> dict[s
         raise BackboneSwapError(f"{output} already exists and holds other files, not {what}",
                                 "Choose another --output, or an empty folder")
     return previous
+
+
+def versions() -> dict[str, str]:
+    """The versions a run used: written into every manifest, so a result names what produced it."""
+    found = {"backbone-swap": backbone_swap.__version__, "python": sys.version.split()[0]}
+    for package in ("torch", "transformers", "tokenizers", "safetensors", "peft", "accelerate"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    found["platform"] = platform.platform()
+    return found
+
+
+def step_record(step: str, **fields: Any) -> dict[str, Any]:
+    return {"step": step, "versions": versions(), **fields}

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from backbone_swap import original_llava as original
-from backbone_swap.checkpoint import Checkpoint
+from backbone_swap.checkpoints import original
+from backbone_swap.checkpoints.folder import Checkpoint
 from backbone_swap.errors import BackboneSwapError
 
 

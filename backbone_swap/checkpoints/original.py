@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from backbone_swap.checkpoint import Checkpoint
+from backbone_swap.checkpoints.folder import Checkpoint
 from backbone_swap.errors import BackboneSwapError
 
 # model_type written by the original code -> the LLM family of its language model

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backbone_swap import safetensors_io as st
+from backbone_swap.checkpoints import streaming as st
 from backbone_swap.errors import BackboneSwapError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
