@@ -33,7 +33,7 @@ from backbone_swap.checkpoints.folder import Checkpoint, open_checkpoint
 from backbone_swap.checkpoints.templates import end_of_turn, processor_template
 from backbone_swap.errors import BackboneSwapError
 from backbone_swap.progress import progress_bar
-from backbone_swap.runs import check_output_dir, staged_dir, step_record, write_json
+from backbone_swap.runs import TRANSPLANT, RunFolder, staged_dir, step_record, write_json
 
 
 def parse_size(text: str | int) -> int:
@@ -127,7 +127,9 @@ def transplant(
             "Use --projector new (the default)",
         )
     inputs_read = [old.path, new.path] + ([tower.path] if tower is not None else [])
-    output = check_output_dir(Path(output), inputs_read, overwrite=overwrite)
+    output = RunFolder(output, TRANSPLANT, inputs=[("input", path) for path in inputs_read]).path.resolve()
+    if output.exists() and not overwrite:
+        raise BackboneSwapError(f"{output} already exists", "Choose another --output, or pass --overwrite")
     shard_bytes = parse_size(max_shard_size)
 
     build = _Build(old, new, old_anatomy, new_anatomy, compat, trust_remote_code, dtype=dtype,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from backbone_swap.errors import BackboneSwapError
-from backbone_swap.runs import held_by_this_run, previous_manifest, versions, write_json
+from backbone_swap.runs import UPGRADE, RunFolder, versions
 from backbone_swap.training import estimate
 from backbone_swap.training.recipe import Recipe, recipe_hash, recipe_to_dict
 
@@ -214,26 +214,21 @@ def _disk(options: UpgradeOptions, data: estimate.DataSize, shapes: estimate.Sha
 class _Run:
     """The run folder's manifest: which steps are done, with their outputs and timings."""
 
-    def __init__(self, options: UpgradeOptions, plan_: Plan, restart: str | None, *, main: bool = True) -> None:
-        self.options, self.main = options, main  # the other processes of a launch keep the record, not the files
-        self.path = options.output / "manifest.json"
+    def __init__(self, folder: RunFolder, options: UpgradeOptions, plan_: Plan, restart: str | None, *,
+                 main: bool = True) -> None:
+        self.folder, self.options, self.main = folder, options, main  # other processes keep the record, no files
         identity = {
             "vlm": str(options.vlm.resolve()), "llm": str(options.llm.resolve()),
             "data": str(options.data.resolve()), "suite": options.suite.source or options.suite.name,
             "recipe_hash": recipe_hash(options.recipe), "baseline": options.baseline, "seed": options.seed,
         }
-        for key in ("chat_template", "old_chat_template"):  # a run with its LLM's own template records none
+        for key in ("chat_template", "old_chat_template"):  # None: the LLM's own template
             path = getattr(options, key)
-            if path is not None:
-                identity[key] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-        # never a folder of other files, in which the run would overwrite or delete what is there
-        previous = previous_manifest(options.output, "command", "upgrade", "an upgrade run")
-        if previous and previous.get("identity") != identity and restart != "transplant":
-            changed = sorted(k for k in identity if previous.get("identity", {}).get(k) != identity[k])
-            raise BackboneSwapError(
-                f"{options.output} holds an upgrade run with other inputs ({', '.join(changed)} differ)",
-                "Choose another --output, or pass --restart transplant to redo it all",
-            )
+            identity[key] = hashlib.sha256(Path(path).read_bytes()).hexdigest() if path is not None else None
+        previous = folder.previous()
+        if previous and restart != "transplant":
+            folder.refuse_changed(previous.get("identity", {}), identity,
+                                  "Choose another --output, or pass --restart transplant to redo it all")
         self.data = previous or {}
         self.data.update(command="upgrade", identity=identity, recipe=recipe_to_dict(options.recipe),
                          plan=plan_.to_dict(), versions=versions())
@@ -242,10 +237,9 @@ class _Run:
             paths = _run_paths(options.output)
             for step in STEPS[STEPS.index(restart):]:
                 self.data["steps"].pop(step, None)
-                for key, folder in paths.items():
+                for key, path in paths.items():
                     if main and (key == step or (step == "baseline" and key == "baseline-transplant")):
-                        shutil.rmtree(folder, ignore_errors=True)
-        options.output.mkdir(parents=True, exist_ok=True)
+                        shutil.rmtree(path, ignore_errors=True)
         self.save()
 
     def done(self, step: str) -> bool:
@@ -257,7 +251,7 @@ class _Run:
 
     def save(self) -> None:
         if self.main:
-            write_json(self.path, self.data)
+            self.folder.write_json("manifest.json", self.data)
 
 
 def upgrade(options: UpgradeOptions, *, restart: str | None = None, dry_run: bool = False,
@@ -289,9 +283,10 @@ def upgrade(options: UpgradeOptions, *, restart: str | None = None, dry_run: boo
         on_plan(the_plan)
     if dry_run:
         return {"plan": the_plan.to_dict()}
-    previous_manifest(options.output, "command", "upgrade", "an upgrade run")  # no lock file among other files
-    with held_by_this_run(options.output, "upgrade run", state):
-        run = _Run(options, the_plan, restart, main=main)
+    folder = RunFolder(options.output, UPGRADE)
+    folder.previous()  # never a folder of other files, in which the run would overwrite or delete what is there
+    with folder.hold(state):
+        run = _Run(folder, options, the_plan, restart, main=main)
         paths = _run_paths(options.output)
         common = dict(recipe=options.recipe, data=options.data, image_root=options.image_root,
                       feature_cache=options.feature_cache, cache_features=options.cache_features,

@@ -8,7 +8,6 @@ so an interrupted demo continues where it stopped.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -16,8 +15,7 @@ from typing import Any
 
 from backbone_swap.demo import benchmark
 from backbone_swap.demo import tiny_models as tm
-from backbone_swap.errors import BackboneSwapError
-from backbone_swap.runs import staged_dir, write_json
+from backbone_swap.runs import DEMO, RunFolder, staged_dir
 from backbone_swap.verdict.decision import count_shown
 
 RECIPE = "demo-cpu"
@@ -83,19 +81,12 @@ def run_demo(output: Path, *, quick: bool = False, seed: int = 0, show_progress:
 
     output = Path(output).expanduser().resolve()
     settings = _settings(quick, seed)
-    marker = output / "demo.json"
-    if output.exists() and not output.is_dir():
-        raise BackboneSwapError(f"{output} is a file, not a folder", "Pass a new folder with --output")
-    if output.exists() and any(output.iterdir()):
-        if not marker.is_file():
-            raise BackboneSwapError(f"{output} exists and is not a demo folder",
-                                    "Pass an empty or new folder with --output")
-        previous = json.loads(marker.read_text(encoding="utf-8")).get("settings")
-        if previous != settings:
-            raise BackboneSwapError(f"{output} holds a demo made with other settings ({_describe(previous)})",
-                                    "Pass the same settings to continue it, or a new folder with --output")
-    output.mkdir(parents=True, exist_ok=True)
-    write_json(marker, {"settings": settings, "status": "running"})
+    folder = RunFolder(output, DEMO)
+    previous = folder.previous()
+    if previous is not None:
+        folder.refuse_changed(previous.get("settings") or {}, settings,
+                              "Pass the same settings to continue it, or a new folder with --output")
+    folder.write_json("demo.json", {"settings": settings, "status": "running"})
     paths = prepare_inputs(output, quick=quick, seed=seed, say=say, show_progress=show_progress)
     options = UpgradeOptions(
         vlm=paths["vlm"], llm=paths["new_llm"], recipe=load_recipe(RECIPE), data=paths["data"],
@@ -105,14 +96,8 @@ def run_demo(output: Path, *, quick: bool = False, seed: int = 0, show_progress:
         save_every=20,
     )
     comparison = upgrade(options, on_plan=lambda plan: [say(f"  {line}") for line in plan.lines])
-    write_json(marker, {"settings": settings, "status": "finished",
-                        "report": str(output / "run" / "compare" / "report.html"),
-                        "findings_shown": count_shown(comparison["expectations"]),
-                        "findings_expected": len(comparison["expectations"])})
+    folder.write_json("demo.json", {"settings": settings, "status": "finished",
+                                    "report": str(output / "run" / "compare" / "report.html"),
+                                    "findings_shown": count_shown(comparison["expectations"]),
+                                    "findings_expected": len(comparison["expectations"])})
     return comparison
-
-
-def _describe(settings: Any) -> str:
-    if not isinstance(settings, dict):
-        return "unknown"
-    return f"quick={settings.get('quick')}, seed={settings.get('seed')}"

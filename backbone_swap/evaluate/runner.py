@@ -21,7 +21,7 @@ from backbone_swap.checkpoints.templates import end_of_turn, reply_prefix, templ
 from backbone_swap.errors import BackboneSwapError
 from backbone_swap.evaluate import scoring
 from backbone_swap.evaluate.suite import Suite, Task, read_items
-from backbone_swap.runs import held_by_this_run, step_record, write_json
+from backbone_swap.runs import EVALUATION, RunFolder, step_record, write_bytes, write_lines, write_safetensors
 
 
 @dataclass
@@ -281,9 +281,7 @@ def read_answers(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:
             break  # everything from here is redone
         lines.append(line)
     if repair and len(lines) != len(raw):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(text + "\n" for text in raw[: len(lines)]), encoding="utf-8")
-        tmp.replace(path)
+        write_bytes(path, "".join(text + "\n" for text in raw[: len(lines)]).encode("utf-8"))
     return lines
 
 
@@ -307,9 +305,7 @@ def merge_parts(output: Path, task: Task) -> Path:
             if line["id"] not in seen:
                 seen.add(line["id"])
                 merged.append(line)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(line) + "\n" for line in merged), encoding="utf-8")
-    tmp.replace(path)
+    write_lines(path, merged)
     for part in parts:
         part.unlink()
     return path
@@ -398,8 +394,6 @@ def evaluate(
 ) -> EvalResult:
     """Evaluate ``model_dir`` on every task of ``suite`` into ``output`` (resumable), in ``dtype`` (default: the
     checkpoint's own on a GPU, float32 on CPU)."""
-    from safetensors.torch import save_file
-
     from backbone_swap.progress import progress_bar
 
     started = time.time()
@@ -420,35 +414,24 @@ def evaluate(
 
     dtype = run_dtype(model_dir, dtype, device or ("cuda" if torch.cuda.is_available() else "cpu"))
     identity = {"model": str(model_dir.resolve()), "suite": suite.source or suite.name, "dtype": dtype}
-    marker = output / "evaluated.json"
-    if output.exists() and not output.is_dir():
-        raise BackboneSwapError(f"{output} exists and is not a folder", "Choose another --output")
-    if output.is_dir() and not marker.is_file() and any(not p.name.startswith(".") for p in output.iterdir()):
-        # answers and a manifest written there would overwrite files of the same names (hidden files are the
-        # partial answers of a stopped run)
-        raise BackboneSwapError(f"{output} already exists and holds other files, not evaluation results",
-                                "Choose another --output, or an empty folder")
+    folder = RunFolder(output, EVALUATION)
+    folder.previous()  # a folder of other files is refused before anything is loaded
     from backbone_swap.training.schemes import launch_state
 
     # under torchrun / accelerate launch: this process's rank and device (gloo when there is no GPU)
     state = launch_state()
-    with held_by_this_run(output, "evaluation", state):
-        output.mkdir(parents=True, exist_ok=True)
-        if marker.is_file():
-            recorded = json.loads(marker.read_text())
-            if recorded.get("dtype", dtype) != dtype and {k: recorded.get(k) for k in ("model", "suite")} == {
-                    k: identity[k] for k in ("model", "suite")}:
+    with folder.hold(state):
+        recorded = folder.previous()
+        if recorded is not None:
+            same_model = all(recorded.get(k) == identity[k] for k in ("model", "suite"))
+            if recorded.get("dtype", dtype) != dtype and same_model:
                 raise BackboneSwapError(
                     f"{output} holds answers computed in {recorded['dtype']}, and this run would compute in {dtype}",
                     f"Pass --dtype {recorded['dtype']} to resume, or choose another --output",
                 )
-            if any(recorded.get(k, v) != v for k, v in identity.items()):
-                raise BackboneSwapError(
-                    f"{output} holds answers of another model or suite ({recorded.get('model')})",
-                    "Choose another --output, or delete that folder",
-                )
-        if not marker.is_file():
-            write_json(marker, identity)
+            folder.refuse_changed(recorded, identity, "Choose another --output, or delete that folder")
+        elif state.is_main_process:
+            folder.write_json("evaluated.json", identity)
         finished = all(
             {str(i["id"]) for i in items[t.name]} <= _done_ids(output / f"{t.name}.jsonl", repair=False)
             and (not probes or not suite.probes or (output / "probes" / f"{t.name}.safetensors").is_file())
@@ -482,9 +465,7 @@ def evaluate(
                 target = output / "probes" / f"{task.name}.safetensors"
                 if not target.is_file():
                     states = probe_states(evaluator, task, suite.probes, seed)
-                    tmp = target.with_name(f".{target.name}.tmp")
-                    save_file({k: v.contiguous() for k, v in states.items()}, tmp)
-                    tmp.replace(target)
+                    write_safetensors(target, {k: v.contiguous() for k, v in states.items()})
         manifest = step_record(
             "eval",
             model=str(model_dir),
@@ -497,5 +478,5 @@ def evaluate(
             device=evaluator.device,
             seconds=round(time.time() - started, 3),
         )
-        write_json(output / "manifest.json", manifest)
+        folder.write_json("manifest.json", manifest)
         return EvalResult(output, manifest)

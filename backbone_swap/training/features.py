@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from backbone_swap.checkpoints import streaming as st
 from backbone_swap.checkpoints.anatomy import component_of
 from backbone_swap.checkpoints.folder import open_checkpoint
 from backbone_swap.errors import BackboneSwapError
+from backbone_swap.runs import write_safetensors
 
 
 def default_cache_dir() -> Path:
@@ -142,7 +142,6 @@ class FeatureCache:
              on_batch: Callable[[int], None] | None = None) -> int:
         """Compute and store the features of the images not cached yet; returns how many were computed."""
         import torch
-        from safetensors.torch import save_file
 
         from backbone_swap.training.data import open_image
 
@@ -158,14 +157,8 @@ class FeatureCache:
                 out = vision_tower(pixels.to(device=device, dtype=dtype), output_hidden_states=True)
                 feats = select_features(out.hidden_states, self.layer, self.strategy)
             for path, feat in zip(chunk, feats, strict=True):
-                target = self.path_for(path)
-                # a temporary name of this process's own: trainings that share the cache may fill it at once
-                tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-                try:
-                    save_file({"features": feat.detach().to("cpu").contiguous()}, tmp)
-                    os.replace(tmp, target)
-                finally:
-                    tmp.unlink(missing_ok=True)
+                # written under a temporary name of this call's own: trainings sharing the cache may fill it at once
+                write_safetensors(self.path_for(path), {"features": feat.detach().to("cpu").contiguous()})
             if on_batch:
                 on_batch(len(chunk))
         return len(todo)

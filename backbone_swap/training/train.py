@@ -29,13 +29,14 @@ from typing import Any
 from backbone_swap.checkpoints.streaming import TORCH_DTYPES, sha256_file
 from backbone_swap.errors import BackboneSwapError
 from backbone_swap.runs import (
+    TRAINING,
+    RunFolder,
     free_bytes,
-    held_by_this_run,
-    previous_manifest,
     staged_dir,
     step_record,
     write_bytes,
     write_json,
+    write_safetensors,
 )
 from backbone_swap.training.data import IGNORE, Dataset, build_dataset, length_grouped_batches, padding_fraction
 from backbone_swap.training.recipe import Recipe, Stage, recipe_hash, recipe_to_dict
@@ -197,17 +198,6 @@ def lora_target_regex(model, recipe_targets: tuple[str, ...] | str) -> str:
         raise BackboneSwapError(f"no LoRA target modules found for the {family} language model",
                                 "List them in the recipe under lora.targets")
     return r".*\.language_model\..*\.(" + "|".join(leaves) + r")$"
-
-
-def _save_trainable(module, path: Path, tensors: dict[str, Any] | None = None) -> None:
-    """Write the trainable weights (``tensors``, when gathered from a sharded module beforehand)."""
-    from safetensors.torch import save_file
-
-    if tensors is None:
-        tensors = {n: p.detach().to("cpu").contiguous() for n, p in module.named_parameters() if p.requires_grad}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, tmp)
-    tmp.replace(path)
 
 
 def _load_trainable(module, path: Path) -> None:
@@ -446,7 +436,7 @@ class Trainer:
         trained = trainable_state(accelerator, accelerator.unwrap_model(model))  # every process takes part
         if accelerator.is_main_process:
             folder.mkdir(parents=True, exist_ok=True)
-            _save_trainable(None, done, trained)
+            write_safetensors(done, trained)
             write_json(folder / "state.json", {"steps": total, "history": history,
                                                "padding_fraction": round(sum(padding) / max(len(padding), 1), 4),
                                                "accumulation": accumulation, "world_size": world,
@@ -471,7 +461,7 @@ class Trainer:
         if not accelerator.is_main_process:
             return
         with staged_dir(folder) as stage:
-            _save_trainable(None, stage / "trainable.safetensors", weights)
+            write_safetensors(stage / "trainable.safetensors", weights)
             torch.save({"optimizer": optimizer_sd, "scheduler": scheduler.state_dict(),
                         "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
                         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
@@ -606,12 +596,10 @@ def export(model, processor, output: Path, *, dtype_name: str, image_aspect: str
             model.save_pretrained(stage)
         if not is_peft or PROJECTOR not in (model.peft_config["default"].modules_to_save or []):
             # the projector trained in stage 1 only (or a projector-only recipe): peft would not save it
-            from safetensors.torch import save_file
-
             projector = {f"model.{PROJECTOR}.{n}": p.detach().to("cpu", dtype).contiguous()
                          for n, p in vlm.model.multi_modal_projector.named_parameters()
                          if "original_module" not in n}
-            save_file(projector, stage / "projector.safetensors")
+            write_safetensors(stage / "projector.safetensors", projector)
         processor.save_pretrained(stage)
         write_json(stage / "preprocessing.json", {"image_aspect": image_aspect})
     exported["adapter"] = str(final / "adapter")
@@ -727,22 +715,21 @@ def train(
     anatomy = read_anatomy(ckpt)
     refuse_untrainable(anatomy)
     check_lora_targets(recipe, ckpt.weights)
-    manifest_path = output / "manifest.json"
     data_sha = sha256_file(Path(data)) if Path(data).is_file() else None
-    model_key = str(model_dir.resolve())  # the same folder however its path was written
-    previous = _previous_run(output, model_dir, resume=resume)
+    identity = {"model": str(model_dir.resolve()),  # the same folder however its path was written
+                "data_sha256": data_sha, "recipe_hash": recipe_hash(recipe)}
+    folder = RunFolder(output, TRAINING, inputs=[("model folder", model_dir)])
+    previous = folder.previous()
     if previous is not None:
-        if previous.get("recipe_hash") != recipe_hash(recipe):
-            raise BackboneSwapError(f"{output} holds a run with another recipe",
-                                    "Use the same recipe to resume, or another --output")
-        identity = previous.get("identity") or previous.get("inputs", {})
-        before = identity.get("model")
-        if before is not None and str(Path(before).expanduser().resolve()) != model_key:
-            raise BackboneSwapError(f"{output} holds a run on another model",
-                                    "Resume with the same model and data, or choose another --output")
-        if identity.get("data_sha256") not in (None, data_sha):
-            raise BackboneSwapError(f"{output} holds a run on another data",
-                                    "Resume with the same model and data, or choose another --output")
+        if not resume:
+            raise BackboneSwapError(f"{output} already holds a training run",
+                                    "Pass --resume to continue it, or choose another --output")
+        # runs of earlier versions recorded the recipe's hash beside the identity
+        recorded = previous.get("identity") or {k: v for k, v in previous.get("inputs", {}).items()
+                                                 if k in ("model", "data_sha256")}
+        recorded = {"recipe_hash": previous.get("recipe_hash"), **recorded}
+        folder.refuse_changed(recorded, identity, "Resume with the same model, data and recipe, or choose another "
+                                                  "--output")
         if previous.get("finished"):
             return TrainResult(output, previous, previous.get("history", []))
 
@@ -783,11 +770,10 @@ def train(
                             image_tokens=anatomy.vision.image_tokens, max_length=max_length,
                             end_of_turn=eot, on_bad_sample=on_bad_sample)
     accelerator.wait_for_everyone()  # every process has checked the output folder before anything is written
-    with held_by_this_run(output, "training run", accelerator):
+    with folder.hold(accelerator):
         if accelerator.is_main_process:
-            output.mkdir(parents=True, exist_ok=True)
-            write_json(manifest_path, {"step": "train", "recipe_hash": recipe_hash(recipe), "finished": False,
-                                       "identity": {"model": model_key, "data_sha256": data_sha}})
+            folder.write_json("manifest.json", {"step": "train", "recipe_hash": recipe_hash(recipe),
+                                                "finished": False, "identity": identity})
         show_progress = show_progress and accelerator.is_main_process
 
         if show_progress:
@@ -831,7 +817,7 @@ def train(
             final_loss = trainer.history[-1]["loss"] if trainer.history else None
             manifest = step_record(
                 "train",
-                inputs={"model": model_key, "data": str(data), "data_sha256": data_sha,
+                inputs={"model": identity["model"], "data": str(data), "data_sha256": data_sha,
                         "image_root": str(image_root) if image_root else None},
                 recipe=recipe_to_dict(recipe),
                 recipe_hash=recipe_hash(recipe),
@@ -841,38 +827,17 @@ def train(
                 final_loss=final_loss,
                 exported=exported,
                 seconds=round(time.time() - started, 3),
-                identity={"model": model_key, "data_sha256": data_sha},
+                identity=identity,
                 finished=True,
                 history=trainer.history,
             )
-            for folder in exported.values():  # each export carries its provenance when copied elsewhere
-                write_json(Path(folder) / "manifest.json", {k: v for k, v in manifest.items() if k != "history"})
-            write_json(manifest_path, manifest)
+            for export_folder in exported.values():  # each export carries its provenance when copied elsewhere
+                write_json(Path(export_folder) / "manifest.json", {k: v for k, v in manifest.items() if k != "history"})
+            folder.write_json("manifest.json", manifest)
         else:
             manifest = {}
         trainer.accelerator.wait_for_everyone()
         return TrainResult(output, manifest, trainer.history)
-
-
-def _previous_run(output: Path, model_dir: Path, *, resume: bool) -> dict[str, Any] | None:
-    """The manifest of the training run already in ``output`` (None: the folder is new or empty).
-
-    Refuses an output that is a file, that overlaps the model folder, that holds files of something other than a
-    training run (``--resume`` must never train into them), or that holds a run while ``resume`` is off.
-    """
-    if output.exists() and not output.is_dir():
-        raise BackboneSwapError(f"{output} exists and is not a folder", "Choose another --output")
-    resolved, model = output.resolve(), model_dir.resolve()
-    if resolved == model or model in resolved.parents or resolved in model.parents:
-        raise BackboneSwapError(f"the output folder {output} overlaps the model folder {model_dir}",
-                                "Choose an output folder outside the model folder")
-    previous = previous_manifest(output, "step", "train", "a training run")
-    if previous is None:
-        return None
-    if not resume:
-        raise BackboneSwapError(f"{output} already holds a training run",
-                                "Pass --resume to continue it, or choose another --output")
-    return previous
 
 
 def _cached_features(accelerator, model_dir: Path, processor, anatomy, recipe: Recipe, images: list[Path],

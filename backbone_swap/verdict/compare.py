@@ -18,6 +18,7 @@ import numpy as np
 from backbone_swap.errors import BackboneSwapError
 from backbone_swap.evaluate.runner import read_answers
 from backbone_swap.evaluate.suite import Suite, Task, read_items
+from backbone_swap.runs import COMPARISON, RunFolder
 from backbone_swap.verdict import stats
 
 
@@ -241,6 +242,7 @@ def compare(
     Under a multi-process launch every process evaluates its share, and the main one compares and writes; the
     others return an empty dict."""
     from backbone_swap.evaluate.runner import evaluate
+    from backbone_swap.training.schemes import launch_state
     from backbone_swap.verdict.decision import (
         Thresholds,
         capabilities,
@@ -253,45 +255,40 @@ def compare(
     started = time.time()
     model_a, model_b, output = Path(model_a), Path(model_b), Path(output)
     eval_a, eval_b = eval_dirs or (output / "eval" / "a", output / "eval" / "b")
-    if output.exists() and not output.is_dir():
-        raise BackboneSwapError(f"{output} exists and is not a folder", "Choose another --output")
-    if (output.is_dir() and not (output / "report.json").is_file() and not (output / "eval").is_dir()
-            and any(not p.name.startswith(".") for p in output.iterdir())):
-        # the report's files and plots would overwrite files of the same names
-        raise BackboneSwapError(f"{output} already exists and holds other files, not a comparison",
-                                "Choose another --output, or an empty folder")
+    folder = RunFolder(output, COMPARISON)
+    folder.previous()  # the report's files and plots would overwrite files of the same names
     if weights:
         unknown = sorted(set(weights) - {t.name for t in suite.tasks})
         if unknown:
             raise BackboneSwapError(f"--weights names task {unknown[0]!r}, which suite {suite.name} does not have",
                                     f"Its tasks: {suite.names()}")
-    for model, folder in ((model_a, eval_a), (model_b, eval_b)):
-        evaluate(model, suite, folder, batch_size=batch_size, seed=seed, dtype=dtype, show_progress=show_progress)
-    from accelerate import PartialState
-
-    if not PartialState().is_main_process:  # under a multi-process launch the main process writes the report
-        return {}
-    thresholds = Thresholds(alpha=alpha, min_gain=min_gain)
-    tasks = []
-    for task in suite.tasks:
-        record = task_statistics(task, eval_a, eval_b, n_resamples=n_resamples, seed=seed)
-        record["verdict"], record["reasons"] = task_verdict(record, thresholds)
-        tasks.append(record)
-    comparison = {
-        "meta": {"model_a": str(model_a), "model_b": str(model_b), "suite": suite.name, "baseline": baseline,
-                 "alpha": alpha, "min_gain": min_gain, "n_resamples": n_resamples, "seed": seed,
-                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": None},
-        "tasks": tasks,
-        "overall": overall_verdict(tasks, weights),
-        "capabilities": capabilities(tasks),
-        "warnings": confounds(model_a, model_b, (eval_a, eval_b)) + list(extra_warnings or []) + [
-            f"task {t['name']}: {n} of {side.upper()}'s {t['n']} answers score differently now than when they were "
-            "evaluated (the task's references or scoring rules changed); the report uses the current scores"
-            for t in tasks for side, n in t["rescored"].items() if n],
-        "expectations": [check_expectation(record, task.expect, thresholds)
-                         for record, task in zip(tasks, suite.tasks, strict=True) if task.expect],
-    }
-    comparison["meta"]["seconds"] = round(time.time() - started, 3)
-    output.mkdir(parents=True, exist_ok=True)
-    write_report(output, comparison)
+    state = launch_state()
+    with folder.hold(state):
+        for model, evaluations in ((model_a, eval_a), (model_b, eval_b)):
+            evaluate(model, suite, evaluations, batch_size=batch_size, seed=seed, dtype=dtype,
+                     show_progress=show_progress)
+        if not state.is_main_process:  # under a multi-process launch the main process writes the report
+            return {}
+        thresholds = Thresholds(alpha=alpha, min_gain=min_gain)
+        tasks = []
+        for task in suite.tasks:
+            record = task_statistics(task, eval_a, eval_b, n_resamples=n_resamples, seed=seed)
+            record["verdict"], record["reasons"] = task_verdict(record, thresholds)
+            tasks.append(record)
+        comparison = {
+            "meta": {"model_a": str(model_a), "model_b": str(model_b), "suite": suite.name, "baseline": baseline,
+                     "alpha": alpha, "min_gain": min_gain, "n_resamples": n_resamples, "seed": seed,
+                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": None},
+            "tasks": tasks,
+            "overall": overall_verdict(tasks, weights),
+            "capabilities": capabilities(tasks),
+            "warnings": confounds(model_a, model_b, (eval_a, eval_b)) + list(extra_warnings or []) + [
+                f"task {t['name']}: {n} of {side.upper()}'s {t['n']} answers score differently now than when they "
+                "were evaluated (the task's references or scoring rules changed); the report uses the current scores"
+                for t in tasks for side, n in t["rescored"].items() if n],
+            "expectations": [check_expectation(record, task.expect, thresholds)
+                             for record, task in zip(tasks, suite.tasks, strict=True) if task.expect],
+        }
+        comparison["meta"]["seconds"] = round(time.time() - started, 3)
+        write_report(output, comparison)
     return comparison
