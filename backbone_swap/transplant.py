@@ -19,17 +19,10 @@ from typing import Any
 
 from backbone_swap.checkpoints import original
 from backbone_swap.checkpoints import streaming as st
-from backbone_swap.checkpoints.anatomy import (
-    ORIGINAL_FORMAT,
-    VISION_TOWERS,
-    Anatomy,
-    Compatibility,
-    compatibility,
-    component_of,
-    missing_tower_error,
-    read_anatomy,
-)
+from backbone_swap.checkpoints.anatomy import Anatomy, Compatibility, compatibility, missing_tower_error, read_anatomy
 from backbone_swap.checkpoints.folder import Checkpoint, open_checkpoint
+from backbone_swap.checkpoints.formats import component_of
+from backbone_swap.checkpoints.parts import VISION_TOWERS
 from backbone_swap.checkpoints.templates import end_of_turn, processor_template
 from backbone_swap.errors import BackboneSwapError
 from backbone_swap.progress import progress_bar
@@ -108,8 +101,7 @@ def transplant(
     if vision_tower is not None:
         tower = open_checkpoint(vision_tower, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     old_anatomy, new_anatomy = read_anatomy(old, vision_tower=tower), read_anatomy(new)
-    if old_anatomy.kind != "vlm":
-        raise BackboneSwapError(f"{old.path} is a text-only LLM, not a VLM", "Pass a LLaVA checkpoint as --vlm")
+    old_anatomy.require("transplant")
     if old_anatomy.vision is None:
         raise missing_tower_error(old_anatomy)
     template_text = _read_template(chat_template)
@@ -190,8 +182,8 @@ class _Build:
                  pad_vocab_to: int | None = None, tower: Checkpoint | None = None) -> None:
         self.dtype, self.pad_vocab_to = dtype, pad_vocab_to
         self.old, self.new, self.tower = old, new, tower
-        self.format = old_anatomy.vlm_format
-        self.is_next = self.format == "llava_next"
+        self.format = old_anatomy.format  # the VLM's format, and the one its transplant is written in:
+        self.output_format = self.format.output
         self.old_anatomy, self.new_anatomy = old_anatomy, new_anatomy
         self.compat = compat
         self.trust_remote_code = trust_remote_code
@@ -243,7 +235,7 @@ class _Build:
 
     # -- config -----------------------------------------------------------------------------------
     def prepare_config(self) -> None:
-        from transformers import AutoConfig, LlavaConfig, LlavaNextConfig
+        from transformers import AutoConfig
 
         text = AutoConfig.from_pretrained(self.new.path, trust_remote_code=self.trust_remote_code)
         text.vocab_size = self.rows
@@ -261,14 +253,7 @@ class _Build:
             multimodal_projector_bias=self.old_anatomy.projector.bias,
             tie_word_embeddings=self.new_anatomy.tie_word_embeddings,
         )
-        if self.is_next:
-            # the tiling of large images (image_grid_pinpoints) is part of the vision side: kept as it was
-            self.config = LlavaNextConfig(**common, image_grid_pinpoints=old.get("image_grid_pinpoints"),
-                                          image_seq_length=old.get("image_seq_length", vision.image_tokens))
-            self.config.architectures = ["LlavaNextForConditionalGeneration"]
-        else:
-            self.config = LlavaConfig(**common, image_seq_length=vision.image_tokens)
-            self.config.architectures = ["LlavaForConditionalGeneration"]
+        self.config = self.output_format.output_config(common, old, vision)
         if self.dtype is not None:
             self.config.dtype = self.dtype
         else:
@@ -283,9 +268,9 @@ class _Build:
     def _expected_shapes(self) -> dict[str, tuple[int, ...]]:
         """Names and shapes of the tensors the output's model class will ask for, from a meta model."""
         import torch
-        from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
+        import transformers
 
-        model_class = LlavaNextForConditionalGeneration if self.is_next else LlavaForConditionalGeneration
+        model_class = getattr(transformers, self.output_format.model_class)
         try:
             with torch.device("meta"):
                 model = model_class(self.config)
@@ -358,13 +343,7 @@ class _Build:
         for name in self.old.weights.names():
             if component_of(name, "vlm") != "projector":
                 continue
-            if self.format == ORIGINAL_FORMAT:
-                target = f"model.multi_modal_projector.{original.projector_target(name)}"
-            elif name.endswith("image_newline"):
-                target = "model.image_newline"  # in the LLM's embedding space, like the projector's output
-            else:
-                target = f"model.multi_modal_projector.{name.split('multi_modal_projector.', 1)[1]}"
-            planned.append(self.old.weights.copy(name, target))
+            planned.append(self.old.weights.copy(name, self.format.projector_target(name)))
         return planned
 
     def _new_projector(self, seed: int) -> list[st.PlannedTensor]:
@@ -386,7 +365,7 @@ class _Build:
         named = [(f"model.multi_modal_projector.{layer_name}.{param_name}", param.detach())
                  for layer_name, layer in (("linear_1", first), ("linear_2", second))
                  for param_name, param in layer.named_parameters()]
-        if self.is_next:
+        if self.output_format.image_newline:
             named.append(("model.image_newline", newline))
         planned = []
         for name, value in named:
@@ -456,7 +435,8 @@ class _Build:
 
     # -- metadata ---------------------------------------------------------------------------------
     def save_metadata(self, stage: Path) -> None:
-        from transformers import AutoImageProcessor, GenerationConfig, LlavaNextProcessor, LlavaProcessor
+        import transformers
+        from transformers import AutoImageProcessor, GenerationConfig
 
         self.config.save_pretrained(stage)
         try:
@@ -482,8 +462,7 @@ class _Build:
                 "processor_config.json",
             ) from None
         vision = self.old_anatomy.vision
-        processor_class = LlavaNextProcessor if self.is_next else LlavaProcessor
-        processor = processor_class(
+        processor = getattr(transformers, self.output_format.processor_class)(
             image_processor=image_processor,
             tokenizer=self.tokenizer,
             patch_size=vision.patch_size,
@@ -510,28 +489,9 @@ class _Build:
             else f"copied from the {self._tower_source}, cast to {self.dtype}",
             "dtype": self.dtype or "kept per part",
             "image_processor": f"copied from the {self._tower_source}",
-            **self._format_changes(projector, seed),
+            **self.format.changes(self.old_anatomy, projector=projector, seed=seed),
         }
 
     @property
     def _tower_source(self) -> str:
         return "vision tower folder" if self.tower is not None else "VLM"
-
-    def _format_changes(self, projector: str, seed: int) -> dict[str, Any]:
-        """What the old VLM's format kept or converted, in the manifest's words."""
-        if self.is_next:
-            return {"llava_next": {
-                "image_grid_pinpoints": self.config.image_grid_pinpoints,
-                "image_newline": "copied from the VLM" if projector == "reuse"
-                else f"new with the projector (normal, std 1/sqrt(hidden size), seed {seed})",
-            }}
-        if self.format == ORIGINAL_FORMAT:
-            vision = self.old_anatomy.vision
-            return {"converted_from_original_llava": {
-                "settings": self.old_anatomy.settings,
-                "vision_feature_layer": vision.feature_layer,
-                "vision_feature_select_strategy": vision.select_strategy,
-                "projector": "model.mm_projector.0/.2 -> multi_modal_projector.linear_1/.linear_2"
-                if projector == "reuse" else "not used (a new projector was made)",
-            }}
-        return {}

@@ -83,19 +83,7 @@ def plan(options: UpgradeOptions) -> Plan:
 
     old_ckpt, new_ckpt = open_checkpoint(options.vlm), open_checkpoint(options.llm)
     old, new = read_anatomy(old_ckpt), read_anatomy(new_ckpt)
-    if old.kind != "vlm":
-        raise BackboneSwapError(f"{options.vlm} is not a VLM", "Pass a LLaVA checkpoint as --vlm")
-    if old.vlm_format == "llava_next":
-        raise BackboneSwapError(
-            f"{options.vlm} is a LLaVA-NeXT model, and training LLaVA-NeXT is not supported yet",
-            "Run transplant, then eval and compare, step by step; or upgrade a LLaVA (1.5) model",
-        )
-    if old.vlm_format != "llava":
-        raise BackboneSwapError(
-            f"{options.vlm} is a checkpoint of the original LLaVA training code, which upgrade cannot evaluate "
-            "as the old side",
-            "Convert it to a transformers LLaVA folder first (transformers' convert_llava_weights_to_hf.py)",
-        )
+    old.require("upgrade")
     compat = compatibility(old, new, new_ckpt, template_override=options.chat_template is not None)
     if compat.problems:
         raise BackboneSwapError(compat.problems[0], "")

@@ -79,15 +79,14 @@ class Evaluator:
     ) -> None:
         import torch
         import transformers
-        from transformers import AutoConfig
 
-        from backbone_swap.checkpoints.anatomy import VLM_FORMATS
-        from backbone_swap.checkpoints.folder import load_processor
+        from backbone_swap.checkpoints.folder import load_processor, open_checkpoint
+        from backbone_swap.checkpoints.formats import format_of
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = run_dtype(model_dir, dtype, self.device)
-        # LLaVA or LLaVA-NeXT: the class its config names, from the registry of formats read
-        model_class = getattr(transformers, VLM_FORMATS[AutoConfig.from_pretrained(model_dir).model_type])
+        # LLaVA or LLaVA-NeXT: the class of its format's registry entry
+        model_class = getattr(transformers, format_of(open_checkpoint(model_dir).config, model_dir).model_class)
         self.model = model_class.from_pretrained(model_dir, dtype=getattr(torch, self.dtype)).to(self.device)
         self.model.eval()
         self.processor = load_processor(model_dir)
@@ -398,17 +397,10 @@ def evaluate(
 
     started = time.time()
     model_dir, output = Path(model_dir).expanduser(), Path(output).expanduser()
-    from backbone_swap.checkpoints.anatomy import VLM_FORMATS, read_anatomy
+    from backbone_swap.checkpoints.anatomy import read_anatomy
     from backbone_swap.checkpoints.folder import open_checkpoint
 
-    anatomy = read_anatomy(open_checkpoint(model_dir))
-    if anatomy.kind != "vlm":
-        raise BackboneSwapError(f"{model_dir} is not a VLM", "Evaluate a LLaVA checkpoint")
-    if anatomy.vlm_format not in VLM_FORMATS:
-        raise BackboneSwapError(
-            f"{model_dir} is a checkpoint of the original LLaVA training code, which eval cannot load",
-            "Convert it to a transformers LLaVA folder first (transformers' convert_llava_weights_to_hf.py)",
-        )
+    read_anatomy(open_checkpoint(model_dir)).require("eval")
     items = {task.name: read_items(task) for task in suite.tasks}  # every file checked before any work
     import torch
 

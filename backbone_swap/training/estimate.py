@@ -82,7 +82,7 @@ def llm_shapes(config: dict[str, Any], weights, lora_targets: tuple[str, ...], l
 
 def shapes_of(old, new, new_checkpoint, compat, lora_targets: tuple[str, ...], lora_r: int) -> Shapes:
     """The shapes of the model a transplant of ``old``'s tower onto ``new`` (an LLM) would train."""
-    from backbone_swap.checkpoints.anatomy import VISION_TOWERS
+    from backbone_swap.checkpoints.parts import VISION_TOWERS
 
     vision = old.vision
     patches = (vision.image_size // vision.patch_size) ** 2 if vision else 0
@@ -206,7 +206,7 @@ def training_flops(shapes: Shapes, data: DataSize, recipe, *, cache_features: bo
 def model_bytes(vlm_checkpoint, llm_checkpoint, shapes: Shapes) -> int:
     """Bytes of the model a transplant writes (and a merged export writes again): the VLM's vision tower as it
     is, the LLM with the rows of its added tokens, and the new projector in the LLM's dtype."""
-    from backbone_swap.checkpoints.anatomy import component_of
+    from backbone_swap.checkpoints.formats import component_of
     from backbone_swap.checkpoints.streaming import DTYPE_SIZES
 
     vlm, llm = vlm_checkpoint.weights, llm_checkpoint.weights

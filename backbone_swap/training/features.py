@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from backbone_swap.checkpoints import streaming as st
-from backbone_swap.checkpoints.anatomy import component_of
 from backbone_swap.checkpoints.folder import open_checkpoint
+from backbone_swap.checkpoints.formats import component_of
 from backbone_swap.errors import BackboneSwapError
 from backbone_swap.runs import write_safetensors
 

@@ -186,7 +186,7 @@ def decay_groups(params: list, lr: float, weight_decay: float) -> list[dict[str,
 
 def lora_target_regex(model, recipe_targets: tuple[str, ...] | str) -> str:
     """A peft target regex on the language model's Linear layers only (never the tower or projector)."""
-    from backbone_swap.checkpoints.anatomy import FAMILIES, lora_targets
+    from backbone_swap.checkpoints.families import FAMILIES, lora_targets
 
     family = model.config.text_config.model_type
     if isinstance(recipe_targets, str):
@@ -566,8 +566,8 @@ def _restore_tower(vlm, source: Path) -> None:
     Training holds the tower in the recipe's precision (and the export casts to the LLM's dtype), so an fp16
     tower under a bf16 LLM would otherwise be written rounded: the tower every comparison assumes shared
     would no longer be the one transplanted."""
-    from backbone_swap.checkpoints.anatomy import component_of
     from backbone_swap.checkpoints.folder import open_checkpoint
+    from backbone_swap.checkpoints.formats import component_of
 
     weights = open_checkpoint(source).weights
     stored = {name.split("vision_tower.", 1)[1]: name for name in weights.names()
@@ -642,24 +642,6 @@ def check_lora_targets(recipe: Recipe, weights) -> None:
             )
 
 
-def refuse_untrainable(anatomy) -> None:
-    """Training feeds one fixed-size image per sample through the cached features into a LLaVA model;
-    LLaVA-NeXT's tiling gives each image its own number of tokens, which that path does not handle yet."""
-    path = anatomy.path
-    if anatomy.kind != "vlm":
-        raise BackboneSwapError(f"{path} is not a VLM", "Train the output of backbone-swap transplant")
-    if anatomy.vlm_format == "llava_next":
-        raise BackboneSwapError(
-            f"{path} is a LLaVA-NeXT model, and training LLaVA-NeXT is not supported yet",
-            "Transplant a LLaVA (1.5) model to train; a LLaVA-NeXT transplant can be evaluated with eval and compare",
-        )
-    if anatomy.vlm_format != "llava":
-        raise BackboneSwapError(
-            f"{path} is a checkpoint of the original LLaVA training code, which train cannot load",
-            "Transplant it first: backbone-swap transplant --vlm OLD --vision-tower TOWER --llm NEW -o DIR",
-        )
-
-
 def _stops_on_full_disk(function: Callable[..., TrainResult]) -> Callable[..., TrainResult]:
     """A full disk (or quota) in training or feature caching ends in one line saying what to free; what was
     saved before is kept, so the same command with --resume continues."""
@@ -713,7 +695,7 @@ def train(
 
     ckpt = open_checkpoint(model_dir)
     anatomy = read_anatomy(ckpt)
-    refuse_untrainable(anatomy)
+    anatomy.require("train")
     check_lora_targets(recipe, ckpt.weights)
     data_sha = sha256_file(Path(data)) if Path(data).is_file() else None
     identity = {"model": str(model_dir.resolve()),  # the same folder however its path was written
