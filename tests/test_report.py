@@ -14,10 +14,9 @@ from rich.console import Console
 from test_recommend import make_task, outcomes, with_verdict
 
 from backbone_swap.verdict.decision import Thresholds, capabilities, check_expectation, overall_verdict
+from backbone_swap.verdict.plots import plot_accuracy, plot_reliability
 from backbone_swap.verdict.report import (
     REPORT_SCHEMA,
-    plot_accuracy,
-    plot_reliability,
     render_markdown,
     terminal_table,
     to_jsonable,
