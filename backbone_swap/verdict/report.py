@@ -12,8 +12,10 @@ warnings (possible confounds), the findings the suite expects and whether this r
 per-task table, each task's reasons, and what only one model can do.
 
 Every file is written through a temporary file and a rename, so a reader never sees half a report, and
-``report.json`` is written last. matplotlib is used through its object API with the Agg canvas (no pyplot,
-no global backend switch) and imported only when plots are drawn.
+``report.json`` is written last. The two documents are laid out in ``templates/report.md.j2`` and
+``templates/report.html.j2``, so that their layout is read and changed in one place each; the values they
+show are worded and formatted here once (``_context``), so that the two cannot disagree. The plots are
+drawn by ``plots.py``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from collections.abc import Mapping
 from pathlib import Path, PurePath
 from typing import Any
 
+import jinja2
 import numpy as np
 
 from backbone_swap.evaluate.scoring import TASK_TYPES
@@ -415,7 +418,7 @@ PLOTS = {
 
 
 # --------------------------------------------------------------------------------------------------
-# Markdown
+# Markdown and HTML, from the templates in templates/
 # --------------------------------------------------------------------------------------------------
 
 _MD_SPECIAL = re.compile(r"[\\`*\[\]|]|<(?=[A-Za-z/!?])")
@@ -431,162 +434,57 @@ def md_escape(text: Any) -> str:
     return _MD_SPECIAL.sub(lambda m: "\\" + m.group(0), out)
 
 
-def render_markdown(comparison: Mapping[str, Any]) -> str:
-    meta, overall = comparison["meta"], comparison["overall"]
-    lines = [
-        f"# Backbone swap: {md_escape(meta.get('model_a', 'A'))} -> {md_escape(meta.get('model_b', 'B'))}",
-        "",
-        f"A is the old model, B the new one; suite {md_escape(meta.get('suite', '?'))}.",
-        "",
-        f"## Verdict: **{md_escape(overall['verdict'])}** (score {float(overall['score']):+.2f})",
-        "",
-    ]
-    lines += [f"- {md_escape(reason)}" for reason in overall.get("reasons", [])]
-    lines += [""]
-    warnings = comparison.get("warnings") or []
-    if warnings:
-        lines += ["> **Warnings (possible confounds)**", ">"]
-        lines += [f"> - {md_escape(w)}" for w in warnings]
-    else:
-        lines += ["> **Warnings (possible confounds):** none were detected."]
-    expectations = comparison.get("expectations") or []
-    if expectations:
-        shown = count_shown(expectations)
-        lines += ["", f"## Expected findings: {shown} of {len(expectations)} shown by this run", ""]
-        lines += [f"- {md_escape(expectation_line(e))}" for e in expectations]
-    lines += ["", "## Per task", ""]
-    lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join(["---"] * len(COLUMNS)) + "|"]
-    for task in comparison["tasks"]:
-        # Only the text cells can hold markup; the formatted numbers ("<0.001", "[4.1, 20.3]") are left alone.
-        cells = task_row(task)
-        cells[0], cells[1], cells[-1] = md_escape(cells[0]), md_escape(cells[1]), md_escape(cells[-1])
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "Accuracies in percent; diff = B - A in percentage points with its 95% paired bootstrap interval; "
-        "only A / only B = questions solved by one model alone; ECE: lower is better calibrated; CKA: "
-        "higher is more stable under perturbed inputs; valid = outputs that parse in the declared format.",
-        "",
-    ]
-    for key, caption in PLOTS.items():
-        lines += [f"![{caption}]({key}.png)", ""]
-    lines += ["## Reasons per task", ""]
-    for task in comparison["tasks"]:
-        lines += [f"### {md_escape(task['name'])}: {md_escape(task.get('verdict', ''))}", ""]
-        lines += [f"- {md_escape(reason)}" for reason in task.get("reasons", [])]
-        lines += [""]
-    lines += ["## Abilities only one model has", ""]
-    caps = comparison.get("capabilities") or []
-    lines += [f"- {md_escape(_capability_line(entry))}" for entry in caps] or ["None: every task is within reach of "
-                                                                              "both models, or of neither."]
-    lines += ["", "## Settings", ""]
-    lines += [f"- {label}: {md_escape(value)}" for label, value in _settings(meta)]
-    return "\n".join(lines) + "\n"
-
-
-# --------------------------------------------------------------------------------------------------
-# HTML
-# --------------------------------------------------------------------------------------------------
-
-_HTML = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>Backbone swap: {{ meta.model_a }} -> {{ meta.model_b }}</title>
-<style>
-body { font-family: system-ui, sans-serif; max-width: 70em; margin: 2em auto; padding: 0 1em; color: #222; }
-table { border-collapse: collapse; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
-th { background: #f3f3f3; }
-.warnings { border-left: 4px solid #d9822b; background: #fff6e5; padding: 0.5em 1em; }
-.verdict-upgrade { color: #1a7f37; font-weight: bold; }
-.verdict-keep { color: #c62828; font-weight: bold; }
-.verdict-complementary { color: #8a6d00; font-weight: bold; }
-img { max-width: 100%; }
-.note { color: #555; font-size: 0.9em; }
-</style>
-</head>
-<body>
-<h1>Backbone swap: {{ meta.model_a }} &rarr; {{ meta.model_b }}</h1>
-<p>A is the old model, B the new one; suite {{ meta.suite }}.</p>
-<h2>Verdict: <span class="{{ overall_class }}">{{ overall.verdict }}</span> (score {{ score }})</h2>
-<ul>
-{% for reason in overall.reasons %}<li>{{ reason }}</li>
-{% endfor %}</ul>
-<div class="warnings">
-{% if warnings %}<strong>Warnings (possible confounds)</strong>
-<ul>
-{% for w in warnings %}<li>{{ w }}</li>
-{% endfor %}</ul>
-{% else %}<strong>Warnings (possible confounds):</strong> none were detected.
-{% endif %}</div>
-{% if expectations %}<h2>Expected findings: {{ expectations_shown }} of {{ expectations|length }} shown by this run</h2>
-<ul>
-{% for line in expectations %}<li>{{ line }}</li>
-{% endfor %}</ul>
-{% endif %}<h2>Per task</h2>
-<table>
-<tr>{% for c in columns %}<th>{{ c }}</th>{% endfor %}</tr>
-{% for row in rows %}<tr>{% for cell in row.cells %}<td>{{ cell }}</td>{% endfor %}
-<td class="verdict-{{ row.css }}">{{ row.verdict }}</td></tr>
-{% endfor %}</table>
-<p class="note">Accuracies in percent; diff = B - A in percentage points with its 95% paired bootstrap interval;
-only A / only B = questions solved by one model alone; ECE: lower is better calibrated; CKA: higher is more stable
-under perturbed inputs; valid = outputs that parse in the declared format.</p>
-{% for image in images %}<figure><img src="data:image/png;base64,{{ image.data }}" alt="{{ image.caption }}">
-<figcaption>{{ image.caption }}</figcaption></figure>
-{% endfor %}
-<h2>Reasons per task</h2>
-{% for task in tasks %}<h3>{{ task.name }}: <span class="verdict-{{ task.css }}">{{ task.verdict }}</span></h3>
-<ul>
-{% for reason in task.reasons %}<li>{{ reason }}</li>
-{% endfor %}</ul>
-{% endfor %}
-<h2>Abilities only one model has</h2>
-{% if capabilities %}<ul>
-{% for line in capabilities %}<li>{{ line }}</li>
-{% endfor %}</ul>
-{% else %}<p>None: every task is within reach of both models, or of neither.</p>
-{% endif %}
-<h2>Settings</h2>
-<ul>
-{% for label, value in settings %}<li>{{ label }}: {{ value }}</li>
-{% endfor %}</ul>
-</body>
-</html>
-"""
-
-
 def _css(verdict: Any) -> str:
     return {"upgrade": "upgrade", "keep": "keep", "complementary": "complementary",
             "mixed: route per task": "complementary"}.get(str(verdict), "none")
 
 
-def render_html(comparison: Mapping[str, Any], images: Mapping[str, bytes]) -> str:
-    """One self-contained page; every value from the data is escaped by jinja2's autoescape."""
-    import jinja2
+# The templates shipped in the package: HTML autoescaped, markdown escaped by the md filter where the template
+# says so; a misspelt variable is an error rather than a blank in someone's report.
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("backbone_swap.verdict", "templates"),
+    autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default_for_string=False),
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+)
+_TEMPLATES.filters["md"] = md_escape
 
-    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    overall = comparison["overall"]
-    return env.from_string(_HTML).render(
-        meta={k: str(v) for k, v in comparison["meta"].items()},
-        overall=overall,
-        overall_class=f"verdict-{_css(overall['verdict'])}",
-        score=f"{float(overall['score']):+.2f}",
-        warnings=comparison.get("warnings") or [],
-        expectations=[expectation_line(e) for e in comparison.get("expectations") or []],
-        expectations_shown=count_shown(comparison.get("expectations") or []),
-        columns=COLUMNS,
-        rows=[{"cells": task_row(task)[:-1], "verdict": task_row(task)[-1], "css": _css(task.get("verdict"))}
-              for task in comparison["tasks"]],
-        images=[{"data": base64.b64encode(images[key]).decode("ascii"), "caption": caption}
-                for key, caption in PLOTS.items() if key in images],
-        tasks=[{"name": str(task["name"]), "verdict": str(task.get("verdict", "")), "css": _css(task.get("verdict")),
-                "reasons": task.get("reasons", [])} for task in comparison["tasks"]],
-        capabilities=[_capability_line(entry) for entry in comparison.get("capabilities") or []],
-        settings=_settings(comparison["meta"]),
-    )
+
+def _context(comparison: Mapping[str, Any]) -> dict[str, Any]:
+    """What both documents show, worded and formatted here once so that the markdown and the HTML agree."""
+    meta, overall = comparison["meta"], comparison["overall"]
+    expectations = comparison.get("expectations") or []
+    return {
+        "model_a": str(meta.get("model_a", "A")),
+        "model_b": str(meta.get("model_b", "B")),
+        "suite": str(meta.get("suite", "?")),
+        "verdict": str(overall["verdict"]),
+        "verdict_css": _css(overall["verdict"]),
+        "score": f"{float(overall['score']):+.2f}",
+        "reasons": overall.get("reasons", []),
+        "warnings": comparison.get("warnings") or [],
+        "expectations": [expectation_line(entry) for entry in expectations],
+        "shown": count_shown(expectations),
+        "columns": COLUMNS,
+        "tasks": [{"name": str(task["name"]), "verdict": str(task.get("verdict", "")), "css": _css(task.get("verdict")),
+                   "cells": task_row(task), "reasons": task.get("reasons", [])} for task in comparison["tasks"]],
+        "plots": PLOTS,
+        "capabilities": [_capability_line(entry) for entry in comparison.get("capabilities") or []],
+        "settings": _settings(meta),
+    }
+
+
+def render_markdown(comparison: Mapping[str, Any]) -> str:
+    return _TEMPLATES.get_template("report.md.j2").render(_context(comparison))
+
+
+def render_html(comparison: Mapping[str, Any], images: Mapping[str, bytes]) -> str:
+    """One self-contained page, the plots inlined as data URLs; every value from the data is escaped."""
+    figures = [{"data": base64.b64encode(images[key]).decode("ascii"), "caption": caption}
+               for key, caption in PLOTS.items() if key in images]
+    return _TEMPLATES.get_template("report.html.j2").render(_context(comparison), images=figures)
 
 
 # --------------------------------------------------------------------------------------------------
