@@ -14,10 +14,9 @@ from rich.console import Console
 from test_recommend import make_task, outcomes, with_verdict
 
 from backbone_swap.verdict.decision import Thresholds, capabilities, check_expectation, overall_verdict
+from backbone_swap.verdict.plots import plot_accuracy, plot_reliability
 from backbone_swap.verdict.report import (
     REPORT_SCHEMA,
-    plot_accuracy,
-    plot_reliability,
     render_markdown,
     terminal_table,
     to_jsonable,
@@ -237,3 +236,17 @@ def test_report_files_are_as_readable_as_any_file_the_user_makes(tmp_path, plain
         os.umask(previous)
     for path in paths.values():
         assert path.stat().st_mode & 0o777 == 0o644, path.name
+
+
+def test_the_templates_are_package_data():
+    """The markdown and the HTML are rendered from template files: one that no pattern matches is not installed."""
+    import fnmatch
+
+    tomllib = pytest.importorskip("tomllib")
+    root = Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
+        "backbone_swap.verdict"]
+    package = root / "backbone_swap" / "verdict"
+    templates = [p.relative_to(package).as_posix() for p in (package / "templates").rglob("*") if p.is_file()]
+    assert {"templates/report.html.j2", "templates/report.md.j2"} <= set(templates)
+    assert [t for t in templates if not any(fnmatch.fnmatch(t, pattern) for pattern in patterns)] == []

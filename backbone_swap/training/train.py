@@ -539,25 +539,9 @@ def write_loss_curve(history: list[dict[str, Any]], folder: Path) -> None:
     writer.writeheader()
     writer.writerows(history)
     write_bytes(folder / "loss.csv", table.getvalue().encode("utf-8"))
-    import matplotlib
+    from backbone_swap.verdict.plots import plot_loss
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    offset = 0
-    for stage in dict.fromkeys(h["stage"] for h in history):
-        points = [h for h in history if h["stage"] == stage]
-        ax.plot([offset + h["step"] for h in points], [h["loss"] for h in points], label=stage)
-        offset += points[-1]["step"] if points else 0
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss")
-    ax.legend()
-    fig.tight_layout()
-    image = io.BytesIO()
-    fig.savefig(image, format="png", dpi=100)
-    plt.close(fig)
-    write_bytes(folder / "loss.png", image.getvalue())
+    write_bytes(folder / "loss.png", plot_loss(history))
 
 
 def _restore_tower(vlm, source: Path) -> None:
