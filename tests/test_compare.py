@@ -166,7 +166,7 @@ def test_confounds_are_warned_about(tmp_path):
 def test_vqa_partial_credit_counts_in_accuracy_and_full_credit_in_the_overlap(tmp_path):
     """Ten annotators: 3 said "red", 7 "blue". By the VQA formula (mean over the ten leave-one-out subsets of
     min(1, matches / 3)), "red" earns (3 x 2/3 + 7 x 1) / 10 = 0.9, "blue" 1.0 and "green" 0."""
-    from backbone_swap.evaluate.runner import score_item
+    from backbone_swap.evaluate.tasks import score_item
 
     references = ["red"] * 3 + ["blue"] * 7
     items = [{"id": f"q{i}", "image": f"{i}.png", "question": "colour?", "answer": references} for i in range(4)]

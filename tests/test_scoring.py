@@ -22,8 +22,35 @@ from backbone_swap.evaluate.scoring import (
 )
 
 
-def test_task_types():
-    assert scoring.TASK_TYPES == ("short_answer", "multiple_choice", "description", "structured")
+def test_every_task_type_scores_rescores_and_credits_its_answers():
+    from types import SimpleNamespace
+
+    from backbone_swap.evaluate.tasks import TASK_TYPES, TYPES
+
+    assert TASK_TYPES == ("short_answer", "multiple_choice", "description", "structured")
+    task = SimpleNamespace(name="t", format="point", tolerance=1.5, pass_score=0.5)
+    votes = ["2"] * 2 + ["two dogs"] * 8  # 2 of 10 annotators: VQA accuracy 0.6
+    short = TYPES["short_answer"].score(task, {"id": 1, "answer": votes}, "Two.", 0.9)
+    assert (short["id"], short["correct"], short["score"], short["confidence"]) == ("1", False, 0.6, 0.9)
+    assert TYPES["short_answer"].credit(short) == 0.6 and TYPES["description"].credit(short) == 0.0
+    point = TYPES["structured"].score(task, {"id": "p", "answer": "[10, 21]"}, "at (10, 20)", 0.5)
+    assert (point["valid"], point["error"], point["correct"]) == (True, 1.0, True)
+    moved = TYPES["structured"].rescore(task, {"id": "p", "answer": "[10, 25]"}, point)
+    assert (moved["error"], moved["correct"], moved["confidence"]) == (5.0, False, 0.5)
+    invalid = TYPES["structured"].score(task, {"id": "q", "answer": "[0, 0]"}, "somewhere", 0.1)
+    assert TYPES["structured"].summary([point, invalid]) == {"valid_rate": 0.5, "mean_error": 1.0}
+    assert TYPES["short_answer"].summary([short]) == {"valid_rate": None, "mean_error": None}
+    caption = TYPES["description"].score(task, {"id": "d", "answer": "a red square"}, "a red square", 0.7)
+    assert caption["score"] == pytest.approx(1.0) and caption["correct"]
+    choice = TYPES["multiple_choice"]
+    item = {"id": "m", "answer": "blue", "choices": ["red", "blue"]}
+    line = choice.score_options(task, item, [math.log(0.25), math.log(0.75)])
+    assert (line["prediction"], line["correct"], line["confidence"]) == ("blue", True, pytest.approx(0.75))
+    assert choice.rescore(task, {**item, "answer": "red"}, line)["correct"] is False
+    assert choice.check_item({"answer": "green", "choices": ["red", "blue"]}) is not None
+    assert TYPES["structured"].check_task({"format": "circle"}) == (
+        "format", "must be one of json, point, box for a structured task")
+    assert TYPES["structured"].check_task({"format": "box"}) is None
 
 
 # --------------------------------------------------------------------------------------------------

@@ -19,8 +19,8 @@ from typing import Any
 
 from backbone_swap.checkpoints.templates import end_of_turn, reply_prefix, template_variables
 from backbone_swap.errors import BackboneSwapError
-from backbone_swap.evaluate import scoring
 from backbone_swap.evaluate.suite import Suite, Task, read_items
+from backbone_swap.evaluate.tasks import TYPES
 from backbone_swap.runs import EVALUATION, RunFolder, step_record, write_bytes, write_lines, write_safetensors
 
 
@@ -252,20 +252,6 @@ def _load_image(task: Task, item: dict[str, Any]):
         raise BackboneSwapError(f"task {task.name}, item {item['id']!r}: {e}", "Fix the task's data") from None
 
 
-def score_item(task: Task, item: dict[str, Any], prediction: str, confidence: float) -> dict[str, Any]:
-    line = {"id": str(item["id"]), "prediction": prediction, "reference": item["answer"], "confidence": confidence}
-    if task.type == "short_answer":
-        score = scoring.score_short_answer(prediction, item["answer"])
-        line.update(correct=score >= 1.0, score=score)
-    elif task.type == "description":
-        score = scoring.score_description(prediction, item["answer"])
-        line.update(correct=score >= task.pass_score, score=score)
-    elif task.type == "structured":
-        result = scoring.score_structured(prediction, item["answer"], task.format, tolerance=task.tolerance)
-        line.update(correct=result.correct, valid=result.valid, error=result.error, score=float(result.correct))
-    return line
-
-
 def read_answers(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:
     """The complete lines of a per-item file; a line cut by a crash (and what follows) is dropped."""
     if not path.is_file():
@@ -318,6 +304,7 @@ def evaluate_task(
     With several processes each takes every ``world``-th item into a file of its own, merged afterwards.
     """
     items = read_items(task)
+    kind = TYPES[task.type]
     path = output / f"{task.name}.jsonl" if world == 1 else _part(output, task, rank)
     # only the merged file counts as done: per-process files are merged before any process starts, so
     # every process sees the same list and the shares do not overlap or leave gaps
@@ -330,32 +317,13 @@ def evaluate_task(
             batch = todo[i : i + evaluator.batch_size]
             images = [_load_image(task, item) for item in batch]
             lines = []
-            if task.type == "multiple_choice":
-                for item, image in zip(batch, images, strict=True):
-                    choices = [str(c) for c in item["choices"]]
-                    logprobs = evaluator.option_logprobs(image, item["question"], choices, task)
-                    broken = any(math.isnan(lp) or lp == math.inf for lp in logprobs)
-                    if broken or all(lp == -math.inf for lp in logprobs):
-                        raise BackboneSwapError(
-                            f"task {task.name}, item {item['id']!r}: the model gave its options the log-probabilities "
-                            f"{logprobs}, which are no distribution over them (NaN or infinite logits)",
-                            "The model's logits overflow or are broken; float16 overflow is a common cause",
-                        )
-                    result = scoring.score_multiple_choice(logprobs, choices.index(str(item["answer"])))
-                    lines.append(
-                        {
-                            "id": str(item["id"]),
-                            "prediction": choices[result.choice],
-                            "reference": item["answer"],
-                            "correct": result.correct,
-                            "score": float(result.correct),
-                            "confidence": result.confidence,
-                            "probabilities": result.probabilities,
-                        }
-                    )
+            if kind.answered_by == "options":
+                lines = [kind.score_options(task, item, evaluator.option_logprobs(image, item["question"],
+                                                                                 kind.options(item), task))
+                         for item, image in zip(batch, images, strict=True)]
             else:
                 answers = evaluator.generate(images, [item["question"] for item in batch], task)
-                lines = [score_item(task, item, text, conf) for item, (text, conf) in zip(batch, answers, strict=True)]
+                lines = [kind.score(task, item, text, conf) for item, (text, conf) in zip(batch, answers, strict=True)]
             for line in lines:
                 f.write(json.dumps(line) + "\n")
             f.flush()

@@ -1,9 +1,9 @@
-"""From a model's raw text output to a score, for the four task types of ``backbone-swap``.
+"""From a model's raw text output to a score, for the four task types of ``backbone-swap`` (``tasks``).
 
 Every function here only *reads* the raw output: callers keep the text exactly as generated and can
-re-score it offline whenever a rule changes (``shared/EVAL-NOTES.md``: answer extraction silently moves
-accuracy). Parsing failures are reported, never repaired: a new backbone that formats its answers
-differently must show up as invalid outputs, not be rescued by an ever more lenient parser.
+re-score it offline whenever a rule changes (answer extraction silently moves accuracy, and harnesses that
+keep only scores cannot tell by how much). Parsing failures are reported, never repaired: a new backbone that
+formats its answers differently must show up as invalid outputs, not be rescued by an ever more lenient parser.
 
 - short answers: the VQAv2 normalisation and accuracy (``normalize_vqa``, ``score_short_answer``);
 - descriptions: ROUGE-L, pure Python (``rouge_l``, ``score_description``), no Java as pycocoevalcap needs;
@@ -28,7 +28,6 @@ import numpy as np
 
 from backbone_swap.errors import BackboneSwapError
 
-TASK_TYPES = ("short_answer", "multiple_choice", "description", "structured")
 STRUCTURED_FORMATS = ("json", "point", "box")
 
 # --------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from backbone_swap.errors import BackboneSwapError
-from backbone_swap.evaluate.scoring import STRUCTURED_FORMATS, TASK_TYPES
+from backbone_swap.evaluate.tasks import TASK_TYPES, TYPES
 from backbone_swap.verdict.decision import EXPECTATIONS
 
 NEEDS = ("perception", "reasoning", "format")
@@ -128,9 +128,9 @@ def suite_from_dict(data: Any, path: Path) -> Suite:
             raise _bad(path, f"{where}.type", f"must be one of {', '.join(TASK_TYPES)}, not {item['type']!r}")
         if item["needs"] not in NEEDS:
             raise _bad(path, f"{where}.needs", f"must be one of {', '.join(NEEDS)}, not {item['needs']!r}")
-        fmt = item.get("format")
-        if item["type"] == "structured" and fmt not in STRUCTURED_FORMATS:
-            raise _bad(path, f"{where}.format", f"must be one of {', '.join(STRUCTURED_FORMATS)} for a structured task")
+        problem = TYPES[item["type"]].check_task(item)
+        if problem is not None:
+            raise _bad(path, f"{where}.{problem[0]}", problem[1])
         for key in ("tolerance", "pass_score"):
             if key in item and (not isinstance(item[key], int | float) or isinstance(item[key], bool) or item[key] < 0):
                 raise _bad(path, f"{where}.{key}", "must be a non-negative number")
@@ -148,7 +148,7 @@ def suite_from_dict(data: Any, path: Path) -> Suite:
                 needs=item["needs"],
                 data=data_path,
                 image_root=root,
-                format=fmt,
+                format=item.get("format"),
                 tolerance=float(item.get("tolerance", 0.0)),
                 max_new_tokens=item.get("max_new_tokens", 16),
                 instruction=str(item.get("instruction", "")),
@@ -191,10 +191,7 @@ def read_items(task: Task) -> list[dict[str, Any]]:
         if str(item["id"]) in seen:
             raise BackboneSwapError(f"{task.data} record {number} repeats id {item['id']!r}", "Make ids unique")
         seen.add(str(item["id"]))
-        if task.type == "multiple_choice":
-            choices = item.get("choices")
-            if not isinstance(choices, list) or len(choices) < 2 or item["answer"] not in choices:
-                raise BackboneSwapError(
-                    f"{task.data} record {number} needs 'choices' (2 or more) containing the answer", "Fix the record"
-                )
+        problem = TYPES[task.type].check_item(item)
+        if problem is not None:
+            raise BackboneSwapError(f"{task.data} record {number} {problem}", "Fix the record")
     return items

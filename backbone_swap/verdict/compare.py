@@ -18,6 +18,7 @@ import numpy as np
 from backbone_swap.errors import BackboneSwapError
 from backbone_swap.evaluate.runner import read_answers
 from backbone_swap.evaluate.suite import Suite, Task, read_items
+from backbone_swap.evaluate.tasks import TYPES
 from backbone_swap.runs import COMPARISON, RunFolder
 from backbone_swap.verdict import stats
 
@@ -48,8 +49,7 @@ def _rescore(lines: dict[str, dict[str, Any]], items: dict[str, dict[str, Any]],
     Evaluation keeps the raw outputs so that a corrected reference, a changed tolerance or a fixed scoring
     rule reaches every comparison without running the models again; the count says how many scores moved.
     """
-    from backbone_swap.evaluate.runner import score_item
-
+    kind = TYPES[task.type]
     rescored, moved = {}, 0
     for key, item in items.items():
         line = lines[key]
@@ -60,25 +60,15 @@ def _rescore(lines: dict[str, dict[str, Any]], items: dict[str, dict[str, Any]],
                 f"{path}: the answer to item {key!r} lacks a text prediction or a finite confidence",
                 "Delete that line (eval answers the item again) or the file",
             )
-        if task.type == "multiple_choice":
-            correct = prediction == str(item["answer"])
-            new = dict(line, reference=item["answer"], correct=correct, score=float(correct))
-        else:
-            new = dict(line) | score_item(task, item, prediction, float(confidence))
+        new = kind.rescore(task, item, line)
         moved += new["correct"] != line.get("correct") or new["score"] != line.get("score", new["score"])
         rescored[key] = new
     return rescored, moved
 
 
-def _score(line: dict[str, Any], task: Task) -> float:
-    """An answer's credit: the VQA score of a short answer (files without one: its correctness), else 0 or 1."""
-    if task.type == "short_answer" and line.get("score") is not None:
-        return float(line["score"])
-    return float(bool(line["correct"]))
-
-
 def task_statistics(task: Task, eval_a: Path, eval_b: Path, *, n_resamples: int, seed: int) -> dict[str, Any]:
     """Every number the report shows for one task, from the two per-item files."""
+    kind = TYPES[task.type]
     a, b = _lines(eval_a / f"{task.name}.jsonl"), _lines(eval_b / f"{task.name}.jsonl")
     # The task's items as the suite holds them now: answers to items since removed from its data (left in a
     # reused evaluation folder) are no part of the comparison.
@@ -102,7 +92,7 @@ def task_statistics(task: Task, eval_a: Path, eval_b: Path, *, n_resamples: int,
     # Accuracy, its difference and calibration use each answer's score: a short answer's VQA accuracy
     # gives partial credit (2 of 10 annotators: 0.6), as the published VQAv2 numbers do. Which questions each
     # model solves (overlap, McNemar, oracle) needs a yes or no: full credit.
-    score_a, score_b = (np.array([_score(lines[i], task) for i in ids]) for lines in (a, b))
+    score_a, score_b = (np.array([kind.credit(lines[i]) for i in ids]) for lines in (a, b))
     conf_a = np.clip(np.array([float(a[i]["confidence"]) for i in ids]), 0.0, 1.0)
     conf_b = np.clip(np.array([float(b[i]["confidence"]) for i in ids]), 0.0, 1.0)
     table = stats.paired_table(correct_a, correct_b)
@@ -116,16 +106,8 @@ def task_statistics(task: Task, eval_a: Path, eval_b: Path, *, n_resamples: int,
         interval = stats.ece_interval(conf, correct, n_resamples=min(n_resamples, 2000), seed=seed)
         calibration.update({f"ece_{side}": result.ece, f"ece_{side}_ci": [interval.low, interval.high],
                             f"brier_{side}": stats.brier(conf, correct), f"reliability_{side}": result.bins})
-    structured = {}
-    for side, lines in (("a", a), ("b", b)):
-        if task.type == "structured":
-            valid = [bool(lines[i].get("valid")) for i in ids]
-            errors = [lines[i]["error"] for i in ids if lines[i].get("valid") and lines[i].get("error") is not None]
-            structured[f"valid_rate_{side}"] = float(np.mean(valid))
-            structured[f"mean_error_{side}"] = float(np.mean(errors)) if errors else None
-        else:
-            structured[f"valid_rate_{side}"] = None
-            structured[f"mean_error_{side}"] = None
+    structured = {f"{key}_{side}": value for side, lines in (("a", a), ("b", b))
+                  for key, value in kind.summary([lines[i] for i in ids]).items()}
     return {
         "name": task.name, "type": task.type, "needs": task.needs, "n": table.n,
         "accuracy_a": float(np.mean(score_a)), "accuracy_b": float(np.mean(score_b)), "diff": diff.estimate,

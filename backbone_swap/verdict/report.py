@@ -33,8 +33,8 @@ from typing import Any
 import jinja2
 import numpy as np
 
-from backbone_swap.evaluate.scoring import TASK_TYPES
 from backbone_swap.evaluate.suite import NEEDS
+from backbone_swap.evaluate.tasks import TASK_TYPES
 from backbone_swap.runs import write_bytes
 from backbone_swap.verdict.decision import (
     EXPECTATIONS,

@@ -1,0 +1,135 @@
+"""The task types of a suite, one registry entry each: how an item is answered, scored, scored again from its raw
+output, and summarised for the comparison.
+
+- ``short_answer``: a generated answer, VQA-normalised exact match; with ten annotator answers, VQA accuracy (partial
+  credit: 2 of 10 annotators give 0.6), which accuracy and calibration use as published VQAv2 numbers do.
+- ``multiple_choice``: no generation: each option's summed log-likelihood after the prompt, softmax over options.
+- ``description``: a generated description, ROUGE-L against the reference(s), correct from ``pass_score``.
+- ``structured``: a generated JSON object, point or box, scored on validity and error (``format``, ``tolerance``).
+
+The runner, the comparison and the suite loader ask the entry of a task's type; a new type is one entry here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from backbone_swap.errors import BackboneSwapError
+from backbone_swap.evaluate import scoring
+
+
+@dataclass(frozen=True)
+class TaskType:
+    """What one task type does with an item. ``answered_by`` is ``generation`` (greedy text) or ``options`` (the
+    likelihood of each listed option)."""
+
+    name: str
+    answered_by: Literal["generation", "options"] = "generation"
+
+    def check_task(self, settings: dict[str, Any]) -> tuple[str, str] | None:
+        """(key, problem) when the task's settings in a suite do not fit this type."""
+        return None
+
+    def check_item(self, item: dict[str, Any]) -> str | None:
+        """What an item of the task's data lacks for this type (None: it is fine)."""
+        return None
+
+    def score(self, task: Any, item: dict[str, Any], prediction: str, confidence: float) -> dict[str, Any]:
+        """The answer line of a generated ``prediction``: correctness, score and what the type adds."""
+        line = {"id": str(item["id"]), "prediction": prediction, "reference": item["answer"], "confidence": confidence}
+        return line | self._judge(task, item, prediction)
+
+    def _judge(self, task: Any, item: dict[str, Any], prediction: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def rescore(self, task: Any, item: dict[str, Any], line: dict[str, Any]) -> dict[str, Any]:
+        """``line`` scored again from its raw output against the item as the task holds it now."""
+        return dict(line) | self.score(task, item, line["prediction"], float(line["confidence"]))
+
+    def credit(self, line: dict[str, Any]) -> float:
+        """What an answer counts for in accuracy and calibration: 1 or 0 unless the type gives partial credit."""
+        return float(bool(line["correct"]))
+
+    def summary(self, lines: list[dict[str, Any]]) -> dict[str, float | None]:
+        """Figures the comparison reports besides accuracy: the share of outputs that parse, and their mean error."""
+        return {"valid_rate": None, "mean_error": None}
+
+
+class ShortAnswer(TaskType):
+    def _judge(self, task: Any, item: dict[str, Any], prediction: str) -> dict[str, Any]:
+        score = scoring.score_short_answer(prediction, item["answer"])
+        return {"correct": score >= 1.0, "score": score}
+
+    def credit(self, line: dict[str, Any]) -> float:
+        # the VQA score of the answer (files written before scores were recorded: its correctness)
+        return float(line["score"]) if line.get("score") is not None else super().credit(line)
+
+
+class MultipleChoice(TaskType):
+    def check_item(self, item: dict[str, Any]) -> str | None:
+        choices = item.get("choices")
+        if not isinstance(choices, list) or len(choices) < 2 or item["answer"] not in choices:
+            return "needs 'choices' (2 or more) containing the answer"
+        return None
+
+    def options(self, item: dict[str, Any]) -> list[str]:
+        return [str(choice) for choice in item["choices"]]
+
+    def score_options(self, task: Any, item: dict[str, Any], logprobs: list[float]) -> dict[str, Any]:
+        """The answer line from the summed log-probability of each option."""
+        if any(math.isnan(lp) or lp == math.inf for lp in logprobs) or all(lp == -math.inf for lp in logprobs):
+            raise BackboneSwapError(
+                f"task {task.name}, item {item['id']!r}: the model gave its options the log-probabilities "
+                f"{logprobs}, which are no distribution over them (NaN or infinite logits)",
+                "The model's logits overflow or are broken; float16 overflow is a common cause",
+            )
+        choices = self.options(item)
+        result = scoring.score_multiple_choice(logprobs, choices.index(str(item["answer"])))
+        return {"id": str(item["id"]), "prediction": choices[result.choice], "reference": item["answer"],
+                "correct": result.correct, "score": float(result.correct), "confidence": result.confidence,
+                "probabilities": result.probabilities}
+
+    def _judge(self, task: Any, item: dict[str, Any], prediction: str) -> dict[str, Any]:
+        correct = prediction == str(item["answer"])
+        return {"correct": correct, "score": float(correct)}
+
+
+class Description(TaskType):
+    def _judge(self, task: Any, item: dict[str, Any], prediction: str) -> dict[str, Any]:
+        score = scoring.score_description(prediction, item["answer"])
+        return {"correct": score >= task.pass_score, "score": score}
+
+
+class Structured(TaskType):
+    def check_task(self, settings: dict[str, Any]) -> tuple[str, str] | None:
+        if settings.get("format") not in scoring.STRUCTURED_FORMATS:
+            return "format", f"must be one of {', '.join(scoring.STRUCTURED_FORMATS)} for a structured task"
+        return None
+
+    def _judge(self, task: Any, item: dict[str, Any], prediction: str) -> dict[str, Any]:
+        result = scoring.score_structured(prediction, item["answer"], task.format, tolerance=task.tolerance)
+        return {"correct": result.correct, "valid": result.valid, "error": result.error,
+                "score": float(result.correct)}
+
+    def summary(self, lines: list[dict[str, Any]]) -> dict[str, float | None]:
+        errors = [line["error"] for line in lines if line.get("valid") and line.get("error") is not None]
+        return {"valid_rate": float(np.mean([bool(line.get("valid")) for line in lines])) if lines else None,
+                "mean_error": float(np.mean(errors)) if errors else None}
+
+
+TYPES: dict[str, TaskType] = {
+    "short_answer": ShortAnswer("short_answer"),
+    "multiple_choice": MultipleChoice("multiple_choice", answered_by="options"),
+    "description": Description("description"),
+    "structured": Structured("structured"),
+}
+TASK_TYPES: tuple[str, ...] = tuple(TYPES)
+
+
+def score_item(task: Any, item: dict[str, Any], prediction: str, confidence: float) -> dict[str, Any]:
+    """The answer line of a generated ``prediction`` to ``item`` of ``task``, scored as its type scores."""
+    return TYPES[task.type].score(task, item, prediction, confidence)
