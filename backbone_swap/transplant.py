@@ -24,6 +24,7 @@ from backbone_swap.checkpoints.folder import Checkpoint, open_checkpoint
 from backbone_swap.checkpoints.formats import component_of
 from backbone_swap.checkpoints.parts import VISION_TOWERS
 from backbone_swap.checkpoints.templates import end_of_turn, processor_template
+from backbone_swap.choices import DTYPES, LLM_KINDS, PROJECTORS, check
 from backbone_swap.errors import BackboneSwapError
 from backbone_swap.progress import progress_bar
 from backbone_swap.runs import TRANSPLANT, RunFolder, staged_dir, step_record, write_json
@@ -47,11 +48,8 @@ def parse_size(text: str | int) -> int:
         raise BackboneSwapError(f"{text!r} is not a size", "Write it like 5GB or 500MB") from None
 
 
-# --dtype choices (safetensors names by torch name); without it every part keeps its own dtype
-FLOAT_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
-
-# base and instruction-tuned LLMs differ in ways that look like backbone effects; only the user knows which
-LLM_KINDS = ("base", "instruct", "unknown")
+# the safetensors name of each --dtype choice; without --dtype every part keeps its own dtype
+FLOAT_DTYPES = {name: st.safetensors_dtype(name) for name in DTYPES}
 
 
 @dataclass
@@ -85,16 +83,12 @@ def transplant(
     LLaVA checkpoint names in ``mm_vision_tower`` (such checkpoints do not store it).
     """
     started = time.time()
-    if llm_kind not in LLM_KINDS:
-        raise BackboneSwapError(f"--llm-kind must be one of {', '.join(LLM_KINDS)}, not {llm_kind!r}",
-                                "Say whether the new LLM is a base or an instruction-tuned model")
-    if dtype is not None and dtype not in FLOAT_DTYPES:
-        raise BackboneSwapError(f"--dtype must be one of {', '.join(FLOAT_DTYPES)}, not {dtype!r}",
-                                "Leave it out to keep each part's dtype")
+    check(llm_kind, LLM_KINDS, "--llm-kind", "Say whether the new LLM is a base or an instruction-tuned model")
+    if dtype is not None:
+        check(dtype, DTYPES, "--dtype", "Leave it out to keep each part's dtype")
     if pad_vocab_to is not None and pad_vocab_to < 1:
         raise BackboneSwapError(f"--pad-vocab-to must be a positive number, not {pad_vocab_to}", "Use e.g. 64")
-    if projector not in {"new", "reuse"}:
-        raise BackboneSwapError(f"--projector must be 'new' or 'reuse', not {projector!r}", "Use new or reuse")
+    check(projector, PROJECTORS, "--projector")
     old = open_checkpoint(vlm, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     new = open_checkpoint(llm, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     tower = None

@@ -15,13 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backbone_swap.choices import BASELINES, LLM_KINDS, UPGRADE_STEPS, check
 from backbone_swap.errors import BackboneSwapError
 from backbone_swap.runs import UPGRADE, RunFolder, versions
 from backbone_swap.training import estimate
 from backbone_swap.training.recipe import Recipe, recipe_hash, recipe_to_dict
-
-STEPS = ("transplant", "baseline", "train", "eval-old", "eval-new", "compare")
-BASELINES = ("as-is", "retrain")
 
 
 @dataclass
@@ -134,7 +132,7 @@ def plan(options: UpgradeOptions) -> Plan:
                                        old_shapes.projector_params + old_shapes.lora_params, len(recipe.stages))
     disk_lines, disk = _disk(options, data, shapes, run_disk)
     disk["model_bytes"] = int(model_disk)
-    steps = [s for s in STEPS if s != "baseline" or options.baseline == "retrain"]
+    steps = [s for s in UPGRADE_STEPS if s != "baseline" or options.baseline == "retrain"]
     lines = [
         f"steps: {', '.join(steps)}",
         f"transplant: {options.vlm.name}'s {old.vision.model_type if old.vision else '?'} tower onto "
@@ -223,7 +221,7 @@ class _Run:
         self.data.setdefault("steps", {})
         if restart is not None:
             paths = _run_paths(options.output)
-            for step in STEPS[STEPS.index(restart):]:
+            for step in UPGRADE_STEPS[UPGRADE_STEPS.index(restart):]:
                 self.data["steps"].pop(step, None)
                 for key, path in paths.items():
                     if main and (key == step or (step == "baseline" and key == "baseline-transplant")):
@@ -247,21 +245,16 @@ def upgrade(options: UpgradeOptions, *, restart: str | None = None, dry_run: boo
     """Run (or continue) the whole upgrade; returns the comparison, or the plan with ``dry_run`` (an empty dict in
     the processes of a multi-process launch other than the main one)."""
     from backbone_swap.training.train import train
-    from backbone_swap.transplant import LLM_KINDS
     from backbone_swap.verdict.compare import compare
 
-    if options.baseline not in BASELINES:
-        raise BackboneSwapError(f"--baseline must be one of {', '.join(BASELINES)}, not {options.baseline!r}",
-                                "Use as-is or retrain")
+    check(options.baseline, BASELINES, "--baseline")
     if options.baseline == "retrain" and options.old_llm is None:
         raise BackboneSwapError("--baseline retrain needs the LLM the old VLM was built from",
                                 "Pass it with --old-llm PATH")
     for flag, kind in (("--llm-kind", options.llm_kind), ("--old-llm-kind", options.old_llm_kind)):
-        if kind not in LLM_KINDS:
-            raise BackboneSwapError(f"{flag} must be one of {', '.join(LLM_KINDS)}, not {kind!r}",
-                                    "Say whether that LLM is a base or an instruction-tuned model")
-    if restart is not None and restart not in STEPS:
-        raise BackboneSwapError(f"--restart must name a step ({', '.join(STEPS)}), not {restart!r}", "")
+        check(kind, LLM_KINDS, flag, "Say whether that LLM is a base or an instruction-tuned model")
+    if restart is not None:
+        check(restart, UPGRADE_STEPS, "--restart")
     # under accelerate launch / torchrun: training and evaluation share the processes, and the main one writes
     # what is written once (transplants, the manifest, the report)
     state = _launch_state()

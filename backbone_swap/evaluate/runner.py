@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from backbone_swap.checkpoints.templates import end_of_turn, reply_prefix, template_variables
+from backbone_swap.choices import DTYPES, check
 from backbone_swap.errors import BackboneSwapError
 from backbone_swap.evaluate.suite import Suite, Task, read_items
 from backbone_swap.evaluate.tasks import TYPES
@@ -52,23 +53,17 @@ def add_noise(image, seed: int, strength: float = 0.08):
     return Image.fromarray(noisy)
 
 
-EVAL_DTYPES = ("float32", "bfloat16", "float16")
-
-
 def run_dtype(model_dir: Path, dtype: str | None, device: str) -> str:
     """The dtype a model is evaluated in: the one asked for, float32 on CPU, else the checkpoint's own.
 
     Named before loading, so an evaluation folder can refuse to mix answers computed in two dtypes."""
     if dtype is not None:
-        if dtype not in EVAL_DTYPES:
-            raise BackboneSwapError(f"--dtype must be one of {', '.join(EVAL_DTYPES)}, not {dtype!r}",
-                                    "Leave it out to use each checkpoint's own dtype (float32 on CPU)")
-        return dtype
+        return check(dtype, DTYPES, "--dtype", "Leave it out to use each checkpoint's own dtype (float32 on CPU)")
     if str(device).startswith("cpu"):
         return "float32"
     config = json.loads((Path(model_dir) / "config.json").read_text())
     own = config.get("dtype") or config.get("torch_dtype") or "float32"
-    return own if own in EVAL_DTYPES else "float32"
+    return own if own in DTYPES else "float32"
 
 
 class Evaluator:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from backbone_swap.checkpoints.templates import TEMPLATE_VARIABLES
+from backbone_swap.choices import ON_BAD_SAMPLE, check
 from backbone_swap.errors import BackboneSwapError
 
 IGNORE = -100
@@ -425,8 +426,7 @@ def build_dataset(
 ) -> Dataset:
     """Read, tokenise and audit every record; bad ones fail the run or are skipped and counted. ``workers``
     processes share the work on large files (default: the cores of this machine per training process)."""
-    if on_bad_sample not in {"fail", "skip"}:
-        raise BackboneSwapError(f"--on-bad-sample must be 'fail' or 'skip', not {on_bad_sample!r}", "Use fail or skip")
+    check(on_bad_sample, ON_BAD_SAMPLE, "--on-bad-sample")
     root = Path(image_root).expanduser() if image_root is not None else None
     if root is not None and not root.is_dir():
         raise BackboneSwapError(f"image root {root} is not a folder", "Pass the folder the image paths start from")
