@@ -200,6 +200,12 @@ def test_hash_changes_with_every_setting():
         seen.add(digest)
 
 
+def test_hash_of_a_shipped_recipe_is_pinned():
+    """Runs and comparisons keep the hash of the recipe they used: the same settings must keep their hash."""
+    assert recipe_hash(load_recipe("llava15-lora")) == \
+        "78caeeaf5789460067b1e720c702b6131e21cc96b2027b80047de0aed2bdf0d5"
+
+
 # ---------------------------------------------------------------------------------------------- overrides
 
 

@@ -16,13 +16,12 @@ from test_recommend import make_task, outcomes, with_verdict
 from backbone_swap.verdict.decision import Thresholds, capabilities, check_expectation, overall_verdict
 from backbone_swap.verdict.plots import plot_accuracy, plot_reliability
 from backbone_swap.verdict.report import (
-    REPORT_SCHEMA,
     render_markdown,
     terminal_table,
     to_jsonable,
-    validate_report,
     write_report,
 )
+from backbone_swap.verdict.schema import REPORT_SCHEMA, validate_report
 
 SCRIPT = "<script>alert(1)</script>"
 FILES = {"json": "report.json", "markdown": "report.md", "html": "report.html", "accuracy": "accuracy.png",
