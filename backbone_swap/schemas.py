@@ -21,6 +21,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal, NamedTuple, TypeVar
 
+import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -265,3 +266,41 @@ def validate(model: type[ModelT], data: Any, prefix: str, voice: Voice = Voice()
         first = min(error.errors(include_url=False), key=lambda e: _FIRST.get(e["type"], len(_FIRST)))
         problem = _problem(first, model, voice)
         raise BackboneSwapError(f"{prefix}: {problem.text}", problem.hint) from None
+
+
+# ----------------------------------------------------------------------------------------------------
+# YAML
+
+
+def _check_unique_keys(text: str, prefix: str) -> None:
+    """Reject a key written twice in one mapping: YAML keeps the last silently, which hides edits."""
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    pending = [(node, "")]
+    while pending:
+        current, key = pending.pop()
+        if isinstance(current, yaml.MappingNode):
+            seen: set[str] = set()
+            for key_node, value_node in current.value:
+                name = str(key_node.value)
+                path = f"{key}.{name}" if key else name
+                if name in seen:
+                    raise BackboneSwapError(f"{prefix}: {path} is given twice",
+                                            f"Keep one {path} (line {key_node.start_mark.line + 1})")
+                seen.add(name)
+                pending.append((value_node, path))
+        elif isinstance(current, yaml.SequenceNode):
+            pending.extend((item, key) for item in current.value)
+
+
+def parse_yaml(text: str, prefix: str) -> Any:
+    """A YAML document people write (``prefix`` names it: ``recipe x.yaml``), with a key given twice refused and
+    a syntax error placed on its line."""
+    try:
+        _check_unique_keys(text, prefix)
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or "cannot be parsed"
+        raise BackboneSwapError(f"{prefix} is not valid YAML{where}: {problem}",
+                                "Check the indentation and the `key: value` syntax there") from None

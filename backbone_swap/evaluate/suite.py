@@ -1,53 +1,78 @@
 """Evaluation suites: which tasks, of which type, on which data, needing what (perception, reasoning, format).
 
-A suite is YAML (``recipes/suites/*.yaml`` or a file of the user's). Data paths are relative to the suite
-file, so a suite and its data travel together.
+A suite is YAML (``recipes/suites/*.yaml`` or a file of the user's), validated by the models below through the
+project's one schema mechanism (``backbone_swap.schemas``): a mistake names its dotted key. Data paths are relative
+to the suite file, so a suite and its data travel together.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-import yaml
+from pydantic import Field, model_validator
 
+from backbone_swap import schemas
 from backbone_swap.errors import BackboneSwapError
+from backbone_swap.evaluate.scoring import STRUCTURED_FORMATS
 from backbone_swap.evaluate.tasks import TASK_TYPES, TYPES
 from backbone_swap.verdict.decision import EXPECTATIONS
 
 NEEDS = ("perception", "reasoning", "format")
-_TASK_KEYS = {
-    "name",
-    "type",
-    "needs",
-    "data",
-    "image_root",
-    "format",
-    "tolerance",
-    "max_new_tokens",
-    "instruction",
-    "pass_score",
-    "expect",
-}
+_VOICE = schemas.Voice(document="suite")
+_NON_NEGATIVE = "a non-negative number"
 
 
-@dataclass(frozen=True)
-class Task:
-    name: str
-    type: str
-    needs: str
+class TaskSpec(schemas.Closed):
+    """One task as a suite file writes it; ``Task`` is the same with its paths resolved."""
+
+    name: Annotated[schemas.Text, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"),
+                    schemas.expect("a name of letters, digits, '_', '-' and '.' (it names files)")]
+    type: schemas.one_of(TASK_TYPES)
+    needs: schemas.one_of(NEEDS)
+    data: Annotated[schemas.Text, Field(min_length=1), schemas.expect("the path of a JSONL or JSON file")]
+    image_root: Annotated[schemas.Text, schemas.expect("a folder path")] | None = None
+    format: schemas.one_of(STRUCTURED_FORMATS) | None = None  # structured tasks: json | point | box
+    # structured tasks: largest error still counted correct
+    tolerance: Annotated[schemas.Number, Field(ge=0), schemas.NUMERIC_TEXT, schemas.expect(_NON_NEGATIVE)] = 0.0
+    max_new_tokens: Annotated[schemas.Integer, Field(ge=1), schemas.expect("a positive integer")] = 16
+    # appended to every question, e.g. "Answer with one word."
+    instruction: Annotated[schemas.Text, schemas.expect("text")] = ""
+    # description tasks: ROUGE-L at or above which an answer counts as correct
+    pass_score: Annotated[schemas.Number, Field(ge=0), schemas.NUMERIC_TEXT, schemas.expect(_NON_NEGATIVE)] = 0.5
+    expect: schemas.one_of(EXPECTATIONS) | None = None  # the finding the suite's author expects; the report checks it
+
+    @model_validator(mode="after")
+    def _fits_its_type(self) -> TaskSpec:
+        problem = TYPES[self.type].check_task(self.model_dump())
+        if problem is not None:
+            raise schemas.broken(problem)
+        return self
+
+
+class Task(TaskSpec):
+    """A task of a loaded suite: its data file and image folder as absolute paths."""
+
     data: Path
     image_root: Path
-    format: str | None = None  # structured tasks: json | point | box
-    tolerance: float = 0.0  # structured tasks: largest error still counted correct
-    max_new_tokens: int = 16
-    instruction: str = ""  # appended to every question, e.g. "Answer with one word."
-    pass_score: float = 0.5  # description tasks: ROUGE-L at or above which an answer counts as correct
-    expect: str | None = None  # the finding the suite's author expects (recommend.EXPECTATIONS); the report checks it
+
+
+class SuiteSpec(schemas.Closed):
+    name: Annotated[schemas.Text, schemas.expect("text")] | None = None
+    probes: Annotated[schemas.Integer, Field(ge=0), schemas.expect("a non-negative integer")] = 32
+    tasks: Annotated[tuple[TaskSpec, ...], Field(min_length=1), schemas.expect("a non-empty list of tasks")]
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> SuiteSpec:
+        names = [task.name for task in self.tasks]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise schemas.broken(("tasks", f"have duplicate names ({', '.join(twice)})"),
+                                 hint="Give every task its own name: it names the task's answer files")
+        return self
 
 
 @dataclass(frozen=True)
@@ -87,79 +112,23 @@ def load_suite(ref: str | Path) -> Suite:
             )
         path = shipped[name]
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
-        raise BackboneSwapError(f"suite {path} is not readable YAML ({e.__class__.__name__})", "Fix the file") from None
-    return suite_from_dict(data, path)
-
-
-def _bad(path: Path, key: str, problem: str) -> BackboneSwapError:
-    return BackboneSwapError(f"suite {path.name}: {key} {problem}", "Fix the suite file")
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise BackboneSwapError(f"suite {path} cannot be read ({e.__class__.__name__})",
+                                "Check that it is a readable UTF-8 text file") from None
+    return suite_from_dict(schemas.parse_yaml(text, f"suite {path.name}"), path)
 
 
 def suite_from_dict(data: Any, path: Path) -> Suite:
-    if not isinstance(data, dict):
-        raise _bad(path, "the file", "must be a mapping")
-    unknown = set(data) - {"name", "tasks", "probes"}
-    if unknown:
-        raise _bad(path, sorted(unknown)[0], "is not a suite key (known: name, tasks, probes)")
-    tasks_data = data.get("tasks")
-    if not isinstance(tasks_data, list) or not tasks_data:
-        raise _bad(path, "tasks", "must be a non-empty list")
-    probes = data.get("probes", 32)
-    if not isinstance(probes, int) or isinstance(probes, bool) or probes < 0:
-        raise _bad(path, "probes", "must be a non-negative integer")
+    """Validate a parsed suite file; its data paths are read relative to ``path``'s folder."""
+    spec = schemas.validate(SuiteSpec, data, f"suite {path.name}", _VOICE)
+    base = path.parent
     tasks = []
-    for i, item in enumerate(tasks_data):
-        where = f"tasks[{i}]"
-        if not isinstance(item, dict):
-            raise _bad(path, where, "must be a mapping")
-        unknown = set(item) - _TASK_KEYS
-        if unknown:
-            raise _bad(
-                path, f"{where}.{sorted(unknown)[0]}", f"is not a task key (known: {', '.join(sorted(_TASK_KEYS))})"
-            )
-        for key in ("name", "type", "needs", "data"):
-            if not isinstance(item.get(key), str) or not item[key]:
-                raise _bad(path, f"{where}.{key}", "is required (a string)")
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", item["name"]):
-            raise _bad(path, f"{where}.name", "may hold only letters, digits, '_', '-' and '.' (it names files)")
-        if item["type"] not in TASK_TYPES:
-            raise _bad(path, f"{where}.type", f"must be one of {', '.join(TASK_TYPES)}, not {item['type']!r}")
-        if item["needs"] not in NEEDS:
-            raise _bad(path, f"{where}.needs", f"must be one of {', '.join(NEEDS)}, not {item['needs']!r}")
-        problem = TYPES[item["type"]].check_task(item)
-        if problem is not None:
-            raise _bad(path, f"{where}.{problem[0]}", problem[1])
-        for key in ("tolerance", "pass_score"):
-            if key in item and (not isinstance(item[key], int | float) or isinstance(item[key], bool) or item[key] < 0):
-                raise _bad(path, f"{where}.{key}", "must be a non-negative number")
-        if "max_new_tokens" in item and (not isinstance(item["max_new_tokens"], int) or item["max_new_tokens"] < 1):
-            raise _bad(path, f"{where}.max_new_tokens", "must be a positive integer")
-        if "expect" in item and item["expect"] not in EXPECTATIONS:
-            raise _bad(path, f"{where}.expect", f"must be one of {', '.join(EXPECTATIONS)}, not {item['expect']!r}")
-        base = path.parent
-        data_path = (base / item["data"]).resolve()
-        root = (base / item.get("image_root", ".")).resolve() if "image_root" in item else data_path.parent
-        tasks.append(
-            Task(
-                name=item["name"],
-                type=item["type"],
-                needs=item["needs"],
-                data=data_path,
-                image_root=root,
-                format=item.get("format"),
-                tolerance=float(item.get("tolerance", 0.0)),
-                max_new_tokens=item.get("max_new_tokens", 16),
-                instruction=str(item.get("instruction", "")),
-                pass_score=float(item.get("pass_score", 0.5)),
-                expect=item.get("expect"),
-            )
-        )
-    names = [t.name for t in tasks]
-    if len(set(names)) != len(names):
-        raise _bad(path, "tasks", "have duplicate names")
-    return Suite(str(data.get("name", path.stem)), tuple(tasks), probes, str(path))
+    for task in spec.tasks:
+        data_path = (base / task.data).resolve()
+        root = (base / task.image_root).resolve() if task.image_root is not None else data_path.parent
+        tasks.append(Task(**{**task.model_dump(), "data": data_path, "image_root": root}))
+    return Suite(spec.name or path.stem, tuple(tasks), spec.probes, str(path))
 
 
 def read_items(task: Task) -> list[dict[str, Any]]:

@@ -238,38 +238,6 @@ def shipped_recipes() -> list[str]:
                   if entry.name.endswith(".yaml") and entry.is_file())
 
 
-def _check_unique_keys(text: str, source: str) -> None:
-    """Reject a key written twice in one mapping: YAML keeps the last silently, which hides edits."""
-    node = yaml.compose(text, Loader=yaml.SafeLoader)
-    pending = [(node, "")]
-    while pending:
-        current, key = pending.pop()
-        if isinstance(current, yaml.MappingNode):
-            seen: set[str] = set()
-            for key_node, value_node in current.value:
-                name = str(key_node.value)
-                dotted = f"{key}.{name}" if key else name
-                if name in seen:
-                    raise BackboneSwapError(f"recipe {source}: {dotted} is given twice",
-                                            f"Keep one {dotted} (line {key_node.start_mark.line + 1})")
-                seen.add(name)
-                pending.append((value_node, dotted))
-        elif isinstance(current, yaml.SequenceNode):
-            pending.extend((item, key) for item in current.value)
-
-
-def _parse_yaml(text: str, source: str) -> Any:
-    try:
-        _check_unique_keys(text, source)
-        return yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(error, "problem", None) or "cannot be parsed"
-        raise BackboneSwapError(f"recipe {source} is not valid YAML{where}: {problem}",
-                                "Check the indentation and the `key: value` syntax there") from None
-
-
 def load_recipe(ref: str | Path) -> Recipe:
     """A recipe from a YAML file path, or by the name of a shipped one (``llava15-lora`` or ``llava15-lora.yaml``).
 
@@ -295,7 +263,7 @@ def load_recipe(ref: str | Path) -> Recipe:
                                     f"Shipped recipes: {', '.join(shipped)}; or give the path to a YAML file")
         source = f"{name}.yaml"
         text = resources.files(SHIPPED_PACKAGE).joinpath(source).read_text(encoding="utf-8")
-    data = _parse_yaml(text, source)
+    data = schemas.parse_yaml(text, f"recipe {source}")
     if data is None:
         raise BackboneSwapError(f"recipe {source} is empty", "Start from a shipped recipe, e.g. llava15-lora")
     if not isinstance(data, Mapping):
