@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from rich.console import Console
-from test_recommend import make_task, outcomes, with_verdict
+from verdicts import make_task, outcomes, with_verdict
 
 from backbone_swap.verdict.decision import Thresholds, capabilities, check_expectation, overall_verdict
 from backbone_swap.verdict.plots import plot_accuracy, plot_reliability
@@ -76,7 +76,8 @@ def test_every_file_is_written_and_nothing_else(written):
 def test_report_json_is_the_comparison_and_matches_the_schema(written, comparison):
     data = json.loads(written["json"].read_text(encoding="utf-8"))
     assert data == json.loads(json.dumps(to_jsonable(comparison)))
-    assert data["tasks"][0]["n"] == 200 and isinstance(data["tasks"][0]["diff_ci"], list)
+    assert data["tasks"][0]["n"] == 200
+    assert data["tasks"][0]["diff_ci"] == [float(v) for v in comparison["tasks"][0]["diff_ci"]]
     assert validate_report(data) == []
     assert set(REPORT_SCHEMA["report"]) == set(data)
     assert set(REPORT_SCHEMA["task"]) <= set(data["tasks"][2])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from PIL import Image, ImageChops
 
 from backbone_swap.demo.scenes import example_suite
+from backbone_swap.evaluate.scoring import score_description
 from backbone_swap.evaluate.suite import load_suite, read_items, shipped_suites
 from backbone_swap.training.data import open_image, resolve_image
 
@@ -40,4 +41,4 @@ def test_the_shipped_suite_evaluates_every_task_type(cli, transplanted, tmp_path
         lines = [json.loads(x) for x in (tmp_path / "ev" / f"{task}.jsonl").read_text().splitlines()]
         assert len(lines) == 12 and all(0 <= line["confidence"] <= 1 for line in lines)
     describe = [json.loads(x) for x in (tmp_path / "ev" / "describe.jsonl").read_text().splitlines()]
-    assert all(0 <= line["score"] <= 1 for line in describe)
+    assert all(line["score"] == score_description(line["prediction"], line["reference"]) for line in describe)

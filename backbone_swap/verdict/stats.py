@@ -3,8 +3,8 @@
 Both models answer the same questions, so every comparison here is *paired*: the question is the unit,
 and what matters is where the two models disagree, not the two accuracies taken apart. The functions
 are pure numpy/scipy on plain arrays (no torch), so they can be tested against independent computations
-and reused on saved per-sample results long after the models are gone. Definitions follow
-``shared/EVAL-NOTES.md``.
+and reused on saved per-sample results long after the models are gone. ``docs/metrics.md`` defines each
+number the report shows and names the test that checks it against an independent computation.
 
 Inputs that break a function's contract raise ``ValueError``: by the time numbers reach this module the
 caller has matched the two models' answers question by question, so a mismatch here is a bug upstream,
