@@ -26,6 +26,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from backbone_swap.errors import BackboneSwapError
+from backbone_swap.verdict.formatting import as_interval, fmt_num, fmt_p_clause, fmt_pct, fmt_points, is_number
 
 VERDICTS = ("upgrade", "keep", "no clear difference", "complementary")
 OVERALL_VERDICTS = ("upgrade", "keep", "mixed: route per task", "no clear difference")
@@ -65,60 +66,6 @@ class Thresholds:
                 f"threshold near_zero ({self.near_zero}) must be below capable ({self.capable})",
                 "A model cannot both fail and succeed at a task",
             )
-
-
-# --------------------------------------------------------------------------------------------------
-# Formatting helpers (shared with report.py)
-# --------------------------------------------------------------------------------------------------
-
-
-def is_number(value: Any) -> bool:
-    """A finite real number (not a bool, not None, not NaN)."""
-    if isinstance(value, bool) or value is None:
-        return False
-    try:
-        return math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False
-
-
-def fmt_pct(value: Any) -> str:
-    """A rate as a percentage with one decimal: 0.6425 -> '64.3%'."""
-    return f"{100.0 * float(value):.1f}%" if is_number(value) else "n/a"
-
-
-def fmt_points(value: Any, *, sign: bool = True) -> str:
-    """An accuracy difference in percentage points: 0.125 -> '+12.5'."""
-    if not is_number(value):
-        return "n/a"
-    return f"{100.0 * float(value):+.1f}" if sign else f"{100.0 * float(value):.1f}"
-
-
-def fmt_p(value: Any) -> str:
-    """A p-value with at most 3 significant digits, or '<0.001'."""
-    if not is_number(value):
-        return "n/a"
-    p = float(value)
-    return "<0.001" if p < 0.001 else f"{p:.3g}"
-
-
-def fmt_p_clause(value: Any) -> str:
-    """'p = 0.0123' or 'p < 0.001', for sentences."""
-    text = fmt_p(value)
-    return f"p {text[0]} {text[1:]}" if text.startswith("<") else f"p = {text}"
-
-
-def fmt_num(value: Any, digits: int = 3) -> str:
-    return f"{float(value):.{digits}f}" if is_number(value) else "n/a"
-
-
-def _interval(value: Any) -> tuple[float, float] | None:
-    """A [low, high] pair of finite numbers, else None."""
-    if isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2:
-        low, high = value
-        if is_number(low) and is_number(high):
-            return float(low), float(high)
-    return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -212,7 +159,7 @@ def count_shown(expectations: Iterable[Mapping[str, Any]]) -> int:
 
 
 def _diff_sentence(task: Mapping[str, Any]) -> str:
-    diff, ci = task["diff"], _interval(task["diff_ci"])
+    diff, ci = task["diff"], as_interval(task["diff_ci"])
     acc = f"{fmt_pct(task['accuracy_b'])} vs {fmt_pct(task['accuracy_a'])}"
     ci_text = f"95% CI {fmt_points(ci[0], sign=False)} to {fmt_points(ci[1], sign=False)}" if ci else "95% CI n/a"
     p_text = f"McNemar {fmt_p_clause(task['mcnemar_p'])}"
@@ -263,7 +210,7 @@ def _calibration_sentence(task: Mapping[str, Any]) -> str | None:
         better, worse = ("B", "A") if ece_b < ece_a else ("A", "B")
         low, high = (ece_b, ece_a) if better == "B" else (ece_a, ece_b)
         text = f"{better} is better calibrated: ECE {fmt_num(low)} vs {fmt_num(high)} for {worse}"
-    ci_a, ci_b = _interval(task.get("ece_a_ci")), _interval(task.get("ece_b_ci"))
+    ci_a, ci_b = as_interval(task.get("ece_a_ci")), as_interval(task.get("ece_b_ci"))
     if ci_a and ci_b and ece_a != ece_b:
         overlap = ci_a[0] <= ci_b[1] and ci_b[0] <= ci_a[1]
         intervals = (f"95% intervals A {fmt_num(ci_a[0])}-{fmt_num(ci_a[1])}, "
@@ -313,7 +260,7 @@ def task_verdict(task: Mapping[str, Any], t: Thresholds | None = None) -> tuple[
     _check_task(task)
     reasons: list[str] = []
     diff = float(task["diff"]) if is_number(task["diff"]) else math.nan
-    ci = _interval(task["diff_ci"])
+    ci = as_interval(task["diff_ci"])
     p = float(task["mcnemar_p"]) if is_number(task["mcnemar_p"]) else math.nan
     p_ok = p < t.alpha
     ci_ok = ci is not None and (ci[0] > 0.0 or ci[1] < 0.0)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from backbone_swap.verdict.decision import fmt_num, is_number
+from backbone_swap.verdict.formatting import fmt_num, is_number
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -34,14 +34,8 @@ import jinja2
 import numpy as np
 
 from backbone_swap.runs import write_bytes
-from backbone_swap.verdict.decision import (
-    count_shown,
-    fmt_num,
-    fmt_p,
-    fmt_pct,
-    fmt_points,
-    is_number,
-)
+from backbone_swap.verdict.decision import count_shown
+from backbone_swap.verdict.formatting import fmt_num, fmt_p, fmt_pct, fmt_points, is_number
 from backbone_swap.verdict.plots import plot_accuracy, plot_overlap, plot_reliability
 from backbone_swap.verdict.schema import validate_report
 
