@@ -77,8 +77,8 @@ CacheFeatures = Annotated[
                        "features do not fit).")
 ]
 SaveEvery = Annotated[int | None, typer.Option(help="Checkpoint training every N optimizer steps.")]
-BadSample = Annotated[OnBadSample, typer.Option(help="Stop at a bad training record, or skip it (counted in the "
-                                                "manifest).")]
+BadSample = Annotated[OnBadSample, typer.Option(help="Stop at a record that cannot be used (training data or a "
+                                                "task's items), or skip it (counted in the manifest).")]
 SuiteOption = Annotated[str, typer.Option(help="A suite YAML file or a shipped suite name.")]
 BatchSize = Annotated[int, typer.Option(help="Items per evaluation batch.")]
 EvalDtype = Annotated[
@@ -210,6 +210,7 @@ def eval_command(
     probes: Annotated[bool, typer.Option(help="Save hidden states of the probe items for stability.")] = True,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")] = None,
     dtype: EvalDtype = None,
+    on_bad_sample: BadSample = OnBadSample["fail"],
 ) -> None:
     """Answer every task of a suite: prediction, reference, correct, confidence per item."""
     from backbone_swap.evaluate.runner import evaluate
@@ -217,7 +218,7 @@ def eval_command(
 
     loaded = load_suite(suite)
     result = evaluate(model, loaded, output, batch_size=batch_size, probes=probes, device=device,
-                      dtype=_value(dtype))
+                      dtype=_value(dtype), on_bad_sample=_value(on_bad_sample))
     if not result.manifest:  # another process of a multi-process run: the main one reports
         return
     typer.echo(f"evaluated {model} on {loaded.name} ({loaded.names()}) -> {output}")
@@ -251,6 +252,7 @@ def compare_command(
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap and the probe perturbations.")] = 0,
     batch_size: BatchSize = 16,
     dtype: EvalDtype = None,
+    on_bad_sample: BadSample = OnBadSample["fail"],
 ) -> None:
     """Evaluate A and B on a suite and say, task by task and with the evidence, whether B beats A."""
     from backbone_swap.evaluate.suite import load_suite
@@ -260,7 +262,7 @@ def compare_command(
     _check_alpha(alpha)
     comparison = compare(model_a, model_b, load_suite(suite), output, min_gain=min_gain, alpha=alpha,
                          weights=parse_weights(weights), n_resamples=resamples, seed=seed, batch_size=batch_size,
-                         dtype=_value(dtype))
+                         dtype=_value(dtype), on_bad_sample=_value(on_bad_sample))
     if comparison:  # empty in the processes of a multi-process launch other than the main one
         _print_verdict(comparison, output / "report.html")
 

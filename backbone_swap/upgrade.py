@@ -174,7 +174,7 @@ def upgrade(options: UpgradeOptions, *, restart: str | None = None, dry_run: boo
             if not run.done(step):
                 started = time.time()
                 evaluate(model, options.suite, paths[step], batch_size=options.batch_size, seed=options.seed,
-                         dtype=options.dtype, show_progress=options.show_progress)
+                         dtype=options.dtype, show_progress=options.show_progress, on_bad_sample=options.on_bad_sample)
                 run.finish(step, started, output=str(paths[step]))
         started = time.time()
         # the comparison is always made again (its evaluations live outside its folder): a report a stopped run
@@ -185,6 +185,7 @@ def upgrade(options: UpgradeOptions, *, restart: str | None = None, dry_run: boo
             weights=options.weights, n_resamples=options.n_resamples, seed=options.seed, batch_size=options.batch_size,
             baseline=options.baseline, eval_dirs=(paths["eval-old"], paths["eval-new"]), dtype=options.dtype,
             extra_warnings=_kind_warning(options), show_progress=options.show_progress,
+            on_bad_sample=options.on_bad_sample,
         )
         if main:
             run.finish("compare", started, output=str(paths["compare"]), verdict=comparison["overall"]["verdict"])

@@ -20,8 +20,8 @@ from typing import Any
 from backbone_swap.checkpoints.templates import end_of_turn, reply_prefix, template_variables
 from backbone_swap.choices import DTYPES, check
 from backbone_swap.errors import BackboneSwapError
-from backbone_swap.evaluate.suite import Suite, Task, read_items
-from backbone_swap.evaluate.tasks import TYPES
+from backbone_swap.evaluate.suite import Suite, Task, load_items, read_items
+from backbone_swap.evaluate.tasks import TYPES, reference_text
 from backbone_swap.runs import EVALUATION, RunFolder, step_record, write_bytes, write_lines, write_safetensors
 
 
@@ -292,13 +292,14 @@ def merge_parts(output: Path, task: Task) -> Path:
 
 
 def evaluate_task(
-    evaluator: Evaluator, task: Task, output: Path, *, on_items=None, rank: int = 0, world: int = 1
+    evaluator: Evaluator, task: Task, output: Path, *, on_items=None, rank: int = 0, world: int = 1,
+    items: list[dict[str, Any]] | None = None,
 ) -> Path:
-    """Answer every item of ``task`` not yet in ``output/<task>.jsonl``, appending as batches finish.
-
-    With several processes each takes every ``world``-th item into a file of its own, merged afterwards.
+    """Answer every item of ``task`` (default: all it reads) not yet in ``output/<task>.jsonl``, appending as
+    batches finish. With several processes each takes every ``world``-th item into a file of its own, merged
+    afterwards.
     """
-    items = read_items(task)
+    items = read_items(task) if items is None else items
     kind = TYPES[task.type]
     path = output / f"{task.name}.jsonl" if world == 1 else _part(output, task, rank)
     # only the merged file counts as done: per-process files are merged before any process starts, so
@@ -327,15 +328,16 @@ def evaluate_task(
     return path
 
 
-def probe_states(evaluator: Evaluator, task: Task, count: int, seed: int) -> dict[str, Any]:
+def probe_states(evaluator: Evaluator, task: Task, count: int, seed: int,
+                 items: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Hidden states of the first ``count`` items (by id) on clean, noisy-image and reworded inputs."""
     import torch
 
-    items = sorted(read_items(task), key=lambda it: str(it["id"]))[:count]
+    items = sorted(read_items(task) if items is None else items, key=lambda it: str(it["id"]))[:count]
     clean, noise, reworded = [], [], []
     for k, item in enumerate(items):
         image = _load_image(task, item)
-        answer = str(item["answer"])
+        answer = reference_text(item)
         clean.append(evaluator.answer_states(image, item["question"], answer, task))
         noise.append(evaluator.answer_states(add_noise(image, seed + k), item["question"], answer, task))
         reworded.append(evaluator.answer_states(image, paraphrase(item["question"]), answer, task))
@@ -353,9 +355,11 @@ def evaluate(
     seed: int = 0,
     dtype: str | None = None,
     show_progress: bool = True,
+    on_bad_sample: str = "fail",
 ) -> EvalResult:
     """Evaluate ``model_dir`` on every task of ``suite`` into ``output`` (resumable), in ``dtype`` (default: the
-    checkpoint's own on a GPU, float32 on CPU)."""
+    checkpoint's own on a GPU, float32 on CPU). Items that cannot be used stop it, or with ``on_bad_sample="skip"``
+    are left out and counted in the manifest."""
     from backbone_swap.progress import progress_bar
 
     started = time.time()
@@ -364,7 +368,8 @@ def evaluate(
     from backbone_swap.checkpoints.folder import open_checkpoint
 
     read_anatomy(open_checkpoint(model_dir)).require("eval")
-    items = {task.name: read_items(task) for task in suite.tasks}  # every file checked before any work
+    loaded = {task.name: load_items(task, on_bad_sample) for task in suite.tasks}  # checked before any work
+    items = {name: found.items for name, found in loaded.items()}
     import torch
 
     dtype = run_dtype(model_dir, dtype, device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -408,7 +413,8 @@ def evaluate(
                     merge_parts(output, task)
             state.wait_for_everyone()
             for task in suite.tasks:
-                evaluate_task(evaluator, task, output, on_items=advance, rank=rank, world=world)
+                evaluate_task(evaluator, task, output, on_items=advance, rank=rank, world=world,
+                              items=items[task.name])
         state.wait_for_everyone()
         if not state.is_main_process:
             return EvalResult(output, {})
@@ -419,7 +425,7 @@ def evaluate(
             for task in suite.tasks:
                 target = output / "probes" / f"{task.name}.safetensors"
                 if not target.is_file():
-                    states = probe_states(evaluator, task, suite.probes, seed)
+                    states = probe_states(evaluator, task, suite.probes, seed, items[task.name])
                     write_safetensors(target, {k: v.contiguous() for k, v in states.items()})
         manifest = step_record(
             "eval",
@@ -427,6 +433,8 @@ def evaluate(
             suite=suite.name,
             suite_source=suite.source,
             tasks={t.name: len(items[t.name]) for t in suite.tasks},
+            skipped={t.name: [bad.describe() for bad in loaded[t.name].bad][:100] for t in suite.tasks
+                     if loaded[t.name].bad},
             processes=world,
             batch_size=batch_size,
             dtype=dtype,

@@ -7,6 +7,8 @@ to the suite file, so a suite and its data travel together.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from dataclasses import dataclass
 from importlib import resources
@@ -16,7 +18,10 @@ from typing import Annotated, Any
 from pydantic import Field, model_validator
 
 from backbone_swap import schemas
+from backbone_swap.choices import ON_BAD_SAMPLE, check
 from backbone_swap.errors import BackboneSwapError
+from backbone_swap.evaluate.benchmarks import BENCHMARKS
+from backbone_swap.evaluate.benchmarks.base import BadItem, Loaded
 from backbone_swap.evaluate.scoring import STRUCTURED_FORMATS
 from backbone_swap.evaluate.tasks import TASK_TYPES, TYPES
 from backbone_swap.verdict.decision import EXPECTATIONS
@@ -26,15 +31,32 @@ _VOICE = schemas.Voice(document="suite")
 _NON_NEGATIVE = "a non-negative number"
 
 
+_PATH = "a path relative to the suite file"
+# the keys of a task that name files or folders (relative to the suite file; absolute once the suite is loaded)
+PATH_KEYS = ("data", "image_root", "questions", "annotations", "problems", "splits", "root")
+# the keys only a benchmark task takes (each benchmark says which of them it reads)
+_BENCHMARK_KEYS = ("questions", "annotations", "problems", "splits", "root", "split", "include_text_only", "circular")
+
+
 class TaskSpec(schemas.Closed):
-    """One task as a suite file writes it; ``Task`` is the same with its paths resolved."""
+    """One task as a suite file writes it: a data file of our own (``data``, ``type``, ``needs``), or a benchmark's
+    official release files (``benchmark`` and the keys it names). ``Task`` is the same with its paths resolved."""
 
     name: Annotated[schemas.Text, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"),
                     schemas.expect("a name of letters, digits, '_', '-' and '.' (it names files)")]
-    type: schemas.one_of(TASK_TYPES)
-    needs: schemas.one_of(NEEDS)
-    data: Annotated[schemas.Text, Field(min_length=1), schemas.expect("the path of a JSONL or JSON file")]
-    image_root: Annotated[schemas.Text, schemas.expect("a folder path")] | None = None
+    benchmark: schemas.one_of(tuple(BENCHMARKS)) | None = None
+    type: schemas.one_of(TASK_TYPES) | None = None  # a benchmark's by default
+    needs: schemas.one_of(NEEDS) | None = None  # a benchmark's by default
+    data: Annotated[schemas.Text, Field(min_length=1), schemas.expect(_PATH)] | None = None
+    image_root: Annotated[schemas.Text, schemas.expect(_PATH)] | None = None
+    questions: Annotated[schemas.Text, schemas.expect(_PATH)] | None = None
+    annotations: Annotated[schemas.Text, schemas.expect(_PATH)] | None = None
+    problems: Annotated[schemas.Text, schemas.expect(_PATH)] | None = None
+    splits: Annotated[schemas.Text, schemas.expect(_PATH)] | None = None
+    root: Annotated[schemas.Text, schemas.expect(_PATH)] | None = None
+    split: Annotated[schemas.Text, schemas.expect("the name of a split, e.g. test")] | None = None
+    include_text_only: Annotated[schemas.Boolean, schemas.expect("true or false")] | None = None
+    circular: Annotated[schemas.Boolean, schemas.expect("true or false")] | None = None
     format: schemas.one_of(STRUCTURED_FORMATS) | None = None  # structured tasks: json | point | box
     # structured tasks: largest error still counted correct
     tolerance: Annotated[schemas.Number, Field(ge=0), schemas.NUMERIC_TEXT, schemas.expect(_NON_NEGATIVE)] = 0.0
@@ -46,18 +68,51 @@ class TaskSpec(schemas.Closed):
     expect: schemas.one_of(EXPECTATIONS) | None = None  # the finding the suite's author expects; the report checks it
 
     @model_validator(mode="after")
-    def _fits_its_type(self) -> TaskSpec:
-        problem = TYPES[self.type].check_task(self.model_dump())
+    def _fits_its_source_and_type(self) -> TaskSpec:
+        given = [key for key in _BENCHMARK_KEYS if getattr(self, key) is not None]
+        if self.benchmark is None:
+            for key in ("type", "needs", "data"):
+                if getattr(self, key) is None:
+                    raise schemas.broken((key, "is missing"), hint=f"Give the task's {key}, or a benchmark: NAME")
+            if given:
+                raise schemas.broken((given[0], "is a key of benchmark tasks"),
+                                     hint="Leave it out, or name the task's benchmark: NAME")
+        else:
+            benchmark = BENCHMARKS[self.benchmark]
+            takes = (*benchmark.files, *benchmark.options)
+            other = [key for key in (*given, *(k for k in ("data", "image_root") if getattr(self, k) is not None))
+                     if key not in takes]
+            if other:
+                raise schemas.broken((other[0], f"is not a key of {benchmark.name} (its keys: {', '.join(takes)})"))
+            missing = [key for key in benchmark.files if getattr(self, key) is None]
+            if missing:
+                raise schemas.broken((missing[0], f"is missing ({benchmark.name}: {benchmark.layout})"))
+            if self.type is not None and self.type != benchmark.type:
+                raise schemas.broken(("type", f"is {benchmark.type} for {benchmark.name}"),
+                                     hint="Leave type out for a benchmark task")
+        problem = TYPES[self.type or BENCHMARKS[self.benchmark].type].check_task(self.model_dump())
         if problem is not None:
             raise schemas.broken(problem)
         return self
 
 
 class Task(TaskSpec):
-    """A task of a loaded suite: its data file and image folder as absolute paths."""
+    """A task of a loaded suite: its type and needs filled in from its benchmark, its paths absolute."""
 
-    data: Path
+    type: str
+    needs: str
+    data: Path | None = None
     image_root: Path
+    questions: Path | None = None
+    annotations: Path | None = None
+    problems: Path | None = None
+    splits: Path | None = None
+    root: Path | None = None
+
+    def option(self, key: str) -> Any:
+        """A benchmark option as the suite gives it, or the benchmark's default."""
+        value = getattr(self, key)
+        return BENCHMARKS[self.benchmark].options.get(key) if value is None and self.benchmark else value
 
 
 class SuiteSpec(schemas.Closed):
@@ -122,17 +177,76 @@ def load_suite(ref: str | Path) -> Suite:
 def suite_from_dict(data: Any, path: Path) -> Suite:
     """Validate a parsed suite file; its data paths are read relative to ``path``'s folder."""
     spec = schemas.validate(SuiteSpec, data, f"suite {path.name}", _VOICE)
-    base = path.parent
     tasks = []
     for task in spec.tasks:
-        data_path = (base / task.data).resolve()
-        root = (base / task.image_root).resolve() if task.image_root is not None else data_path.parent
-        tasks.append(Task(**{**task.model_dump(), "data": data_path, "image_root": root}))
+        fields = task.model_dump()
+        fields.update({key: (path.parent / fields[key]).resolve() for key in PATH_KEYS if fields[key] is not None})
+        if fields["image_root"] is None:  # images beside the data, inside a benchmark's folder, or beside the suite
+            fields["image_root"] = fields["data"].parent if fields["data"] else fields["root"] or path.parent.resolve()
+        if task.benchmark is not None:
+            benchmark = BENCHMARKS[task.benchmark]
+            fields.update(type=benchmark.type, needs=task.needs or benchmark.needs)
+        tasks.append(Task(**fields))
     return Suite(spec.name or path.stem, tuple(tasks), spec.probes, str(path))
 
 
-def read_items(task: Task) -> list[dict[str, Any]]:
-    """The task's records (JSON list or JSONL: id, image, question, answer, optional choices), checked."""
+def load_items(task: Task, on_bad_sample: str = "fail") -> Loaded:
+    """The task's items, checked: from its benchmark's release files, or from its data file (JSON list or JSONL
+    records: id, image, question, answer, optional choices).
+
+    An item that cannot be used (a missing key or image, a repeated id, an image that does not decode) stops
+    the run in one line naming the file, the item and the problem, or with ``on_bad_sample="skip"`` is left out
+    and counted in ``Loaded.bad``. A file that is not in the expected layout always stops it.
+    """
+    check(on_bad_sample, ON_BAD_SAMPLE, "--on-bad-sample")
+    loaded = BENCHMARKS[task.benchmark].read(task) if task.benchmark else _read_data_file(task)
+    kind, seen, kept = TYPES[task.type], set(), []
+    source = task.data or task.root or task.questions or task.problems
+    for item in loaded.items:
+        try:
+            key = str(item["id"])
+            if key in seen:
+                raise BadItem(source, f"item {key!r}", "repeats an id of an earlier item")
+            problem = kind.check_item(item)
+            if problem is not None:
+                raise BadItem(source, f"item {key!r}", problem)
+            _check_image(task, item)
+        except BadItem as bad:
+            loaded.bad.append(bad)
+            continue
+        seen.add(key)
+        kept.append(item)
+    loaded.items = kept
+    if loaded.bad and on_bad_sample == "fail":
+        more = f" (and {len(loaded.bad) - 1} more)" if len(loaded.bad) > 1 else ""
+        raise BackboneSwapError(f"task {task.name}: {loaded.bad[0].describe()}{more}",
+                                "Fix the data, or pass --on-bad-sample skip to leave such items out (counted)")
+    if not kept:
+        raise BackboneSwapError(
+            f"{source} of task {task.name} holds no records" + (" that can be used" if loaded.bad else ""),
+            "Give the task at least one record (id, image, question, answer), or remove it from the suite",
+        )
+    return loaded
+
+
+def read_items(task: Task, on_bad_sample: str = "fail") -> list[dict[str, Any]]:
+    """The task's usable items (see ``load_items``)."""
+    return load_items(task, on_bad_sample).items
+
+
+def _check_image(task: Task, item: dict[str, Any]) -> None:
+    if "image_data" in item:
+        try:
+            base64.b64decode(item["image_data"], validate=True)
+        except (binascii.Error, TypeError, ValueError):
+            raise BadItem(task.data, f"item {item['id']!r}", "its base64 image does not decode") from None
+    elif task.benchmark is not None:  # our own data files' images are checked when they are opened
+        image = task.image_root / str(item.get("image"))
+        if not image.is_file():
+            raise BadItem(task.image_root, f"item {item['id']!r}", f"image {item.get('image')} is missing")
+
+
+def _read_data_file(task: Task) -> Loaded:
     if not task.data.is_file():
         raise BackboneSwapError(
             f"data file {task.data} of task {task.name} does not exist", "Fix the suite's data path"
@@ -148,19 +262,12 @@ def read_items(task: Task) -> list[dict[str, Any]]:
         raise BackboneSwapError(
             f"{task.data} is not valid JSON/JSONL ({e.msg}, line {e.lineno})", "Fix the file"
         ) from None
-    if not isinstance(items, list) or not items:
-        raise BackboneSwapError(
-            f"{task.data} of task {task.name} holds no records",
-            "Give the task at least one record (id, image, question, answer), or remove it from the suite",
-        )
-    seen = set()
+    if not isinstance(items, list):
+        items = []
+    loaded = Loaded([])
     for number, item in enumerate(items, start=1):
-        if not isinstance(item, dict) or not {"id", "question", "answer"} <= set(item):
-            raise BackboneSwapError(f"{task.data} record {number} needs id, question and answer", "Fix the record")
-        if str(item["id"]) in seen:
-            raise BackboneSwapError(f"{task.data} record {number} repeats id {item['id']!r}", "Make ids unique")
-        seen.add(str(item["id"]))
-        problem = TYPES[task.type].check_item(item)
-        if problem is not None:
-            raise BackboneSwapError(f"{task.data} record {number} {problem}", "Fix the record")
-    return items
+        if isinstance(item, dict) and {"id", "question", "answer"} <= set(item):
+            loaded.items.append(item)
+        else:
+            loaded.bad.append(BadItem(task.data, f"record {number}", "needs id, question and answer"))
+    return loaded

@@ -133,3 +133,12 @@ TASK_TYPES: tuple[str, ...] = tuple(TYPES)
 def score_item(task: Any, item: dict[str, Any], prediction: str, confidence: float) -> dict[str, Any]:
     """The answer line of a generated ``prediction`` to ``item`` of ``task``, scored as its type scores."""
     return TYPES[task.type].score(task, item, prediction, confidence)
+
+
+def reference_text(item: dict[str, Any]) -> str:
+    """The reference answer as one text (the probes teacher-force it): with several annotators' answers, the most
+    common one, as VQAv2's ``multiple_choice_answer`` is."""
+    answer = item["answer"]
+    if isinstance(answer, list) and answer:
+        return str(max(answer, key=answer.count))
+    return str(answer)

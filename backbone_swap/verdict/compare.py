@@ -7,6 +7,7 @@ stability) before ``recommend`` turns them into a verdict and ``report`` writes 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from backbone_swap.errors import BackboneSwapError
+from backbone_swap.evaluate.benchmarks import BENCHMARKS
 from backbone_swap.evaluate.runner import read_answers
 from backbone_swap.evaluate.suite import Suite, Task, read_items
 from backbone_swap.evaluate.tasks import TYPES
@@ -66,14 +68,24 @@ def _rescore(lines: dict[str, dict[str, Any]], items: dict[str, dict[str, Any]],
     return rescored, moved
 
 
-def task_statistics(task: Task, eval_a: Path, eval_b: Path, *, n_resamples: int, seed: int) -> dict[str, Any]:
+def _image_key(item: dict[str, Any]) -> str:
+    """Which image an item asks about: questions on one image are one cluster of the bootstrap."""
+    if item.get("image"):
+        return str(item["image"])
+    if item.get("image_data"):  # an image shipped inside the benchmark file (MMBench's base64)
+        return hashlib.sha256(str(item["image_data"]).encode()).hexdigest()
+    return str(item["id"])
+
+
+def task_statistics(task: Task, eval_a: Path, eval_b: Path, *, n_resamples: int, seed: int,
+                    on_bad_sample: str = "fail") -> dict[str, Any]:
     """Every number the report shows for one task, from the two per-item files."""
     kind = TYPES[task.type]
     a, b = _lines(eval_a / f"{task.name}.jsonl"), _lines(eval_b / f"{task.name}.jsonl")
     # The task's items as the suite holds them now: answers to items since removed from its data (left in a
     # reused evaluation folder) are no part of the comparison.
-    items = {str(item["id"]): item for item in read_items(task)}
-    images = {i: str(item.get("image")) for i, item in items.items()}
+    items = {str(item["id"]): item for item in read_items(task, on_bad_sample)}
+    images = {i: _image_key(item) for i, item in items.items()}
     for side, lines in (("A", a), ("B", b)):
         missing = sorted(set(images) - set(lines))
         if missing:
@@ -108,6 +120,12 @@ def task_statistics(task: Task, eval_a: Path, eval_b: Path, *, n_resamples: int,
                             f"brier_{side}": stats.brier(conf, correct), f"reliability_{side}": result.bins})
     structured = {f"{key}_{side}": value for side, lines in (("a", a), ("b", b))
                   for key, value in kind.summary([lines[i] for i in ids]).items()}
+    official = {}
+    if task.benchmark is not None:  # the benchmark's own metrics, as its evaluation code computes them
+        benchmark, listed = BENCHMARKS[task.benchmark], [items[i] for i in ids]
+        found = {side: benchmark.official(listed, [lines[i] for i in ids]) for side, lines in (("a", a), ("b", b))}
+        official = {"official": {metric: {"a": found["a"].get(metric), "b": found["b"].get(metric)}
+                                 for metric in {**found["a"], **found["b"]}}}
     return {
         "name": task.name, "type": task.type, "needs": task.needs, "n": table.n,
         "accuracy_a": float(np.mean(score_a)), "accuracy_b": float(np.mean(score_b)), "diff": diff.estimate,
@@ -120,6 +138,7 @@ def task_statistics(task: Task, eval_a: Path, eval_b: Path, *, n_resamples: int,
         **calibration,
         "cka_a": _stability(eval_a, task), "cka_b": _stability(eval_b, task),
         **structured,
+        **official,
         "rescored": rescored,
     }
 
@@ -218,6 +237,7 @@ def compare(
     extra_warnings: list[str] | None = None,
     dtype: str | None = None,
     show_progress: bool = True,
+    on_bad_sample: str = "fail",
 ) -> dict[str, Any]:
     """Evaluate (or reuse) A and B on ``suite``, compare task by task, and write the report to ``output``.
 
@@ -248,13 +268,14 @@ def compare(
     with folder.hold(state):
         for model, evaluations in ((model_a, eval_a), (model_b, eval_b)):
             evaluate(model, suite, evaluations, batch_size=batch_size, seed=seed, dtype=dtype,
-                     show_progress=show_progress)
+                     show_progress=show_progress, on_bad_sample=on_bad_sample)
         if not state.is_main_process:  # under a multi-process launch the main process writes the report
             return {}
         thresholds = Thresholds(alpha=alpha, min_gain=min_gain)
         tasks = []
         for task in suite.tasks:
-            record = task_statistics(task, eval_a, eval_b, n_resamples=n_resamples, seed=seed)
+            record = task_statistics(task, eval_a, eval_b, n_resamples=n_resamples, seed=seed,
+                                     on_bad_sample=on_bad_sample)
             record["verdict"], record["reasons"] = task_verdict(record, thresholds)
             tasks.append(record)
         comparison = {

@@ -116,6 +116,13 @@ class Bin(_Record):
     mean_confidence: NumberOrNull
 
 
+class Pair(_Record):
+    """One number for each model: a benchmark's own metric for A and for B."""
+
+    a: NumberOrNull
+    b: NumberOrNull
+
+
 # Task fields that are rates in [0, 1] when present.
 _RATES = ("accuracy_a", "accuracy_b", "mcnemar_p", "oracle", "jaccard", "ece_a", "ece_b", "valid_rate_a",
           "valid_rate_b")
@@ -155,6 +162,8 @@ class Task(_Record):
     mean_error_b: NumberOrNull
     verdict: one_of(VERDICTS)
     reasons: Texts
+    # a benchmark task's own metrics, as its evaluation code computes them (absent for tasks of other data)
+    official: Annotated[dict[str, Pair], expect("map[pair]")] | None = None
 
     @model_validator(mode="after")
     def _counts_add_up(self) -> Task:
@@ -236,7 +245,10 @@ class Report(_Record):
 # The keys each record of report.json must hold, by record name.
 RECORDS: dict[str, type[_Record]] = {"report": Report, "meta": Meta, "task": Task, "overlap": Overlap, "bin": Bin,
                                      "overall": Overall, "capability": Capability, "expectation": Expectation}
-REPORT_SCHEMA: dict[str, tuple[str, ...]] = {name: tuple(model.model_fields) for name, model in RECORDS.items()}
+REPORT_SCHEMA: dict[str, tuple[str, ...]] = {
+    name: tuple(key for key, field in model.model_fields.items() if field.is_required())
+    for name, model in RECORDS.items()
+}
 
 
 def validate_report(data: Any) -> list[str]:

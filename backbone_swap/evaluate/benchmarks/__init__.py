@@ -1,0 +1,8 @@
+"""Benchmarks read from their official release files, one registry entry each (``base.Benchmark``)."""
+
+from __future__ import annotations
+
+from backbone_swap.evaluate.benchmarks.base import Benchmark
+from backbone_swap.evaluate.benchmarks.vqav2 import VQAV2
+
+BENCHMARKS: dict[str, Benchmark] = {benchmark.name: benchmark for benchmark in (VQAV2,)}
