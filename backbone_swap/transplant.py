@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -307,17 +308,18 @@ def _expected_shapes(src: Sources, config) -> dict[str, tuple[int, ...]]:
 
 
 def _cast(tensor: st.PlannedTensor, dtype: str) -> st.PlannedTensor:
-    """The tensor converted to ``dtype`` as it is written (floating-point tensors only)."""
+    """The tensor converted to ``dtype`` as it is written (floating-point tensors only), piece by piece."""
     if tensor.dtype == dtype or tensor.dtype not in FLOAT_DTYPES.values():
         return tensor
 
-    def produce() -> bytes:
+    def produce() -> Iterator[bytes]:
         import torch
 
-        raw = bytearray(tensor.produce())
-        source = getattr(torch, st.TORCH_DTYPES[tensor.dtype])
-        values = torch.frombuffer(raw, dtype=source) if raw else torch.empty(0, dtype=source)
-        return st.tensor_to_bytes(values.to(getattr(torch, st.TORCH_DTYPES[dtype])))
+        source, target = (getattr(torch, st.TORCH_DTYPES[d]) for d in (tensor.dtype, dtype))
+        for piece in st.pieces(tensor):
+            raw = bytearray(piece)
+            values = torch.frombuffer(raw, dtype=source) if raw else torch.empty(0, dtype=source)
+            yield st.tensor_to_bytes(values.to(target))
 
     return st.PlannedTensor(tensor.name, dtype, tensor.shape, produce)
 
@@ -398,25 +400,40 @@ def _language_tensors(src: Sources, tokens: TokenizerPlan) -> list[st.PlannedTen
     return planned
 
 
+# rows of an embedding read, or written, at a time: memory stays near one chunk, not the matrix
+_CHUNK_BYTES = 64 * 1024 * 1024
+
+
 def _resized(weights, name: str, target: str, tokens: TokenizerPlan) -> st.PlannedTensor:
-    """The embedding (or output) matrix with rows for added tokens set to the mean of the original rows."""
+    """The embedding (or output) matrix with rows for added tokens set to the mean of the original rows.
+
+    Streamed: the mean is accumulated a chunk of rows at a time (in float64), then the original rows are copied a
+    chunk at a time and the new ones appended, so a 128K-row vocabulary never sits in memory whole, let alone in
+    float32.
+    """
     old_rows, hidden = weights.shape(name)
     if tokens.rows == old_rows and not tokens.added_ids:
         return weights.copy(name, target)
     mean_rows = min(old_rows, tokens.original_len)
-    rows, added_ids = tokens.rows, list(tokens.added_ids)
+    rows, added_ids = tokens.rows, set(tokens.added_ids)
+    step = max(1, _CHUNK_BYTES // (hidden * st.DTYPE_SIZES[weights.dtype(name)]))
 
-    def produce() -> bytes:
+    def produce() -> Iterator[bytes]:
         import torch
 
-        matrix = weights.read_tensor(name)
-        out = torch.empty((rows, hidden), dtype=matrix.dtype)
-        out[:old_rows] = matrix
-        mean = matrix[:mean_rows].float().mean(dim=0).to(matrix.dtype)
-        out[old_rows:] = mean
-        for i in added_ids:
-            out[i] = mean
-        return st.tensor_to_bytes(out)
+        total = torch.zeros(hidden, dtype=torch.float64)
+        for start in range(0, mean_rows, step):
+            total += weights.read_rows(name, start, min(start + step, mean_rows)).double().sum(dim=0)
+        dtype = getattr(torch, st.TORCH_DTYPES[weights.dtype(name)])
+        mean = (total / max(mean_rows, 1)).to(dtype)
+        for start in range(0, old_rows, step):
+            chunk = weights.read_rows(name, start, min(start + step, old_rows)).clone()
+            for i in added_ids:  # an added token whose id falls among the existing rows starts at the mean too
+                if start <= i < start + len(chunk):
+                    chunk[i - start] = mean
+            yield st.tensor_to_bytes(chunk)
+        for start in range(old_rows, rows, step):
+            yield st.tensor_to_bytes(mean.expand(min(start + step, rows) - start, hidden))
 
     return st.PlannedTensor(target, weights.dtype(name), (rows, hidden), produce)
 

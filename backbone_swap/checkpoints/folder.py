@@ -52,6 +52,19 @@ class Weights:
             return st.read_tensor(self.entries[name])
         return self._pickled[name]
 
+    def read_rows(self, name: str, start: int, stop: int):
+        """Rows [start, stop) of a matrix, read from the file alone: a vocabulary of 128K rows is read a chunk at a
+        time, never whole."""
+        if self.format != "safetensors":
+            return self._pickled[name][start:stop]
+        import torch
+
+        entry = self.entries[name]
+        row = entry.nbytes // entry.shape[0]
+        buffer = bytearray(st.read_bytes(entry, start * row, stop * row))
+        dtype = getattr(torch, st.TORCH_DTYPES[entry.dtype])
+        return torch.frombuffer(buffer, dtype=dtype).reshape(stop - start, *entry.shape[1:])
+
     def copy(self, name: str, new_name: str) -> st.PlannedTensor:
         """Plan an unchanged copy of tensor ``name`` into the output under ``new_name``."""
         if self.format == "safetensors":
