@@ -256,9 +256,9 @@ def build_config(src: Sources, tokens: TokenizerPlan, *, dtype: str | None = Non
     text.pad_token_id = tokens.tokenizer.pad_token_id
     vision, projector = src.old_anatomy.vision, src.old_anatomy.projector
     assert vision is not None and projector is not None
+    tower_config = original.tower_config(src.tower) if src.tower is not None else dict(src.old.config["vision_config"])
     common = dict(
-        vision_config=original.tower_config(src.tower) if src.tower is not None else dict(src.old.config[
-            "vision_config"]),
+        vision_config=tower_config,
         text_config=text,
         image_token_index=tokens.image_token_id,
         projector_hidden_act=projector.activation,
