@@ -18,6 +18,12 @@ LABELS = ["yes", "yes", "yes", "no", "no", "no"]
 IMAGES = ["COCO_val2014_000000310196.jpg", "COCO_val2014_000000310196.jpg", "COCO_val2014_000000210789.jpg",
           "COCO_val2014_000000210789.jpg", "COCO_val2014_000000429109.jpg", "COCO_val2014_000000429109.jpg"]
 OBJECTS = ["snowboard", "person", "dog", "cat", "car", "bird"]
+SAID = ["Yes, there is a snowboard.",  # yes for a yes: TP
+        "No.",                         # no for a yes: FN
+        "Not really",                  # "Not" is none of No/no/not: read as yes, for a yes: TP
+        "There is no cat.",            # no for a no: TN
+        "Yes",                         # FP
+        "Yes. No, it is not."]         # only the first sentence counts: yes for a no: FP
 
 
 @pytest.fixture
@@ -43,13 +49,7 @@ def test_pope_items_keep_the_question_ids_and_images(pope):
 def test_pope_official_metrics_are_eval_pope_on_a_hand_worked_example(pope):
     task = load_suite(pope).task("pope_random")
     items = load_items(task).items
-    said = ["Yes, there is a snowboard.",  # yes for a yes: TP
-            "No.",                         # no for a yes: FN
-            "Not really",                  # "Not" is none of No/no/not: read as yes, for a yes: TP
-            "There is no cat.",            # no for a no: TN
-            "Yes",                         # FP
-            "Yes. No, it is not."]         # only the first sentence counts: yes for a no: FP
-    lines = [TYPES["yes_no"].score(task, item, text, 0.5) for item, text in zip(items, said, strict=True)]
+    lines = [TYPES["yes_no"].score(task, item, text, 0.5) for item, text in zip(items, SAID, strict=True)]
     assert [line["parsed"] for line in lines] == ["yes", "no", "yes", "no", "yes", "yes"]
     assert [line["correct"] for line in lines] == [True, False, True, True, False, False]
     # by hand: TP 2, FN 1, TN 1, FP 2; precision 2/4, recall 2/3, F1 = 2PR/(P+R) = (2/3)/(7/6) = 4/7
@@ -134,28 +134,35 @@ def test_the_cli_refuses_a_bad_pope_file_in_one_line(cli, transplanted, pope, tm
 @pytest.mark.slow
 def test_eval_and_compare_report_eval_popes_numbers_from_the_answers_written(cli, transplanted, pope, tmp_path):
     out = tmp_path / "cmp"
-    evaluated = cli("eval", transplanted["mistral"], "--suite", pope, "-o", out / "eval" / "a", "--batch-size", "3")
-    assert evaluated.code == 0, evaluated.err
+    for side, model in (("a", transplanted["mistral"]), ("b", transplanted["qwen2"])):
+        evaluated = cli("eval", model, "--suite", pope, "-o", out / "eval" / side, "--batch-size", "3")
+        assert evaluated.code == 0, evaluated.err
+    # A's answers set to the hand-worked example's (compare reads the raw answers again); B's as the model gave them
+    written = {line["id"]: line for line in answers(out / "eval" / "a", "pope_random")}
+    json_lines(out / "eval" / "a" / "pope_random.jsonl",
+               [written[str(qid)] | {"prediction": text} for qid, text in enumerate(SAID, start=1)])
     result = cli("compare", transplanted["mistral"], transplanted["qwen2"], "--suite", pope, "-o", out,
-                 "--resamples", "200", "--batch-size", "3")
+                 "--resamples", "200")
     assert result.code == 0, result.err
     report = json.loads((out / "report.json").read_text())
     assert validate_report(report) == []
     (task,) = report["tasks"]
     assert (task["name"], task["type"], task["n"]) == ("pope_random", "yes_no", 6)
-    for side in ("a", "b"):
-        lines = answers(out / "eval" / side, "pope_random")
-        labels = dict(zip([str(i) for i in range(1, 7)], LABELS, strict=True))
-        # eval_pope.py's reading, written out again here: first sentence, commas dropped, a no-word -> no
-        said = {line["id"]: "no" if {"No", "no", "not"} & set(line["prediction"].split(".")[0].replace(",", "")
-                                                              .split(" ")) else "yes" for line in lines}
-        assert {line["id"]: line["parsed"] for line in lines} == said
-        tp = sum(said[i] == "yes" and labels[i] == "yes" for i in labels)
-        fp = sum(said[i] == "yes" and labels[i] == "no" for i in labels)
-        tn = sum(said[i] == "no" and labels[i] == "no" for i in labels)
-        fn = 6 - tp - fp - tn
-        official = {metric: pair[side] for metric, pair in task["official"].items()}
-        assert official["accuracy"] == pytest.approx((tp + tn) / 6) == task[f"accuracy_{side}"]
-        assert official["yes_ratio"] == pytest.approx((tp + fp) / 6)
-        assert official["precision"] == (pytest.approx(tp / (tp + fp)) if tp + fp else None)
-        assert official["recall"] == pytest.approx(tp / (tp + fn))
+    assert {metric: pair["a"] for metric, pair in task["official"].items()} == {
+        "accuracy": pytest.approx(3 / 6), "precision": pytest.approx(0.5), "recall": pytest.approx(2 / 3),
+        "f1": pytest.approx(4 / 7), "yes_ratio": pytest.approx(4 / 6)}
+    assert task["accuracy_a"] == pytest.approx(0.5)
+    labels = dict(zip([str(i) for i in range(1, 7)], LABELS, strict=True))
+    lines = answers(out / "eval" / "b", "pope_random")
+    # eval_pope.py's reading, written out again: the first sentence, commas dropped, a no-word -> no
+    said = {line["id"]: "no" if {"No", "no", "not"} & set(line["prediction"].split(".")[0].replace(",", "")
+                                                          .split(" ")) else "yes" for line in lines}
+    assert {line["id"]: line["parsed"] for line in lines} == said
+    tp = sum(said[i] == "yes" and labels[i] == "yes" for i in labels)
+    fp = sum(said[i] == "yes" and labels[i] == "no" for i in labels)
+    tn = sum(said[i] == "no" and labels[i] == "no" for i in labels)
+    official = {metric: pair["b"] for metric, pair in task["official"].items()}
+    assert official["accuracy"] == pytest.approx((tp + tn) / 6) == task["accuracy_b"]
+    assert official["yes_ratio"] == pytest.approx((tp + fp) / 6)
+    assert official["precision"] == (pytest.approx(tp / (tp + fp)) if tp + fp else None)
+    assert official["recall"] == pytest.approx(tp / 3)
