@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import json
 from dataclasses import dataclass
 from importlib import resources
@@ -241,10 +242,17 @@ def read_items(task: Task, on_bad_sample: str = "fail") -> list[dict[str, Any]]:
 
 def _check_image(task: Task, item: dict[str, Any]) -> None:
     if "image_data" in item:
+        from PIL import Image, UnidentifiedImageError
+
         try:
-            base64.b64decode(item["image_data"], validate=True)
+            raw = base64.b64decode(item["image_data"], validate=True)
         except (binascii.Error, TypeError, ValueError):
             raise BadItem(task.data, f"item {item['id']!r}", "its base64 image does not decode") from None
+        try:  # the header only: the runner opens it fully
+            Image.open(io.BytesIO(raw)).close()
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+            raise BadItem(task.data, f"item {item['id']!r}", "its base64 image decodes to no image format PIL "
+                          "reads") from None
     elif task.benchmark is not None:  # our own data files' images are checked when they are opened
         image = task.image_root / str(item.get("image"))
         if not image.is_file():
