@@ -96,12 +96,15 @@ def test_circular_asks_every_rotation_with_ids_that_keep_the_index(mmbench):
 def test_rotations_in_the_file_are_asked_as_released(mmbench):
     rows = _rows()
     # as VLMEvalKit's files: question 1's rotation as a row of its own, its image named by index
-    rows.append(["1000001", "Which shape is drawn?", "The picture shows one shape.", "square", "circle", "", "", "B",
-                 "image_topic", COARSE, "1", "dev"])
+    rows.append(["1000001", "Which shape is drawn?", "The picture shows one shape.", "a square", "a circle", "", "",
+                 "B", "image_topic", COARSE, "1", "dev"])
     _tsv(mmbench / "MMBench_DEV_EN.tsv", rows)
     circular = load_items(load_suite(_suite(mmbench, circular=True)).task("mmb")).items
     assert [item["id"] for item in circular] == ["0", "1000000", "2000000", "3000000", "1", "1000001", "2",
                                                  "1000002", "2000002"]
+    released = circular[5]
+    assert released["question"].endswith(f"A. a square\nB. a circle\n{INSTRUCTION}") and released["group"] == "1"
+    assert released["image_data"] == circular[4]["image_data"]
     loaded = load_items(load_suite(_suite(mmbench, circular=False)).task("mmb"))
     assert [item["id"] for item in loaded.items] == ["0", "1", "2"]
     assert "1 rotations (index >= 1000000) in MMBench_DEV_EN.tsv left out" in loaded.notes[0]

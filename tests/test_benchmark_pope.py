@@ -44,6 +44,9 @@ def test_pope_items_keep_the_question_ids_and_images(pope):
     assert [item["id"] for item in items] == ["1", "2", "3", "4", "5", "6"]
     assert items[0] == {"id": "1", "question": "Is there a snowboard in the image?", "answer": "yes",
                         "image": "COCO_val2014_000000310196.jpg"}
+    overridden = suite(pope.parent, "{name: p, benchmark: pope, data: coco_pope_random.json, image_root: val2014, "
+                                    "needs: reasoning}")
+    assert load_suite(overridden).task("p").needs == "reasoning"  # a task may say otherwise than the benchmark
 
 
 def test_pope_official_metrics_are_eval_pope_on_a_hand_worked_example(pope):
