@@ -27,7 +27,7 @@ def test_every_task_type_scores_rescores_and_credits_its_answers():
 
     from backbone_swap.evaluate.tasks import TASK_TYPES, TYPES
 
-    assert TASK_TYPES == ("short_answer", "multiple_choice", "description", "structured")
+    assert TASK_TYPES == ("short_answer", "multiple_choice", "description", "structured", "yes_no")
     task = SimpleNamespace(name="t", format="point", tolerance=1.5, pass_score=0.5)
     votes = ["2"] * 2 + ["two dogs"] * 8  # 2 of 10 annotators: VQA accuracy 0.6
     short = TYPES["short_answer"].score(task, {"id": 1, "answer": votes}, "Two.", 0.9)
@@ -51,6 +51,14 @@ def test_every_task_type_scores_rescores_and_credits_its_answers():
     assert TYPES["structured"].check_task({"format": "circle"}) == (
         "format", "must be one of json, point, box for a structured task")
     assert TYPES["structured"].check_task({"format": "box"}) is None
+    yes_no = TYPES["yes_no"]  # POPE's rule without a benchmark: "not" as a word is no, anything else yes
+    said = yes_no.score(task, {"id": "y", "answer": "no"}, "There is not a dog, I think.", 0.8)
+    assert (said["prediction"], said["parsed"], said["correct"], said["score"]) == (
+        "There is not a dog, I think.", "no", True, 1.0)
+    assert yes_no.rescore(task, {"id": "y", "answer": "Yes"}, said)["correct"] is False  # from the raw answer
+    assert yes_no.score(task, {"id": "z", "answer": "yes"}, "Not really", 0.5)["parsed"] == "yes"  # "Not" is no word
+    assert yes_no.check_item({"answer": "maybe"}) == "needs an answer of yes or no"
+    assert yes_no.check_item({"answer": "No"}) is None and yes_no.credit(said) == 1.0
 
 
 # --------------------------------------------------------------------------------------------------

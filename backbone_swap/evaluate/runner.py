@@ -9,7 +9,10 @@ probe set, on clean and perturbed inputs, are saved for the stability analysis i
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
+import io
 import json
 import math
 import time
@@ -239,9 +242,17 @@ def _image_sizes(inputs: list[Any]) -> dict[str, Any]:
 
 
 def _load_image(task: Task, item: dict[str, Any]):
+    """The item's image: its file under the task's image root, or decoded from ``image_data`` (base64 in the
+    benchmark's own file, as MMBench ships its images), which has no file."""
     from backbone_swap.training.data import _Bad, open_image, resolve_image
 
     try:
+        if "image_data" in item:
+            try:
+                raw = base64.b64decode(item["image_data"], validate=True)
+            except (binascii.Error, TypeError, ValueError):
+                raise _Bad("its base64 image does not decode") from None
+            return open_image(io.BytesIO(raw), name=f"{Path(str(task.data)).name} (base64)")
         return open_image(resolve_image(item.get("image"), task.image_root))
     except _Bad as e:
         raise BackboneSwapError(f"task {task.name}, item {item['id']!r}: {e}", "Fix the task's data") from None

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import Field, model_validator
 
@@ -66,6 +67,8 @@ class TaskSpec(schemas.Closed):
     # description tasks: ROUGE-L at or above which an answer counts as correct
     pass_score: Annotated[schemas.Number, Field(ge=0), schemas.NUMERIC_TEXT, schemas.expect(_NON_NEGATIVE)] = 0.5
     expect: schemas.one_of(EXPECTATIONS) | None = None  # the finding the suite's author expects; the report checks it
+    # keys a loaded task fills in itself, which its benchmark need not take (every task has an image root)
+    _derived: ClassVar[tuple[str, ...]] = ()
 
     @model_validator(mode="after")
     def _fits_its_source_and_type(self) -> TaskSpec:
@@ -80,8 +83,8 @@ class TaskSpec(schemas.Closed):
         else:
             benchmark = BENCHMARKS[self.benchmark]
             takes = (*benchmark.files, *benchmark.options)
-            other = [key for key in (*given, *(k for k in ("data", "image_root") if getattr(self, k) is not None))
-                     if key not in takes]
+            written = [k for k in ("data", "image_root") if getattr(self, k) is not None and k not in self._derived]
+            other = [key for key in (*given, *written) if key not in takes]
             if other:
                 raise schemas.broken((other[0], f"is not a key of {benchmark.name} (its keys: {', '.join(takes)})"))
             missing = [key for key in benchmark.files if getattr(self, key) is None]
@@ -98,6 +101,9 @@ class TaskSpec(schemas.Closed):
 
 class Task(TaskSpec):
     """A task of a loaded suite: its type and needs filled in from its benchmark, its paths absolute."""
+
+    # its images' folder: the suite's, or beside the data, or the benchmark's root (MME's images are in its folders)
+    _derived: ClassVar[tuple[str, ...]] = ("image_root",)
 
     type: str
     needs: str
@@ -236,10 +242,17 @@ def read_items(task: Task, on_bad_sample: str = "fail") -> list[dict[str, Any]]:
 
 def _check_image(task: Task, item: dict[str, Any]) -> None:
     if "image_data" in item:
+        from PIL import Image, UnidentifiedImageError
+
         try:
-            base64.b64decode(item["image_data"], validate=True)
+            raw = base64.b64decode(item["image_data"], validate=True)
         except (binascii.Error, TypeError, ValueError):
             raise BadItem(task.data, f"item {item['id']!r}", "its base64 image does not decode") from None
+        try:  # the header only: the runner opens it fully
+            Image.open(io.BytesIO(raw)).close()
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+            raise BadItem(task.data, f"item {item['id']!r}", "its base64 image decodes to no image format PIL "
+                          "reads") from None
     elif task.benchmark is not None:  # our own data files' images are checked when they are opened
         image = task.image_root / str(item.get("image"))
         if not image.is_file():

@@ -6,6 +6,8 @@ output, and summarised for the comparison.
 - ``multiple_choice``: no generation: each option's summed log-likelihood after the prompt, softmax over options.
 - ``description``: a generated description, ROUGE-L against the reference(s), correct from ``pass_score``.
 - ``structured``: a generated JSON object, point or box, scored on validity and error (``format``, ``tolerance``).
+- ``yes_no``: a generated answer read as yes or no by the benchmark's own rule (POPE's unless the task's benchmark
+  has another, ``yes_no.py``), right when it is the reference; the line keeps the raw answer and adds ``parsed``.
 
 The runner, the comparison and the suite loader ask the entry of a task's type; a new type is one entry here.
 """
@@ -13,13 +15,14 @@ The runner, the comparison and the suite loader ask the entry of a task's type; 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
 from backbone_swap.errors import BackboneSwapError
-from backbone_swap.evaluate import scoring
+from backbone_swap.evaluate import scoring, yes_no
 
 
 @dataclass(frozen=True)
@@ -121,11 +124,35 @@ class Structured(TaskType):
                 "mean_error": float(np.mean(errors)) if errors else None}
 
 
+class YesNo(TaskType):
+    def check_item(self, item: dict[str, Any]) -> str | None:
+        return None if yes_no.label(item["answer"]) is not None else "needs an answer of yes or no"
+
+    @staticmethod
+    def rule(task: Any) -> Callable[[str], str]:
+        """How the task's benchmark reads a yes or no (POPE's rule for our own data and benchmarks without one).
+
+        Asked at every scoring, so answers written under an older rule are read again by the current one."""
+        name = getattr(task, "benchmark", None)
+        if name:
+            from backbone_swap.evaluate.benchmarks import BENCHMARKS  # benchmark entries may import task types
+
+            if BENCHMARKS[name].read_yes_no is not None:
+                return BENCHMARKS[name].read_yes_no
+        return yes_no.pope_answer
+
+    def _judge(self, task: Any, item: dict[str, Any], prediction: str) -> dict[str, Any]:
+        parsed = self.rule(task)(prediction)
+        correct = parsed == yes_no.label(item["answer"])
+        return {"parsed": parsed, "correct": correct, "score": float(correct)}
+
+
 TYPES: dict[str, TaskType] = {
     "short_answer": ShortAnswer("short_answer"),
     "multiple_choice": MultipleChoice("multiple_choice", answered_by="options"),
     "description": Description("description"),
     "structured": Structured("structured"),
+    "yes_no": YesNo("yes_no"),
 }
 TASK_TYPES: tuple[str, ...] = tuple(TYPES)
 

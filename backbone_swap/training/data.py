@@ -17,7 +17,7 @@ from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from backbone_swap.checkpoints.templates import TEMPLATE_VARIABLES
 from backbone_swap.choices import ON_BAD_SAMPLE, check
@@ -132,10 +132,12 @@ def resolve_image(name: Any, image_root: Path | None) -> Path:
     return path
 
 
-def open_image(path: Path):
-    """Load an image fully (so a truncated file fails here, not mid-training), as RGB."""
+def open_image(path: Path | BinaryIO, name: str | None = None):
+    """Load an image fully (so a truncated file fails here, not mid-training), as RGB. ``path`` may be the bytes of
+    an image already in memory (a benchmark's base64 image), ``name`` then saying which it is in errors."""
     from PIL import Image
 
+    name = name or Path(path).name  # type: ignore[arg-type]
     previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
@@ -145,9 +147,9 @@ def open_image(path: Path):
                 image.load()
                 return image.convert("RGB")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise _Bad(f"image {path.name!r} is larger than {MAX_IMAGE_PIXELS} pixels") from None
+        raise _Bad(f"image {name!r} is larger than {MAX_IMAGE_PIXELS} pixels") from None
     except (OSError, SyntaxError, ValueError) as e:  # PIL signals bad files with these
-        raise _Bad(f"image {path.name!r} cannot be read ({str(e).splitlines()[0] if str(e) else 'not an image'})") \
+        raise _Bad(f"image {name!r} cannot be read ({str(e).splitlines()[0] if str(e) else 'not an image'})") \
             from None
     finally:
         Image.MAX_IMAGE_PIXELS = previous  # PIL's limit is global: leave it as the caller had it

@@ -68,6 +68,26 @@ def _rescore(lines: dict[str, dict[str, Any]], items: dict[str, dict[str, Any]],
     return rescored, moved
 
 
+def _one_per_group(items: dict[str, dict[str, Any]], *sides: dict[str, dict[str, Any]]):
+    """CircularEval: items that share a ``group`` are one question asked several ways (MMBench's rotations of its
+    options), so they become one item, right only if every one of them is right, scored as its worst, its confidence
+    the mean of theirs. The paired statistics then count questions, not askings; a task without groups is as it was.
+
+    Returns the items and each side's lines, keyed by group (or by id for items in no group)."""
+    groups: dict[str, list[str]] = {}
+    for key, item in items.items():
+        groups.setdefault(str(item.get("group", key)), []).append(key)
+    if all(len(members) == 1 and members[0] == group for group, members in groups.items()):
+        return (items, *sides)
+    merged_items = {group: items[members[0]] | {"id": group} for group, members in groups.items()}
+    merged = tuple({group: {"id": group, "members": members,
+                            "correct": all(bool(lines[m]["correct"]) for m in members),
+                            "score": min(float(lines[m]["score"]) for m in members),
+                            "confidence": float(np.mean([float(lines[m]["confidence"]) for m in members]))}
+                    for group, members in groups.items()} for lines in sides)
+    return (merged_items, *merged)
+
+
 def _image_key(item: dict[str, Any]) -> str:
     """Which image an item asks about: questions on one image are one cluster of the bootstrap."""
     if item.get("image"):
@@ -98,6 +118,8 @@ def task_statistics(task: Task, eval_a: Path, eval_b: Path, *, n_resamples: int,
     rescored = {}
     (a, rescored["a"]), (b, rescored["b"]) = (_rescore(lines, items, task, folder / f"{task.name}.jsonl")
                                               for lines, folder in ((a, eval_a), (b, eval_b)))
+    items, a, b = _one_per_group(items, a, b)  # CircularEval: one question per group of rotations
+    ids, images = sorted(items), {i: _image_key(item) for i, item in items.items()}
     clusters = np.array([images[i] for i in ids])
     correct_a = np.array([bool(a[i]["correct"]) for i in ids])
     correct_b = np.array([bool(b[i]["correct"]) for i in ids])

@@ -52,6 +52,7 @@ class Benchmark:
     layout: str = ""  # the released layout in a few words, for errors and the README
     reader: Callable[[Any], Loaded] | None = None  # the task (its keys resolved) -> its items
     metrics: Callable[[Sequence[dict[str, Any]], Sequence[dict[str, Any]]], dict[str, float | None]] | None = None
+    read_yes_no: Callable[[str], str] | None = None  # yes_no tasks: its own code's rule (default POPE's, yes_no.py)
 
     def read(self, task: Any) -> Loaded:
         assert self.reader is not None
