@@ -2,7 +2,11 @@
 
 Both models are evaluated (or their finished evaluations reused), the per-item results are paired by
 id, and each task gets the statistics of ``stats`` (paired bootstrap, McNemar, overlap, calibration,
-stability) before ``recommend`` turns them into a verdict and ``report`` writes it down.
+stability) before ``decision`` turns them into a verdict and ``report`` writes it down.
+
+Other tools' outputs take the same path from the answer lines on: ``compare_logs`` reads two lmms-eval
+``--log_samples`` folders, ``compare_answers`` two answer files of LLaVA's evaluation scripts (``harness_logs``
+reads both); ``paired_statistics`` and ``conclude`` are shared, so every input gets the same numbers and report.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +25,7 @@ from backbone_swap.errors import BackboneSwapError
 from backbone_swap.evaluate.benchmarks import BENCHMARKS
 from backbone_swap.evaluate.runner import read_answers
 from backbone_swap.evaluate.suite import Suite, Task, read_items
-from backbone_swap.evaluate.tasks import TYPES, TaskType
+from backbone_swap.evaluate.tasks import TYPES, TaskType, full_credit_rule
 from backbone_swap.runs import COMPARISON, RunFolder
 from backbone_swap.verdict import stats
 
@@ -334,3 +339,118 @@ def compare(
         comparison["meta"]["seconds"] = round(time.time() - started, 3)
         write_report(output, comparison)
     return comparison
+
+
+# --------------------------------------------------------------------------------------------------
+# Other tools' outputs: lmms-eval's logs, LLaVA's answer files
+# --------------------------------------------------------------------------------------------------
+
+NO_CONFIDENCES = {"calibration": "the logs hold no confidences", "stability": "the logs hold no hidden states"}
+
+
+def _check_weights(weights: dict[str, float] | None, names: list[str], where: str) -> None:
+    unknown = sorted(set(weights or {}) - set(names))
+    if unknown:
+        raise BackboneSwapError(f"--weights names task {unknown[0]!r}, which {where} does not have",
+                                f"Its tasks: {', '.join(names)}")
+
+
+def _write_other(output: Path, inputs: tuple[Path, Path], label: str,
+                 build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Hold ``output`` (refused if it holds other files or overlaps an input), build the comparison, write it."""
+    from backbone_swap.verdict.report import write_report
+
+    started = time.time()
+    folder = RunFolder(output, COMPARISON, inputs=[(label, path) for path in inputs])
+    folder.previous()  # the report's files and plots would overwrite files of the same names
+    with folder.hold():
+        comparison = build()
+        comparison["meta"]["seconds"] = round(time.time() - started, 3)
+        write_report(output, comparison)
+    return comparison
+
+
+def compare_logs(logs_a: str | Path, logs_b: str | Path, output: str | Path, *,
+                 metrics: dict[str, str] | None = None, min_gain: float = 0.02, alpha: float = 0.05,
+                 weights: dict[str, float] | None = None, n_resamples: int = 10000, seed: int = 0) -> dict[str, Any]:
+    """Compare two lmms-eval runs from their ``--log_samples`` folders: every task both logged, paired by
+    ``doc_id``, correct by the task's own per-sample score (``harness_logs``), the report as ``compare`` writes it.
+
+    ``metrics`` names the per-sample score of tasks where the choice is not automatic (``{"mme": "..."}``). The
+    logs hold no confidences and no hidden states, so calibration and stability are null, with the reason.
+    """
+    from backbone_swap.verdict import harness_logs as hl
+
+    logs_a, logs_b, output = Path(logs_a).expanduser(), Path(logs_b).expanduser(), Path(output)
+    found_a, found_b = hl.find_logs(logs_a, "A"), hl.find_logs(logs_b, "B")
+
+    def build() -> dict[str, Any]:
+        paired, warnings = hl.pair_logs(found_a, found_b, metrics or {})
+        _check_weights(weights, [task.name for task in paired], "the logs' common tasks")
+        kind = TYPES["short_answer"]  # a generated answer, credited by a score in [0, 1]
+        tasks = []
+        for task in paired:
+            ids = sorted(task.lines["a"], key=lambda doc: (len(doc), doc))  # doc_ids are numbers: 2 before 10
+            numbers = paired_statistics(kind, ids, task.lines["a"], task.lines["b"], n_resamples=n_resamples,
+                                        seed=seed, confidences=False)
+            tasks.append({"name": task.name, "type": kind.name, "needs": hl.needs_of(task.name),
+                          "solved_when": full_credit_rule(f"lmms-eval's per-sample {task.metric}"), **numbers,
+                          "cka_a": None, "cka_b": None, "unavailable": dict(NO_CONFIDENCES),
+                          "metric": task.metric, "scored_by": "lmms-eval",
+                          "files": {side: str(path) for side, path in task.files.items()},
+                          **({"official": task.official} if task.official else {})})
+        meta = {"model_a": str(found_a.folder), "model_b": str(found_b.folder), "suite": "lmms-eval logs",
+                "baseline": "as-is", "source": "lmms-eval"}
+        return conclude(tasks, meta, warnings, alpha=alpha, min_gain=min_gain, weights=weights,
+                        n_resamples=n_resamples, seed=seed)
+
+    return _write_other(output, (logs_a, logs_b), "log folder", build)
+
+
+def compare_answers(answers_a: str | Path, answers_b: str | Path, suite: Suite, output: str | Path, *,
+                    task_name: str | None = None, min_gain: float = 0.02, alpha: float = 0.05,
+                    weights: dict[str, float] | None = None, n_resamples: int = 10000, seed: int = 0,
+                    on_bad_sample: str = "fail") -> dict[str, Any]:
+    """Compare two answer files of LLaVA's evaluation scripts on one task of ``suite``: the answers are paired
+    with the task's items by ``question_id`` and scored by the task's type, as our own evaluation's answers are
+    (a multiple-choice answer may be the option's letter). No confidences: calibration and stability are null.
+    """
+    from backbone_swap.verdict import harness_logs as hl
+
+    answers_a, answers_b, output = Path(answers_a).expanduser(), Path(answers_b).expanduser(), Path(output)
+    if task_name is None and len(suite.tasks) > 1:
+        raise BackboneSwapError(f"LLaVA's answer files answer one task, and suite {suite.name} has "
+                                f"{len(suite.tasks)}", f"Name it with --task, one of {suite.names()}")
+    task = suite.task(task_name) if task_name is not None else suite.tasks[0]
+    kind = TYPES[task.type]
+
+    def build() -> dict[str, Any]:
+        _check_weights(weights, [task.name], f"the comparison of task {task.name}")
+        items, images = task_items(task, on_bad_sample)
+        ids = sorted(items)
+        lines = {}
+        for side, path in (("a", answers_a), ("b", answers_b)):
+            answers = hl.read_llava_answers(path)
+            missing = [i for i in ids if i not in answers]
+            if missing:
+                raise BackboneSwapError(
+                    f"{path} has no answer for {len(missing)} of task {task.name}'s {len(ids)} items (e.g. "
+                    f"question_id {', '.join(missing[:3])})",
+                    "Answer the same questions with both models; their question_id must be the items' ids")
+            chosen = {i: hl.option_answer(items[i], answers[i]) if kind.answered_by == "options" else answers[i]
+                      for i in ids}
+            lines[side] = {i: {**kind.score(task, items[i], chosen[i], None), "raw": answers[i]} for i in ids}
+        numbers = paired_statistics(kind, ids, lines["a"], lines["b"], n_resamples=n_resamples, seed=seed,
+                                    clusters=np.array([images[i] for i in ids]), confidences=False)
+        listed = [items[i] for i in ids]
+        record = {"name": task.name, "type": task.type, "needs": task.needs, "solved_when": kind.solved_when(task),
+                  **numbers, "cka_a": None, "cka_b": None,
+                  "unavailable": {"calibration": "the answer files hold no confidences",
+                                  "stability": "the answer files hold no hidden states"},
+                  **official_metrics(task, listed, [lines["a"][i] for i in ids], [lines["b"][i] for i in ids])}
+        meta = {"model_a": str(answers_a), "model_b": str(answers_b), "suite": suite.name, "baseline": "as-is",
+                "source": "llava-answers"}
+        return conclude([record], meta, [], alpha=alpha, min_gain=min_gain, weights=weights,
+                        n_resamples=n_resamples, seed=seed, expected={task.name: task.expect})
+
+    return _write_other(output, (answers_a, answers_b), "answer file", build)
