@@ -348,3 +348,35 @@ def test_llava_answers_to_vqav2_are_scored_as_vqav2_scores_them(cli, vqav2, tmp_
     assert vqa["official"]["accuracy_number"] == {"a": pytest.approx(0.6), "b": pytest.approx(1.0)}
     assert vqa["official"]["accuracy_yes/no"] == {"a": 1.0, "b": 0.0}
     assert "| accuracy_other | 100.0% | 30.0% |" in (out / "report.md").read_text()
+
+
+def test_a_run_of_lmms_eval_before_0_3_is_read_too(cli, runs):
+    """lmms-eval 0.2 wrote OUT/<date>_<suffix>_<model>_model_args_<hash>/ with results.json and <task>.json holding
+    {args, model_configs, logs: [samples sorted by doc_id, doc and arguments kept], time}."""
+    pope_a, pope_b = runs["pope"]
+    folder = runs["root"] / "old-lmms-eval" / "0301_1015_llava_v1.5_llava_model_args_2f1a3c"
+    folder.mkdir(parents=True)
+    logs = []
+    for sample in _pope(pope_a, flattened=False):
+        doc = {"question_id": str(sample["doc_id"]), "answer": "yes" if sample["doc_id"] % 2 else "no"}
+        answer = sample["filtered_resps"][0]
+        logs.append({"doc_id": sample["doc_id"], "doc": doc, "target": sample["target"],
+                     "arguments": {"0": "max_new_tokens"}, "resps": [[answer]], "filtered_resps": [answer],
+                     "doc_hash": sample["doc_hash"], "prompt_hash": "p", "target_hash": "t",
+                     **{key: sample[key] for key in POPE_KEYS}})
+    (folder / "pope.json").write_text(json.dumps({"args": {}, "model_configs": {"task": "pope"}, "logs": logs,
+                                                  "time": "0301_1015"}, indent=4))
+    (folder / "results.json").write_text(json.dumps({"results": {"pope": {"pope_accuracy,none": 0.5}},
+                                                     "configs": {"pope": {"task": "pope"}, "mme": {"task": "mme"}}}))
+    out = runs["root"] / "cmp"
+    result = cli("compare", folder, runs["b"], "-o", out, "--resamples", 200)
+    assert result.code == 0, result.err
+    report = json.loads((out / "report.json").read_text())
+    (pope,) = report["tasks"]
+    assert pope["accuracy_a"] == pytest.approx(pope_a.mean()) and pope["accuracy_b"] == pytest.approx(pope_b.mean())
+    assert pope["official"]["pope_accuracy"] == {"a": 0.5, "b": pytest.approx(pope_b.mean())}
+    assert pope["files"]["a"] == str(folder / "pope.json")
+    logs[4]["doc_id"] = 3
+    (folder / "pope.json").write_text(json.dumps({"logs": logs}))
+    bad = cli("compare", folder, runs["b"], "-o", runs["root"] / "cmp2")
+    assert bad.code == 1 and f"{folder / 'pope.json'} logs[4]: doc_id 3 appears twice (logs[3] too)" in bad.err

@@ -10,7 +10,9 @@ aggregated metrics). ``<model>`` is the last two parts of ``pretrained=`` with `
 (``lmms-lab__llava-onevision-qwen2-7b-ov``), or nothing when the model arguments name none: the files are then in
 ``OUT`` itself. ``<date>`` is ``%Y%m%d_%H%M%S`` (0.2 wrote ``%m%d_%H%M``). A folder given to ``compare`` may be
 ``OUT/<model>``, or ``OUT`` holding the files or one model's folder; with several runs of a task in it, the newest
-is read, and a warning says which.
+is read, and a warning says which. lmms-eval before 0.3 wrote each run into a folder of its own,
+``OUT/<date>_<suffix>_<model>_model_args_<hash>/``, holding ``results.json`` and ``<task>.json`` with the same samples
+as a list under ``logs``: that folder is read too.
 
 Each line holds ``doc_id``, ``doc_hash`` (sha256 of the document as JSON: two runs that saw different documents under
 one ``doc_id`` differ here), ``target`` (the reference, as text), ``filtered_resps`` (the answer after the task's
@@ -105,7 +107,7 @@ def source_of(path: Path) -> Source:
             "and text)", "Pass two model folders, two lmms-eval log folders, or two LLaVA answer files")
     if (path / "config.json").is_file():
         return "models"
-    if _sample_files(path) or any(_sample_files(sub) for sub in path.iterdir() if sub.is_dir()):
+    if _sample_files(path) or any(_sample_files(sub) for sub in path.iterdir() if sub.is_dir()) or _legacy_logs(path):
         return "lmms-eval"
     if list(path.glob("*_results.json")):
         raise BackboneSwapError(f"{path} holds lmms-eval's aggregated results but no per-sample logs",
@@ -120,11 +122,13 @@ def source_of(path: Path) -> Source:
 
 @dataclass(frozen=True)
 class SampleLog:
-    """One ``<date>_samples_<task>.jsonl`` file."""
+    """One task's sample log: ``<date>_samples_<task>.jsonl``, or ``<task>.json`` of lmms-eval before 0.3 (its
+    samples under ``logs``), with the run's aggregated results beside it."""
 
     task: str
     date: str
     path: Path
+    results_path: Path
 
     def when(self) -> _dt.datetime:
         for form in _DATES:
@@ -137,9 +141,8 @@ class SampleLog:
     def results(self) -> dict[str, float]:
         """The task's aggregated metrics as lmms-eval wrote them beside the samples (``<date>_results.json``):
         ``{"pope_accuracy": 0.86, ...}``, a filter other than ``none`` named in brackets; {} when there is none."""
-        path = self.path.with_name(f"{self.date}_results.json")
         try:
-            found = json.loads(path.read_text(encoding="utf-8")).get("results", {}).get(self.task, {})
+            found = json.loads(self.results_path.read_text(encoding="utf-8")).get("results", {}).get(self.task, {})
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
             return {}
         metrics = {}
@@ -161,9 +164,26 @@ class LogFolder:
     notes: list[str] = field(default_factory=list)
 
 
+def _legacy_logs(folder: Path) -> dict[str, SampleLog]:
+    """The sample logs of a run of lmms-eval before 0.3 (``OUT/<date>_<suffix>_<model>_model_args_<hash>/``:
+    ``results.json`` and ``<task>.json`` per task of its ``configs``), or {} when ``folder`` is no such run."""
+    results = folder / "results.json"
+    try:
+        configs = json.loads(results.read_text(encoding="utf-8")).get("configs") if results.is_file() else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return {}
+    if not isinstance(configs, dict):
+        return {}
+    return {str(task): SampleLog(str(task), folder.name, folder / f"{task}.json", results)
+            for task in sorted(configs) if (folder / f"{task}.json").is_file()}
+
+
 def find_logs(path: Path, side: str) -> LogFolder:
     """The sample files of the lmms-eval run in ``path`` (or in the one model folder inside it), newest per task."""
     path = Path(path).expanduser()
+    legacy = _legacy_logs(path)
+    if legacy and not _sample_files(path):
+        return LogFolder(path, path, legacy)
     folder = path
     if not _sample_files(path):
         inside = sorted(sub for sub in path.iterdir() if sub.is_dir() and _sample_files(sub))
@@ -179,7 +199,8 @@ def find_logs(path: Path, side: str) -> LogFolder:
     for file in _sample_files(folder):
         match = SAMPLES.match(file.name)
         assert match is not None
-        by_task.setdefault(match["task"], []).append(SampleLog(match["task"], match["date"], file))
+        by_task.setdefault(match["task"], []).append(
+            SampleLog(match["task"], match["date"], file, file.with_name(f"{match['date']}_results.json")))
     logs, notes = {}, []
     for task, found in sorted(by_task.items()):
         newest = max(found, key=lambda log: (log.when(), log.date))
@@ -190,31 +211,46 @@ def find_logs(path: Path, side: str) -> LogFolder:
     return LogFolder(path, folder, logs, notes)
 
 
-def read_samples(log: SampleLog) -> dict[str, dict[str, Any]]:
-    """The logged documents of one task by ``doc_id`` (as text), each with its line number under ``_line``."""
-    records: dict[str, dict[str, Any]] = {}
+def _records(log: SampleLog) -> list[tuple[str, Any]]:
+    """(where, record) of a sample log: ``line 3`` of JSON lines, ``logs[2]`` of a log before lmms-eval 0.3."""
     try:
         text = log.path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise BackboneSwapError(f"{log.path} cannot be read ({e.__class__.__name__})",
                                 "Check that it is lmms-eval's UTF-8 sample log") from None
+    if log.path.suffix == ".json":
+        try:
+            logs = json.loads(text).get("logs")
+        except (json.JSONDecodeError, AttributeError):
+            logs = None
+        if not isinstance(logs, list):
+            raise BackboneSwapError(f"{log.path} is not a sample log of lmms-eval (no logs list)",
+                                    "Pass the run folder lmms-eval wrote with --log_samples")
+        return [(f"logs[{i}]", record) for i, record in enumerate(logs)]
+    found = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            found.append((f"line {number}", json.loads(line)))
         except json.JSONDecodeError as e:
             raise BackboneSwapError(f"{log.path} line {number} is not JSON ({e.msg})",
                                     "lmms-eval writes one JSON object a line; a file cut off (a run still going, a "
                                     "full disk) needs the run again") from None
+    return found
+
+
+def read_samples(log: SampleLog) -> dict[str, dict[str, Any]]:
+    """The logged documents of one task by ``doc_id`` (as text), each with where it is in the file under ``_at``."""
+    records: dict[str, dict[str, Any]] = {}
+    for at, record in _records(log):
         if not isinstance(record, dict) or "doc_id" not in record:
-            raise BackboneSwapError(f"{log.path} line {number} has no doc_id, so it is no sample lmms-eval logged",
-                                    LOGS_HINT)
+            raise BackboneSwapError(f"{log.path} {at} has no doc_id, so it is no sample lmms-eval logged", LOGS_HINT)
         key = str(record["doc_id"])
         if key in records:
-            raise BackboneSwapError(f"{log.path} line {number}: doc_id {key} appears twice (line "
-                                    f"{records[key]['_line']} too)", "Keep the log of one run per file")
-        records[key] = {**record, "_line": number}
+            raise BackboneSwapError(f"{log.path} {at}: doc_id {key} appears twice ({records[key]['_at']} too)",
+                                    "Keep the log of one run per file")
+        records[key] = {**record, "_at": at}
     if not records:
         raise BackboneSwapError(f"{log.path} holds no samples", "Run the task again with --log_samples")
     return records
@@ -250,7 +286,7 @@ def _shown(value: Any) -> str:
 
 
 def _where(path: Path, record: dict[str, Any]) -> str:
-    return f"{path} line {record['_line']} (doc_id {record['doc_id']})"
+    return f"{path} {record['_at']} (doc_id {record['doc_id']})"
 
 
 def choose_scores(task: str, sides: dict[str, tuple[Path, dict[str, dict[str, Any]]]],
