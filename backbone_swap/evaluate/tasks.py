@@ -63,8 +63,9 @@ class TaskType:
         """What an item of the task's data lacks for this type (None: it is fine)."""
         return None
 
-    def score(self, task: Any, item: dict[str, Any], prediction: str, confidence: float) -> dict[str, Any]:
-        """The answer line of a generated ``prediction``: correctness, score and what the type adds."""
+    def score(self, task: Any, item: dict[str, Any], prediction: str, confidence: float | None) -> dict[str, Any]:
+        """The answer line of a generated ``prediction``: correctness, score and what the type adds (``confidence``
+        None: answers of another tool, which records none)."""
         line = {"id": str(item["id"]), "prediction": prediction, "reference": item["answer"], "confidence": confidence}
         return line | self._judge(task, item, prediction)
 
