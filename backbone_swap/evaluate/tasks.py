@@ -86,8 +86,9 @@ class TaskType:
         return bool(line["correct"])
 
     def solved_when(self, task: Any) -> str:
-        """``solved``'s rule for ``task`` in words, written into the report (``tasks[].solved_when``)."""
-        raise NotImplementedError
+        """``solved``'s rule for ``task`` in words, written into the report (``tasks[].solved_when``); a type whose
+        answers are right or wrong, with no partial credit, may keep this one."""
+        return "it is scored right (no partial credit)"
 
     def summary(self, lines: list[dict[str, Any]]) -> dict[str, float | None]:
         """Figures the comparison reports besides accuracy: the share of outputs that parse, and their mean error."""
