@@ -239,12 +239,33 @@ def _print_verdict(comparison: dict[str, Any], report: Path) -> None:
     console.print(f"overall: {comparison['overall']['verdict']}; report: {report}")
 
 
+def parse_metrics(values: list[str] | None) -> dict[str, str]:
+    """``--metric TASK=KEY`` (repeatable) as ``{task: key}``; a malformed or repeated one is refused."""
+    found: dict[str, str] = {}
+    for value in values or []:
+        task, sep, key = value.partition("=")
+        task, key = task.strip(), key.strip()
+        if not sep or not task or not key:
+            raise BackboneSwapError(f"--metric {value!r} is not TASK=KEY", "e.g. --metric mme=mme_perception_score")
+        if task in found:
+            raise BackboneSwapError(f"--metric names task {task!r} twice", "Give each task one per-sample score")
+        found[task] = key
+    return found
+
+
 @app.command("compare")
 def compare_command(
-    model_a: Annotated[Path, typer.Argument(help="Model A, usually the old VLM.")],
-    model_b: Annotated[Path, typer.Argument(help="Model B, usually the new VLM.")],
-    suite: SuiteOption,
+    model_a: Annotated[Path, typer.Argument(help="A, usually the old VLM: a model folder, an lmms-eval log folder "
+                                            "(--log_samples) or a LLaVA answer file (.jsonl).")],
+    model_b: Annotated[Path, typer.Argument(help="B, usually the new VLM: the same kind of input as A.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for evaluations and the report.")],
+    suite: Annotated[str | None, typer.Option(help="A suite YAML file or a shipped suite name (model folders and "
+                                              "LLaVA answer files; lmms-eval logs name their own tasks).")] = None,
+    task: Annotated[str | None, typer.Option(help="LLaVA answer files: the suite's task they answer (needed when "
+                                             "the suite has several).")] = None,
+    metric: Annotated[list[str] | None, typer.Option(help="lmms-eval logs: TASK=KEY, the per-sample score to "
+                                                     "compare where the choice is not automatic (repeatable).")]
+    = None,
     min_gain: MinGain = 0.02,
     alpha: Alpha = 0.05,
     weights: Weights = None,
@@ -254,17 +275,46 @@ def compare_command(
     dtype: EvalDtype = None,
     on_bad_sample: BadSample = OnBadSample["fail"],
 ) -> None:
-    """Evaluate A and B on a suite and say, task by task and with the evidence, whether B beats A."""
+    """Compare A and B task by task and say, with the evidence, whether B beats A: two models (evaluated on a suite
+    here), two lmms-eval runs (from their per-sample logs) or two LLaVA answer files (on a task of a suite)."""
     from backbone_swap.evaluate.suite import load_suite
-    from backbone_swap.verdict.compare import compare
+    from backbone_swap.verdict.compare import compare, compare_answers, compare_logs
     from backbone_swap.verdict.decision import parse_weights
+    from backbone_swap.verdict.harness_logs import source_of
 
     _check_alpha(alpha)
-    comparison = compare(model_a, model_b, load_suite(suite), output, min_gain=min_gain, alpha=alpha,
-                         weights=parse_weights(weights), n_resamples=resamples, seed=seed, batch_size=batch_size,
-                         dtype=_value(dtype), on_bad_sample=_value(on_bad_sample))
+    sources = {side: source_of(path) for side, path in (("A", model_a), ("B", model_b))}
+    if sources["A"] != sources["B"]:
+        words = {"models": "a model folder", "lmms-eval": "an lmms-eval log folder",
+                 "llava-answers": "a LLaVA answer file"}
+        raise BackboneSwapError(f"A ({model_a}) is {words[sources['A']]} and B ({model_b}) {words[sources['B']]}",
+                                "Compare two of a kind: two model folders, two lmms-eval log folders or two LLaVA "
+                                "answer files")
+    source = sources["A"]
+    statistics = {"min_gain": min_gain, "alpha": alpha, "weights": parse_weights(weights), "n_resamples": resamples,
+                  "seed": seed}
+    if metric and source != "lmms-eval":
+        raise BackboneSwapError("--metric applies to lmms-eval logs only", "Leave it out")
+    if task is not None and source != "llava-answers":
+        raise BackboneSwapError("--task applies to LLaVA answer files only", "Leave it out")
+    if source == "lmms-eval":
+        if suite is not None:
+            raise BackboneSwapError("--suite is not used with lmms-eval logs: they name their own tasks and hold "
+                                    "their own references", "Leave it out")
+        comparison = compare_logs(model_a, model_b, output, metrics=parse_metrics(metric), **statistics)
+    elif suite is None:
+        what = "two model folders" if source == "models" else "LLaVA's answer files"
+        raise BackboneSwapError(f"comparing {what} needs --suite", "Pass --suite FILE or a shipped suite name")
+    elif source == "llava-answers":
+        comparison = compare_answers(model_a, model_b, load_suite(suite), output, task_name=task,
+                                     on_bad_sample=_value(on_bad_sample), **statistics)
+    else:
+        comparison = compare(model_a, model_b, load_suite(suite), output, batch_size=batch_size, dtype=_value(dtype),
+                             on_bad_sample=_value(on_bad_sample), **statistics)
     if comparison:  # empty in the processes of a multi-process launch other than the main one
         _print_verdict(comparison, output / "report.html")
+    for line in comparison.get("warnings", []) if source != "models" else []:
+        typer.echo(f"warning: {line}", err=True)
 
 
 @app.command("upgrade")

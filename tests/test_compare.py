@@ -163,9 +163,13 @@ def test_confounds_are_warned_about(tmp_path):
     assert "not trained here" in " ".join(confounds(untrained, make("e", "base", "h1", 2048, "d")))
 
 
-def test_vqa_partial_credit_counts_in_accuracy_and_full_credit_in_the_overlap(tmp_path):
+def test_vqa_partial_credit_counts_in_accuracy_and_full_credit_in_every_paired_statistic(tmp_path):
     """Ten annotators: 3 said "red", 7 "blue". By the VQA formula (mean over the ten leave-one-out subsets of
-    min(1, matches / 3)), "red" earns (3 x 2/3 + 7 x 1) / 10 = 0.9, "blue" 1.0 and "green" 0."""
+    min(1, matches / 3)), "red" earns (3 x 2/3 + 7 x 1) / 10 = 0.9, "blue" 1.0 and "green" 0.
+
+    Accuracy, its difference and calibration count the credit; the overlap, McNemar, phi, kappa, the oracle and
+    complementarity count a question solved only at full credit (one binarisation: before, the oracle took the
+    better credit while the overlap counted full credit)."""
     from backbone_swap.evaluate.tasks import score_item
 
     references = ["red"] * 3 + ["blue"] * 7
@@ -183,9 +187,16 @@ def test_vqa_partial_credit_counts_in_accuracy_and_full_credit_in_the_overlap(tm
     credit_a, credit_b = [0.9, 0.9, 1.0, 0.0], [1.0, 0.9, 0.0, 0.0]
     assert s["accuracy_a"] == pytest.approx(np.mean(credit_a)) and s["accuracy_b"] == pytest.approx(np.mean(credit_b))
     assert s["diff"] == pytest.approx(np.mean(credit_b) - np.mean(credit_a))
-    assert s["overlap"] == {"both": 0, "only_a": 1, "only_b": 1, "neither": 2}  # full credit: "blue" only
-    assert s["oracle"] == pytest.approx(np.mean(np.maximum(credit_a, credit_b)))
-    assert s["complementarity"] == pytest.approx(s["oracle"] - np.mean(credit_a))
+    solved_a, solved_b = np.array([0, 0, 1, 0]), np.array([1, 0, 0, 0])  # full credit: "blue" only
+    assert s["overlap"] == {"both": 0, "only_a": 1, "only_b": 1, "neither": 2}
+    assert s["mcnemar_p"] == pytest.approx(binomtest(1, 2, 0.5).pvalue)
+    assert s["phi"] == pytest.approx(np.corrcoef(solved_a, solved_b)[0, 1])
+    # oracle: a question is solved when either model solves it, 2 of 4; each model alone solves 1 of 4
+    assert s["oracle"] == pytest.approx(np.mean(solved_a | solved_b)) == pytest.approx(0.5)
+    assert s["complementarity"] == pytest.approx(0.5 - 0.25)
+    # kappa: po = 2/4, pe = (1 * 1 + 3 * 3) / 16 = 10/16, kappa = (8/16 - 10/16) / (6/16) = -1/3
+    assert s["kappa"] == pytest.approx(-1 / 3)
+    assert s["solved_when"].startswith("its VQA accuracy is 1 (at least 4 of 10 annotators gave the answer")
     # calibration against the credit: every confidence 0.8, one bin, |mean credit - 0.8|
     assert s["ece_a"] == pytest.approx(abs(np.mean(credit_a) - 0.8))
     assert s["brier_b"] == pytest.approx(np.mean((0.8 - np.array(credit_b)) ** 2))

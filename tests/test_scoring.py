@@ -191,6 +191,22 @@ def test_score_description_takes_the_best_reference():
         score_description("x", [])
 
 
+def test_several_references_combine_the_best_precision_and_the_best_recall_as_coco_does():
+    # prediction: a cat sat                                         (3 tokens)
+    # reference 1: a black cat sat on a mat (7 tokens): LCS = a cat sat = 3, P = 1, R = 3/7
+    #   F1 = 2.44 * 1 * 3/7 / (3/7 + 1.44) = 7.32 / 13.08
+    # reference 2: the cat sat (3 tokens): LCS = cat sat = 2, P = R = 2/3, F2 = 2/3
+    # pycocoevalcap: P = max(1, 2/3) = 1, R = max(3/7, 2/3) = 2/3,
+    #   F = 2.44 * 2/3 / (2/3 + 1.44) = 4.88 / 6.32, above the best single F (2/3)
+    references = ["a black cat sat on a mat", "the cat sat"]
+    assert rouge_l("a cat sat", references[0]) == pytest.approx(7.32 / 13.08)
+    assert rouge_l("a cat sat", references[1]) == pytest.approx(2 / 3)
+    assert score_description("a cat sat", references) == pytest.approx(4.88 / 6.32)
+    assert score_description("a cat sat", references[::-1]) == pytest.approx(4.88 / 6.32)
+    assert score_description("a cat sat", references[:1]) == pytest.approx(7.32 / 13.08)
+    assert score_description("zebra", references) == 0.0
+
+
 # --------------------------------------------------------------------------------------------------
 # Structured outputs
 # --------------------------------------------------------------------------------------------------

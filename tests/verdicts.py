@@ -82,6 +82,7 @@ def make_task(
         "valid_rate_b": valid_b,
         "mean_error_a": None if valid_a is None else 0.3,
         "mean_error_b": None if valid_b is None else 0.1,
+        "solved_when": "it is right (outcomes given as 0/1)",
     }
 
 

@@ -2,7 +2,11 @@
 
 Both models are evaluated (or their finished evaluations reused), the per-item results are paired by
 id, and each task gets the statistics of ``stats`` (paired bootstrap, McNemar, overlap, calibration,
-stability) before ``recommend`` turns them into a verdict and ``report`` writes it down.
+stability) before ``decision`` turns them into a verdict and ``report`` writes it down.
+
+Other tools' outputs take the same path from the answer lines on: ``compare_logs`` reads two lmms-eval
+``--log_samples`` folders, ``compare_answers`` two answer files of LLaVA's evaluation scripts (``harness_logs``
+reads both); ``paired_statistics`` and ``conclude`` are shared, so every input gets the same numbers and report.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +25,7 @@ from backbone_swap.errors import BackboneSwapError
 from backbone_swap.evaluate.benchmarks import BENCHMARKS
 from backbone_swap.evaluate.runner import read_answers
 from backbone_swap.evaluate.suite import Suite, Task, read_items
-from backbone_swap.evaluate.tasks import TYPES
+from backbone_swap.evaluate.tasks import TYPES, TaskType, full_credit_rule
 from backbone_swap.runs import COMPARISON, RunFolder
 from backbone_swap.verdict import stats
 
@@ -97,6 +102,68 @@ def _image_key(item: dict[str, Any]) -> str:
     return str(item["id"])
 
 
+def paired_statistics(kind: TaskType, ids: list[str], a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]], *,
+                      n_resamples: int, seed: int, clusters: np.ndarray | None = None,
+                      confidences: bool = True) -> dict[str, Any]:
+    """The numbers every comparison shows for one task, from the two sides' answer lines (dicts by item id, both
+    holding every id of ``ids``), whatever wrote them: our evaluation, lmms-eval's logs, LLaVA's answer files.
+
+    Accuracy, its difference and calibration use each answer's credit (``kind.credit``): a short answer's VQA
+    accuracy gives partial credit (2 of 10 annotators: 0.6), as published VQAv2 numbers do. Which questions each
+    model solves needs a yes or no (``kind.solved``, one rule for partial credit): the overlap, McNemar, phi, kappa,
+    Jaccard, the oracle and complementarity all count solved questions, so they describe the same questions.
+    ``clusters`` (an image per item) makes the bootstrap resample images; without ``confidences`` (logs of other
+    tools) the calibration numbers are None.
+    """
+    correct_a, correct_b = (np.array([kind.solved(lines[i]) for i in ids], dtype=bool) for lines in (a, b))
+    score_a, score_b = (np.array([kind.credit(lines[i]) for i in ids]) for lines in (a, b))
+    table = stats.paired_table(correct_a, correct_b)
+    several_per_image = clusters is not None and len(set(clusters.tolist())) < len(ids)
+    diff = stats.paired_bootstrap_diff(score_a, score_b, n_resamples=n_resamples, seed=seed,
+                                       clusters=clusters if several_per_image else None)
+    calibration: dict[str, Any] = {}
+    for side, lines, credit in (("a", a, score_a), ("b", b, score_b)):
+        if not confidences:
+            calibration.update({f"ece_{side}": None, f"ece_{side}_ci": None, f"brier_{side}": None,
+                                f"reliability_{side}": []})
+            continue
+        conf = np.clip(np.array([float(lines[i]["confidence"]) for i in ids]), 0.0, 1.0)
+        result = stats.ece(conf, credit)
+        interval = stats.ece_interval(conf, credit, n_resamples=min(n_resamples, 2000), seed=seed)
+        calibration.update({f"ece_{side}": result.ece, f"ece_{side}_ci": [interval.low, interval.high],
+                            f"brier_{side}": stats.brier(conf, credit), f"reliability_{side}": result.bins})
+    structured = {f"{key}_{side}": value for side, lines in (("a", a), ("b", b))
+                  for key, value in kind.summary([lines[i] for i in ids]).items()}
+    return {
+        "n": table.n, "accuracy_a": float(np.mean(score_a)), "accuracy_b": float(np.mean(score_b)),
+        "diff": diff.estimate, "diff_ci": [diff.low, diff.high], "diff_ci_method": diff.method,
+        "mcnemar_p": stats.mcnemar_exact(table),
+        "overlap": {"both": table.both, "only_a": table.only_a, "only_b": table.only_b, "neither": table.neither},
+        "phi": stats.phi(table), "kappa": stats.cohen_kappa(table), "oracle": stats.oracle_accuracy(table),
+        "jaccard": stats.jaccard(table), "complementarity": stats.complementarity(table),
+        **calibration,
+        **structured,
+    }
+
+
+def official_metrics(task: Task, items: list[dict[str, Any]], lines_a: list[dict[str, Any]],
+                     lines_b: list[dict[str, Any]]) -> dict[str, Any]:
+    """``{"official": {metric: {"a", "b"}}}``: a benchmark task's own metrics, as its evaluation code computes them
+    (empty for tasks of other data). The lines are aligned with ``items``."""
+    if task.benchmark is None:
+        return {}
+    benchmark = BENCHMARKS[task.benchmark]
+    found = {"a": benchmark.official(items, lines_a), "b": benchmark.official(items, lines_b)}
+    return {"official": {metric: {"a": found["a"].get(metric), "b": found["b"].get(metric)}
+                         for metric in {**found["a"], **found["b"]}}}
+
+
+def task_items(task: Task, on_bad_sample: str = "fail") -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """The task's items as the suite holds them now, by id, and the image each asks about (bootstrap clusters)."""
+    items = {str(item["id"]): item for item in read_items(task, on_bad_sample)}
+    return items, {i: _image_key(item) for i, item in items.items()}
+
+
 def task_statistics(task: Task, eval_a: Path, eval_b: Path, *, n_resamples: int, seed: int,
                     on_bad_sample: str = "fail") -> dict[str, Any]:
     """Every number the report shows for one task, from the two per-item files."""
@@ -104,8 +171,7 @@ def task_statistics(task: Task, eval_a: Path, eval_b: Path, *, n_resamples: int,
     a, b = _lines(eval_a / f"{task.name}.jsonl"), _lines(eval_b / f"{task.name}.jsonl")
     # The task's items as the suite holds them now: answers to items since removed from its data (left in a
     # reused evaluation folder) are no part of the comparison.
-    items = {str(item["id"]): item for item in read_items(task, on_bad_sample)}
-    images = {i: _image_key(item) for i, item in items.items()}
+    items, images = task_items(task, on_bad_sample)
     for side, lines in (("A", a), ("B", b)):
         missing = sorted(set(images) - set(lines))
         if missing:
@@ -120,47 +186,14 @@ def task_statistics(task: Task, eval_a: Path, eval_b: Path, *, n_resamples: int,
                                               for lines, folder in ((a, eval_a), (b, eval_b)))
     items, a, b = _one_per_group(items, a, b)  # CircularEval: one question per group of rotations
     ids, images = sorted(items), {i: _image_key(item) for i, item in items.items()}
-    clusters = np.array([images[i] for i in ids])
-    correct_a = np.array([bool(a[i]["correct"]) for i in ids])
-    correct_b = np.array([bool(b[i]["correct"]) for i in ids])
-    # Accuracy, its difference and calibration use each answer's score: a short answer's VQA accuracy
-    # gives partial credit (2 of 10 annotators: 0.6), as the published VQAv2 numbers do. Which questions each
-    # model solves (overlap, McNemar, oracle) needs a yes or no: full credit.
-    score_a, score_b = (np.array([kind.credit(lines[i]) for i in ids]) for lines in (a, b))
-    conf_a = np.clip(np.array([float(a[i]["confidence"]) for i in ids]), 0.0, 1.0)
-    conf_b = np.clip(np.array([float(b[i]["confidence"]) for i in ids]), 0.0, 1.0)
-    table = stats.paired_table(correct_a, correct_b)
-    several_per_image = len(set(clusters.tolist())) < len(ids)
-    diff = stats.paired_bootstrap_diff(score_a, score_b, n_resamples=n_resamples, seed=seed,
-                                       clusters=clusters if several_per_image else None)
-    oracle = float(np.mean(np.maximum(score_a, score_b)))
-    calibration = {}
-    for side, conf, correct in (("a", conf_a, score_a), ("b", conf_b, score_b)):
-        result = stats.ece(conf, correct)
-        interval = stats.ece_interval(conf, correct, n_resamples=min(n_resamples, 2000), seed=seed)
-        calibration.update({f"ece_{side}": result.ece, f"ece_{side}_ci": [interval.low, interval.high],
-                            f"brier_{side}": stats.brier(conf, correct), f"reliability_{side}": result.bins})
-    structured = {f"{key}_{side}": value for side, lines in (("a", a), ("b", b))
-                  for key, value in kind.summary([lines[i] for i in ids]).items()}
-    official = {}
-    if task.benchmark is not None:  # the benchmark's own metrics, as its evaluation code computes them
-        benchmark, listed = BENCHMARKS[task.benchmark], [items[i] for i in ids]
-        found = {side: benchmark.official(listed, [lines[i] for i in ids]) for side, lines in (("a", a), ("b", b))}
-        official = {"official": {metric: {"a": found["a"].get(metric), "b": found["b"].get(metric)}
-                                 for metric in {**found["a"], **found["b"]}}}
+    numbers = paired_statistics(kind, ids, a, b, n_resamples=n_resamples, seed=seed,
+                                clusters=np.array([images[i] for i in ids]))
+    listed = [items[i] for i in ids]
     return {
-        "name": task.name, "type": task.type, "needs": task.needs, "n": table.n,
-        "accuracy_a": float(np.mean(score_a)), "accuracy_b": float(np.mean(score_b)), "diff": diff.estimate,
-        "diff_ci": [diff.low, diff.high], "diff_ci_method": diff.method,
-        "mcnemar_p": stats.mcnemar_exact(table),
-        "overlap": {"both": table.both, "only_a": table.only_a, "only_b": table.only_b, "neither": table.neither},
-        # the oracle picks the better answer of each question (the better credit, with partial credit)
-        "phi": stats.phi(table), "kappa": stats.cohen_kappa(table), "oracle": oracle,
-        "jaccard": stats.jaccard(table), "complementarity": oracle - max(np.mean(score_a), np.mean(score_b)),
-        **calibration,
+        "name": task.name, "type": task.type, "needs": task.needs, "solved_when": kind.solved_when(task),
+        **numbers,
         "cka_a": _stability(eval_a, task), "cka_b": _stability(eval_b, task),
-        **structured,
-        **official,
+        **official_metrics(task, listed, [a[i] for i in ids], [b[i] for i in ids]),
         "rescored": rescored,
     }
 
@@ -242,6 +275,35 @@ def confounds(model_a: Path, model_b: Path, eval_dirs: tuple[Path, Path] | None 
     return warnings
 
 
+def conclude(tasks: list[dict[str, Any]], meta: dict[str, Any], warnings: list[str], *, alpha: float,
+             min_gain: float, weights: dict[str, float] | None, n_resamples: int, seed: int,
+             expected: dict[str, str | None] | None = None) -> dict[str, Any]:
+    """The comparison's verdicts (per task, in ``tasks`` in place, and overall) around the task statistics, as
+    ``report.write_report`` takes it: the same for every kind of input (model folders, logs, answer files)."""
+    from backbone_swap.verdict.decision import (
+        Thresholds,
+        capabilities,
+        check_expectation,
+        overall_verdict,
+        task_verdict,
+    )
+
+    thresholds = Thresholds(alpha=alpha, min_gain=min_gain)
+    for record in tasks:
+        record["verdict"], record["reasons"] = task_verdict(record, thresholds)
+    expected = expected or {}
+    return {
+        "meta": {**meta, "alpha": alpha, "min_gain": min_gain, "n_resamples": n_resamples, "seed": seed,
+                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": None},
+        "tasks": tasks,
+        "overall": overall_verdict(tasks, weights),
+        "capabilities": capabilities(tasks),
+        "warnings": warnings,
+        "expectations": [check_expectation(record, expected[record["name"]], thresholds)
+                         for record in tasks if expected.get(record["name"])],
+    }
+
+
 def compare(
     model_a: str | Path,
     model_b: str | Path,
@@ -267,13 +329,6 @@ def compare(
     others return an empty dict."""
     from backbone_swap.evaluate.runner import evaluate
     from backbone_swap.training.schemes import launch_state
-    from backbone_swap.verdict.decision import (
-        Thresholds,
-        capabilities,
-        check_expectation,
-        overall_verdict,
-        task_verdict,
-    )
     from backbone_swap.verdict.report import write_report
 
     started = time.time()
@@ -293,27 +348,131 @@ def compare(
                      show_progress=show_progress, on_bad_sample=on_bad_sample)
         if not state.is_main_process:  # under a multi-process launch the main process writes the report
             return {}
-        thresholds = Thresholds(alpha=alpha, min_gain=min_gain)
-        tasks = []
-        for task in suite.tasks:
-            record = task_statistics(task, eval_a, eval_b, n_resamples=n_resamples, seed=seed,
-                                     on_bad_sample=on_bad_sample)
-            record["verdict"], record["reasons"] = task_verdict(record, thresholds)
-            tasks.append(record)
-        comparison = {
-            "meta": {"model_a": str(model_a), "model_b": str(model_b), "suite": suite.name, "baseline": baseline,
-                     "alpha": alpha, "min_gain": min_gain, "n_resamples": n_resamples, "seed": seed,
-                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": None},
-            "tasks": tasks,
-            "overall": overall_verdict(tasks, weights),
-            "capabilities": capabilities(tasks),
-            "warnings": confounds(model_a, model_b, (eval_a, eval_b)) + list(extra_warnings or []) + [
-                f"task {t['name']}: {n} of {side.upper()}'s {t['n']} answers score differently now than when they "
-                "were evaluated (the task's references or scoring rules changed); the report uses the current scores"
-                for t in tasks for side, n in t["rescored"].items() if n],
-            "expectations": [check_expectation(record, task.expect, thresholds)
-                             for record, task in zip(tasks, suite.tasks, strict=True) if task.expect],
-        }
+        tasks = [task_statistics(task, eval_a, eval_b, n_resamples=n_resamples, seed=seed,
+                                 on_bad_sample=on_bad_sample) for task in suite.tasks]
+        meta = {"model_a": str(model_a), "model_b": str(model_b), "suite": suite.name, "baseline": baseline,
+                "source": "models"}
+        warnings = confounds(model_a, model_b, (eval_a, eval_b)) + list(extra_warnings or []) + [
+            f"task {t['name']}: {n} of {side.upper()}'s {t['n']} answers score differently now than when they "
+            "were evaluated (the task's references or scoring rules changed); the report uses the current scores"
+            for t in tasks for side, n in t["rescored"].items() if n]
+        comparison = conclude(tasks, meta, warnings, alpha=alpha, min_gain=min_gain, weights=weights,
+                              n_resamples=n_resamples, seed=seed, expected={t.name: t.expect for t in suite.tasks})
         comparison["meta"]["seconds"] = round(time.time() - started, 3)
         write_report(output, comparison)
     return comparison
+
+
+# --------------------------------------------------------------------------------------------------
+# Other tools' outputs: lmms-eval's logs, LLaVA's answer files
+# --------------------------------------------------------------------------------------------------
+
+NO_CONFIDENCES = {"calibration": "the logs hold no confidences", "stability": "the logs hold no hidden states"}
+
+
+def _check_weights(weights: dict[str, float] | None, names: list[str], where: str) -> None:
+    unknown = sorted(set(weights or {}) - set(names))
+    if unknown:
+        raise BackboneSwapError(f"--weights names task {unknown[0]!r}, which {where} does not have",
+                                f"Its tasks: {', '.join(names)}")
+
+
+def _write_other(output: Path, inputs: tuple[Path, Path], label: str,
+                 build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Hold ``output`` (refused if it holds other files or overlaps an input), build the comparison, write it."""
+    from backbone_swap.verdict.report import write_report
+
+    started = time.time()
+    folder = RunFolder(output, COMPARISON, inputs=[(label, path) for path in inputs])
+    folder.previous()  # the report's files and plots would overwrite files of the same names
+    with folder.hold():
+        comparison = build()
+        comparison["meta"]["seconds"] = round(time.time() - started, 3)
+        write_report(output, comparison)
+    return comparison
+
+
+def compare_logs(logs_a: str | Path, logs_b: str | Path, output: str | Path, *,
+                 metrics: dict[str, str] | None = None, min_gain: float = 0.02, alpha: float = 0.05,
+                 weights: dict[str, float] | None = None, n_resamples: int = 10000, seed: int = 0) -> dict[str, Any]:
+    """Compare two lmms-eval runs from their ``--log_samples`` folders: every task both logged, paired by
+    ``doc_id``, correct by the task's own per-sample score (``harness_logs``), the report as ``compare`` writes it.
+
+    ``metrics`` names the per-sample score of tasks where the choice is not automatic (``{"mme": "..."}``). The
+    logs hold no confidences and no hidden states, so calibration and stability are null, with the reason.
+    """
+    from backbone_swap.verdict import harness_logs as hl
+
+    logs_a, logs_b, output = Path(logs_a).expanduser(), Path(logs_b).expanduser(), Path(output)
+    found_a, found_b = hl.find_logs(logs_a, "A"), hl.find_logs(logs_b, "B")
+
+    def build() -> dict[str, Any]:
+        paired, warnings = hl.pair_logs(found_a, found_b, metrics or {})
+        _check_weights(weights, [task.name for task in paired], "the logs' common tasks")
+        kind = TYPES["short_answer"]  # a generated answer, credited by a score in [0, 1]
+        tasks = []
+        for task in paired:
+            ids = sorted(task.lines["a"], key=lambda doc: (len(doc), doc))  # doc_ids are numbers: 2 before 10
+            numbers = paired_statistics(kind, ids, task.lines["a"], task.lines["b"], n_resamples=n_resamples,
+                                        seed=seed, confidences=False)
+            tasks.append({"name": task.name, "type": kind.name, "needs": hl.needs_of(task.name),
+                          "solved_when": full_credit_rule(f"lmms-eval's per-sample {task.metric}"), **numbers,
+                          "cka_a": None, "cka_b": None, "unavailable": dict(NO_CONFIDENCES),
+                          "metric": task.metric, "scored_by": "lmms-eval",
+                          "files": {side: str(path) for side, path in task.files.items()},
+                          **({"official": task.official} if task.official else {})})
+        meta = {"model_a": str(found_a.folder), "model_b": str(found_b.folder), "suite": "lmms-eval logs",
+                "baseline": "as-is", "source": "lmms-eval"}
+        return conclude(tasks, meta, warnings, alpha=alpha, min_gain=min_gain, weights=weights,
+                        n_resamples=n_resamples, seed=seed)
+
+    return _write_other(output, (logs_a, logs_b), "log folder", build)
+
+
+def compare_answers(answers_a: str | Path, answers_b: str | Path, suite: Suite, output: str | Path, *,
+                    task_name: str | None = None, min_gain: float = 0.02, alpha: float = 0.05,
+                    weights: dict[str, float] | None = None, n_resamples: int = 10000, seed: int = 0,
+                    on_bad_sample: str = "fail") -> dict[str, Any]:
+    """Compare two answer files of LLaVA's evaluation scripts on one task of ``suite``: the answers are paired
+    with the task's items by ``question_id`` and scored by the task's type, as our own evaluation's answers are
+    (a multiple-choice answer may be the option's letter). No confidences: calibration and stability are null.
+    """
+    from backbone_swap.verdict import harness_logs as hl
+
+    answers_a, answers_b, output = Path(answers_a).expanduser(), Path(answers_b).expanduser(), Path(output)
+    if task_name is None and len(suite.tasks) > 1:
+        raise BackboneSwapError(f"LLaVA's answer files answer one task, and suite {suite.name} has "
+                                f"{len(suite.tasks)}", f"Name it with --task, one of {suite.names()}")
+    task = suite.task(task_name) if task_name is not None else suite.tasks[0]
+    kind = TYPES[task.type]
+
+    def build() -> dict[str, Any]:
+        _check_weights(weights, [task.name], f"the comparison of task {task.name}")
+        items, images = task_items(task, on_bad_sample)
+        ids = sorted(items)
+        lines = {}
+        for side, path in (("a", answers_a), ("b", answers_b)):
+            answers = hl.read_llava_answers(path)
+            missing = [i for i in ids if i not in answers]
+            if missing:
+                raise BackboneSwapError(
+                    f"{path} has no answer for {len(missing)} of task {task.name}'s {len(ids)} items (e.g. "
+                    f"question_id {', '.join(missing[:3])})",
+                    "Answer the same questions with both models; their question_id must be the items' ids")
+            chosen = {i: hl.option_answer(items[i], answers[i]) if kind.answered_by == "options" else answers[i]
+                      for i in ids}
+            lines[side] = {i: {**kind.score(task, items[i], chosen[i], None), "raw": answers[i]} for i in ids}
+        numbers = paired_statistics(kind, ids, lines["a"], lines["b"], n_resamples=n_resamples, seed=seed,
+                                    clusters=np.array([images[i] for i in ids]), confidences=False)
+        listed = [items[i] for i in ids]
+        record = {"name": task.name, "type": task.type, "needs": task.needs, "solved_when": kind.solved_when(task),
+                  **numbers, "cka_a": None, "cka_b": None,
+                  "unavailable": {"calibration": "the answer files hold no confidences",
+                                  "stability": "the answer files hold no hidden states"},
+                  **official_metrics(task, listed, [lines["a"][i] for i in ids], [lines["b"][i] for i in ids])}
+        meta = {"model_a": str(answers_a), "model_b": str(answers_b), "suite": suite.name, "baseline": "as-is",
+                "source": "llava-answers"}
+        return conclude([record], meta, [], alpha=alpha, min_gain=min_gain, weights=weights,
+                        n_resamples=n_resamples, seed=seed, expected={task.name: task.expect})
+
+    return _write_other(output, (answers_a, answers_b), "answer file", build)

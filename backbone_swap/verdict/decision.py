@@ -15,7 +15,9 @@ produce some output formats at all. So the verdict is made task by task, in this
    ``complementary_jaccard``), the verdict is "complementary": route per task. Else "no clear difference".
 
 Calibration (ECE, Brier) and stability (CKA) are reported as reasons: they are evidence for the reader, and
-do not change the verdict. Everything here is pure: dicts in, dicts and strings out.
+do not change the verdict; where the inputs cannot give them (logs of other tools hold no confidences and no
+hidden states), the task's ``unavailable`` says why and the reasons say so. Everything here is pure: dicts in,
+dicts and strings out.
 """
 
 from __future__ import annotations
@@ -195,14 +197,24 @@ def _overlap_sentence(task: Mapping[str, Any]) -> str | None:
         parts.append(f"the solved sets overlap by {fmt_num(task['jaccard'], 2)} (Jaccard)")
     if is_number(task.get("complementarity")):
         parts.append(f"routing each question to the right model would add {fmt_points(task['complementarity'])} "
-                     "points over the better model")
+                     "points of questions solved over the better model")
+    if "kappa" in task:  # undefined (null) when both models are right on every question, or both wrong on every one
+        kappa = task["kappa"]
+        parts.append(f"agreement beyond chance (Cohen's kappa) {fmt_num(kappa, 2)}" if is_number(kappa) else
+                     "agreement beyond chance (Cohen's kappa) n/a: both models give the same result on every question")
     return "; ".join(parts) + "."
+
+
+def _unavailable(task: Mapping[str, Any], what: str) -> str | None:
+    """'Calibration: not available: the logs hold no confidences.' where the inputs cannot give ``what``."""
+    reason = (task.get("unavailable") or {}).get(what)
+    return f"{what.capitalize()}: not available: {reason}." if reason else None
 
 
 def _calibration_sentence(task: Mapping[str, Any]) -> str | None:
     ece_a, ece_b = task.get("ece_a"), task.get("ece_b")
     if not (is_number(ece_a) and is_number(ece_b)):
-        return None
+        return _unavailable(task, "calibration")
     ece_a, ece_b = float(ece_a), float(ece_b)
     if ece_a == ece_b:
         text = f"A and B are equally calibrated (ECE {fmt_num(ece_a)} each)"
@@ -235,7 +247,7 @@ def _stability_sentence(task: Mapping[str, Any]) -> str | None:
     if is_number(cka_a) or is_number(cka_b):
         side, value = ("A", cka_a) if is_number(cka_a) else ("B", cka_b)
         return f"Stability was measured for {side} only (CKA {fmt_num(value)})."
-    return None
+    return _unavailable(task, "stability")
 
 
 def _format_sentences(task: Mapping[str, Any]) -> list[str]:
@@ -302,13 +314,15 @@ def task_verdict(task: Mapping[str, Any], t: Thresholds | None = None) -> tuple[
                 and float(jac) < t.complementary_jaccard):
             verdict = "complementary"
             only_a, only_b = _overlap_counts(task)
-            best = _best(task)
+            # the oracle and complementarity count solved questions (partial credit binarised), so the better
+            # model's share solved is oracle - complementarity, not its accuracy with partial credit
             oracle = task.get("oracle")
+            best = float(oracle) - float(gain) if is_number(oracle) else _best(task)
             if not is_number(oracle) and best is not None:
                 oracle = best + float(gain)
             reasons.append(
                 f"They solve different questions rather than more: only A {only_a}, only B {only_b} (solved-set "
-                f"overlap {fmt_num(jac, 2)}); picking the right model per question would reach {fmt_pct(oracle)} vs "
+                f"overlap {fmt_num(jac, 2)}); picking the right model per question would solve {fmt_pct(oracle)} vs "
                 f"{fmt_pct(best)} for the better one alone: route per task."
             )
             overlap_said = True

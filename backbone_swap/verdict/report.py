@@ -97,7 +97,7 @@ def task_row(task: Mapping[str, Any]) -> list[str]:
     overlap = task.get("overlap") or {}
     return [
         str(task["name"]),
-        str(task.get("needs", "")),
+        str(task.get("needs") or "-"),
         str(task.get("n", "")),
         fmt_pct(task.get("accuracy_a")),
         fmt_pct(task.get("accuracy_b")),
@@ -111,6 +111,22 @@ def task_row(task: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def official_rows(task: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """A benchmark's own metrics for one task as (metric, A, B) cells, in the order report.json lists them.
+
+    A metric whose values all lie in [0, 1] is a rate and is shown in percent, as papers print accuracies; any
+    other (MME's perception score, summed over its subtasks to at most 2000) is shown as points with one decimal.
+    """
+    rows = []
+    for metric, pair in (task.get("official") or {}).items():
+        values = [pair.get(side) for side in ("a", "b")]
+        numbers = [float(v) for v in values if is_number(v)]
+        rate = all(0.0 <= v <= 1.0 for v in numbers)
+        cells = [(fmt_pct(v) if rate else fmt_num(v, 1)) if is_number(v) else "n/a" for v in values]
+        rows.append((str(metric), cells[0], cells[1]))
+    return rows
+
+
 def _capability_line(entry: Mapping[str, Any]) -> str:
     return (f"{entry['name']}: only {entry['who']} can do it ({entry['measure']} A {fmt_pct(entry['rate_a'])}, "
             f"B {fmt_pct(entry['rate_b'])})")
@@ -119,6 +135,15 @@ def _capability_line(entry: Mapping[str, Any]) -> str:
 def expectation_line(entry: Mapping[str, Any]) -> str:
     mark = "shown" if entry["shown"] else "NOT shown"
     return f"{entry['task']}: expected {entry['expected']}, observed {entry['observed']}: {mark}"
+
+
+def _scored_by(task: Mapping[str, Any]) -> str:
+    """Where the answers of a task compared from another tool's output were scored, and from which files."""
+    if not task.get("metric"):
+        return ""
+    files = task.get("files") or {}
+    shown = f" (A {files.get('a')}, B {files.get('b')})" if files else ""
+    return f"{task.get('scored_by') or 'the logs'}: per-sample {task['metric']}{shown}"
 
 
 def _baseline_note(baseline: str) -> str:
@@ -201,7 +226,9 @@ def _context(comparison: Mapping[str, Any]) -> dict[str, Any]:
         "shown": count_shown(expectations),
         "columns": COLUMNS,
         "tasks": [{"name": str(task["name"]), "verdict": str(task.get("verdict", "")), "css": _css(task.get("verdict")),
-                   "cells": task_row(task), "reasons": task.get("reasons", [])} for task in comparison["tasks"]],
+                   "cells": task_row(task), "reasons": task.get("reasons", []),
+                   "solved_when": str(task.get("solved_when") or ""), "scored_by": _scored_by(task),
+                   "official": official_rows(task)} for task in comparison["tasks"]],
         "plots": PLOTS,
         "capabilities": [_capability_line(entry) for entry in comparison.get("capabilities") or []],
         "settings": _settings(meta),

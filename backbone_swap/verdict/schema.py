@@ -90,6 +90,8 @@ class Meta(_Record):
     model_b: Text
     suite: Text
     baseline: one_of(("as-is", "retrain"))
+    # what A and B are: model folders evaluated here, lmms-eval's --log_samples folders, LLaVA's answer files
+    source: one_of(("models", "lmms-eval", "llava-answers")) | None = None
     alpha: Number
     min_gain: Number
     n_resamples: Integer
@@ -133,7 +135,8 @@ class Task(_Record):
 
     name: Text
     type: one_of(TASK_TYPES)
-    needs: one_of(NEEDS)
+    # null for a task of another tool's logs whose needs backbone-swap does not know
+    needs: Annotated[one_of(NEEDS) | None, expect(f"one of {', '.join(NEEDS)}, or null")]
     n: Integer
     accuracy_a: NumberOrNull
     accuracy_b: NumberOrNull
@@ -164,6 +167,14 @@ class Task(_Record):
     reasons: Texts
     # a benchmark task's own metrics, as its evaluation code computes them (absent for tasks of other data)
     official: Annotated[dict[str, Pair], expect("map[pair]")] | None = None
+    # when an answer counts as solving its question, for the paired statistics (partial credit binarised)
+    solved_when: Text | None = None
+    # why numbers are null although the task has items: {"calibration": "the logs hold no confidences", ...}
+    unavailable: Annotated[dict[str, Text], expect("map[string]")] | None = None
+    # tasks compared from another tool's logs: the per-sample score used, who scored it, and the files read
+    metric: Text | None = None
+    scored_by: Text | None = None
+    files: Annotated[dict[str, Text], expect("map[string]")] | None = None
 
     @model_validator(mode="after")
     def _counts_add_up(self) -> Task:
