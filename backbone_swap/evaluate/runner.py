@@ -10,6 +10,7 @@ probe set, on clean and perturbed inputs, are saved for the stability analysis i
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import time
@@ -31,9 +32,11 @@ class EvalResult:
     manifest: dict[str, Any]
 
 
-def _messages(question: str, instruction: str) -> list[dict[str, Any]]:
+def _messages(question: str, instruction: str, image: bool = True) -> list[dict[str, Any]]:
+    """The user turn: the image first, then the question; a question without an image is plain text, as the
+    text-only samples of training are (``training.data.to_messages``)."""
     text = f"{question} {instruction}".strip()
-    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}] if image else text}]
 
 
 def paraphrase(question: str) -> str:
@@ -99,7 +102,13 @@ class Evaluator:
         self.image_aspect = json.loads(recorded.read_text()).get("image_aspect") if recorded.is_file() else None
 
     def _inputs(self, images, prompts):
-        if self.image_aspect == "pad":
+        """Model inputs for a batch of prompts with one image each, or all without one (images all None: the
+        language model alone answers, as on the text-only samples it was trained on)."""
+        if all(image is None for image in images):
+            images = None
+        elif any(image is None for image in images):
+            raise ValueError("a batch mixes questions with and without an image")  # evaluate_task keeps them apart
+        elif self.image_aspect == "pad":
             from backbone_swap.training.features import pad_to_square
 
             images = [pad_to_square(image, self.processor.image_processor) for image in images]
@@ -127,9 +136,10 @@ class Evaluator:
         import torch
 
         prompts = [
-            self.processor.apply_chat_template(_messages(q, task.instruction), add_generation_prompt=True,
+            self.processor.apply_chat_template(_messages(q, task.instruction, image is not None),
+                                               add_generation_prompt=True,
                                                **template_variables(self.processor.chat_template))
-            for q in questions
+            for q, image in zip(questions, images, strict=True)
         ]
         inputs = self._inputs(images, prompts)
         with torch.no_grad():
@@ -164,7 +174,8 @@ class Evaluator:
         missing leading space) the model never learned."""
         from backbone_swap.training.data import _Bad, supervised_spans
 
-        messages = _messages(question, task.instruction) + [{"role": "assistant", "content": reply}]
+        messages = _messages(question, task.instruction, image is not None) + [{"role": "assistant",
+                                                                                 "content": reply}]
         try:
             text, spans = supervised_spans(self.tokenizer, messages, self.end_of_turn)
         except _Bad as e:
@@ -192,7 +203,7 @@ class Evaluator:
             seq = prompt_ids + reply
             ids[row, : len(seq)] = torch.tensor(seq)
             mask[row, : len(seq)] = 1
-        pixels = torch.cat([base["pixel_values"] for base, _ in pieces])
+        pixels = torch.cat([base["pixel_values"] for base, _ in pieces]) if image is not None else None
         with torch.no_grad():
             logits = self.model(
                 input_ids=ids.to(self.device), attention_mask=mask.to(self.device), pixel_values=pixels,
@@ -214,7 +225,7 @@ class Evaluator:
         mask = torch.ones_like(ids)
         with torch.no_grad():
             out = self.model(
-                input_ids=ids, attention_mask=mask, pixel_values=base["pixel_values"], output_hidden_states=True,
+                input_ids=ids, attention_mask=mask, pixel_values=base.get("pixel_values"), output_hidden_states=True,
                 **_image_sizes([base]),
             )
         return out.hidden_states[-1][0, -len(reply) :].float().mean(dim=0).cpu()
@@ -238,9 +249,18 @@ def _image_sizes(inputs: list[Any]) -> dict[str, Any]:
     return {"image_sizes": torch.cat([i["image_sizes"] for i in inputs])}
 
 
+def _without_image(item: dict[str, Any]) -> bool:
+    """A question asked without an image: its ``image`` is null (ScienceQA's text-only questions)."""
+    return "image" in item and item["image"] is None and "image_data" not in item
+
+
 def _load_image(task: Task, item: dict[str, Any]):
+    """The item's image, or None for a question asked without one (``image: null``, e.g. ScienceQA's text-only
+    questions)."""
     from backbone_swap.training.data import _Bad, open_image, resolve_image
 
+    if _without_image(item):
+        return None
     try:
         return open_image(resolve_image(item.get("image"), task.image_root))
     except _Bad as e:
@@ -306,11 +326,15 @@ def evaluate_task(
     # every process sees the same list and the shares do not overlap or leave gaps
     done = _done_ids(output / f"{task.name}.jsonl", repair=world == 1)
     todo = [item for item in items if str(item["id"]) not in done]
-    todo.sort(key=lambda item: (len(str(item["question"])), str(item["id"])))  # similar lengths share a batch
+    # similar lengths share a batch; questions without an image (a batch has images for all or none) come last
+    todo.sort(key=lambda item: (_without_image(item), len(str(item["question"])), str(item["id"])))
     todo = todo[rank::world]
+    batches = []
+    for _, group in itertools.groupby(todo, key=_without_image):
+        alike = list(group)
+        batches += [alike[i : i + evaluator.batch_size] for i in range(0, len(alike), evaluator.batch_size)]
     with open(path, "a", encoding="utf-8") as f:
-        for i in range(0, len(todo), evaluator.batch_size):
-            batch = todo[i : i + evaluator.batch_size]
+        for batch in batches:
             images = [_load_image(task, item) for item in batch]
             lines = []
             if kind.answered_by == "options":
@@ -330,16 +354,19 @@ def evaluate_task(
 
 def probe_states(evaluator: Evaluator, task: Task, count: int, seed: int,
                  items: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Hidden states of the first ``count`` items (by id) on clean, noisy-image and reworded inputs."""
+    """Hidden states of the first ``count`` items (by id; those with an image first) on clean, noisy-image and
+    reworded inputs. A question asked without an image has no image to perturb: its noisy input is the clean one."""
     import torch
 
-    items = sorted(read_items(task) if items is None else items, key=lambda it: str(it["id"]))[:count]
+    items = sorted(read_items(task) if items is None else items,
+                   key=lambda it: (_without_image(it), str(it["id"])))[:count]
     clean, noise, reworded = [], [], []
     for k, item in enumerate(items):
         image = _load_image(task, item)
         answer = reference_text(item)
         clean.append(evaluator.answer_states(image, item["question"], answer, task))
-        noise.append(evaluator.answer_states(add_noise(image, seed + k), item["question"], answer, task))
+        noisy = image if image is None else add_noise(image, seed + k)
+        noise.append(evaluator.answer_states(noisy, item["question"], answer, task))
         reworded.append(evaluator.answer_states(image, paraphrase(item["question"]), answer, task))
     return {"clean": torch.stack(clean), "noise": torch.stack(noise), "paraphrase": torch.stack(reworded)}
 
