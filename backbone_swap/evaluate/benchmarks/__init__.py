@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 from backbone_swap.evaluate.benchmarks.base import Benchmark
+from backbone_swap.evaluate.benchmarks.gqa import GQA
+from backbone_swap.evaluate.benchmarks.scienceqa import SCIENCEQA
+from backbone_swap.evaluate.benchmarks.seedbench import SEEDBENCH
+from backbone_swap.evaluate.benchmarks.textvqa import TEXTVQA
 from backbone_swap.evaluate.benchmarks.vqav2 import VQAV2
 
-BENCHMARKS: dict[str, Benchmark] = {benchmark.name: benchmark for benchmark in (VQAV2,)}
+BENCHMARKS: dict[str, Benchmark] = {
+    benchmark.name: benchmark for benchmark in (VQAV2, TEXTVQA, GQA, SCIENCEQA, SEEDBENCH)
+}
