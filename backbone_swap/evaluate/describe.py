@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from backbone_swap.errors import BackboneSwapError
-from backbone_swap.evaluate.suite import PATH_KEYS, MissingImage, Suite, Task, inspect_items
+from backbone_swap.evaluate.suite import PATH_KEYS, MissingImage, Suite, Task, inspect_items, without_image
 
 EXAMPLES = 3  # bad items named per task
 
@@ -53,7 +53,7 @@ def _image_state(task: Task, item: dict[str, Any]) -> str:
 
     if "image_data" in item:  # a decoded base64 image (checked while reading)
         return "found"
-    if "image" in item and item["image"] is None:
+    if without_image(item):
         return "none"
     try:
         resolve_image(item.get("image"), task.image_root)

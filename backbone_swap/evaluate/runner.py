@@ -21,7 +21,7 @@ from typing import Any
 from backbone_swap.checkpoints.templates import end_of_turn, reply_prefix, template_variables
 from backbone_swap.choices import DTYPES, check
 from backbone_swap.errors import BackboneSwapError
-from backbone_swap.evaluate.suite import Suite, Task, load_items, read_items
+from backbone_swap.evaluate.suite import Suite, Task, load_items, read_items, without_image
 from backbone_swap.evaluate.tasks import TYPES, reference_text
 from backbone_swap.runs import EVALUATION, RunFolder, step_record, write_bytes, write_lines, write_safetensors
 
@@ -249,17 +249,12 @@ def _image_sizes(inputs: list[Any]) -> dict[str, Any]:
     return {"image_sizes": torch.cat([i["image_sizes"] for i in inputs])}
 
 
-def _without_image(item: dict[str, Any]) -> bool:
-    """A question asked without an image: its ``image`` is null (ScienceQA's text-only questions)."""
-    return "image" in item and item["image"] is None and "image_data" not in item
-
-
 def _load_image(task: Task, item: dict[str, Any]):
     """The item's image, or None for a question asked without one (``image: null``, e.g. ScienceQA's text-only
     questions)."""
     from backbone_swap.training.data import _Bad, open_image, resolve_image
 
-    if _without_image(item):
+    if without_image(item):
         return None
     try:
         return open_image(resolve_image(item.get("image"), task.image_root))
@@ -327,10 +322,10 @@ def evaluate_task(
     done = _done_ids(output / f"{task.name}.jsonl", repair=world == 1)
     todo = [item for item in items if str(item["id"]) not in done]
     # similar lengths share a batch; questions without an image (a batch has images for all or none) come last
-    todo.sort(key=lambda item: (_without_image(item), len(str(item["question"])), str(item["id"])))
+    todo.sort(key=lambda item: (without_image(item), len(str(item["question"])), str(item["id"])))
     todo = todo[rank::world]
     batches = []
-    for _, group in itertools.groupby(todo, key=_without_image):
+    for _, group in itertools.groupby(todo, key=without_image):
         alike = list(group)
         batches += [alike[i : i + evaluator.batch_size] for i in range(0, len(alike), evaluator.batch_size)]
     with open(path, "a", encoding="utf-8") as f:
@@ -359,7 +354,7 @@ def probe_states(evaluator: Evaluator, task: Task, count: int, seed: int,
     import torch
 
     items = sorted(read_items(task) if items is None else items,
-                   key=lambda it: (_without_image(it), str(it["id"])))[:count]
+                   key=lambda it: (without_image(it), str(it["id"])))[:count]
     clean, noise, reworded = [], [], []
     for k, item in enumerate(items):
         image = _load_image(task, item)

@@ -248,6 +248,11 @@ def read_items(task: Task, on_bad_sample: str = "fail") -> list[dict[str, Any]]:
     return load_items(task, on_bad_sample).items
 
 
+def without_image(item: dict[str, Any]) -> bool:
+    """A question asked without an image: its ``image`` is null (ScienceQA's text-only questions)."""
+    return "image" in item and item["image"] is None and "image_data" not in item
+
+
 class MissingImage(BadItem):
     """An item whose image file is not there (``suite show`` counts these apart)."""
 
@@ -258,11 +263,11 @@ def _check_image(task: Task, item: dict[str, Any]) -> None:
             base64.b64decode(item["image_data"], validate=True)
         except (binascii.Error, TypeError, ValueError):
             raise BadItem(task.data, f"item {item['id']!r}", "its base64 image does not decode") from None
-    elif task.benchmark is not None and item.get("image") is not None:  # None: a question asked without an image
-        # our own data files' images are checked when they are opened
-        image = task.image_root / str(item["image"])
+    elif task.benchmark is not None and not without_image(item):
+        # (our own data files' images are checked when they are opened)
+        image = task.image_root / str(item.get("image"))
         if not image.is_file():
-            raise MissingImage(task.image_root, f"item {item['id']!r}", f"image {item['image']} is missing")
+            raise MissingImage(task.image_root, f"item {item['id']!r}", f"image {item.get('image')} is missing")
 
 
 def _read_data_file(task: Task) -> Loaded:
