@@ -71,8 +71,10 @@ def print_suite(name: str, tasks: list[dict[str, Any]]) -> None:
     console = Console(highlight=False)
     table = Table(title=f"suite {name}", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
                   collapse_padding=True)
-    for column in ("task", "source", "type", "needs"):
+    for column in ("task", "source"):  # names and file names wrap where the table is too wide, types do not
         table.add_column(column, overflow="fold")
+    for column in ("type", "needs"):
+        table.add_column(column, no_wrap=True)
     for column in ("items", "images", "missing", "bad"):
         table.add_column(column, justify="right")
     for task in tasks:
