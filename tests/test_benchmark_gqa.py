@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-import release_files
+import release_layouts
 
 from backbone_swap.errors import BackboneSwapError
 from backbone_swap.evaluate.benchmarks import BENCHMARKS
@@ -15,7 +15,7 @@ from backbone_swap.evaluate.tasks import TYPES
 
 @pytest.fixture
 def suite_path(tmp_path):
-    return release_files.suite(tmp_path, release_files.gqa(tmp_path))
+    return release_layouts.suite(tmp_path, release_layouts.gqa(tmp_path))
 
 
 def test_items_are_the_questions_by_their_ids_with_one_answer(suite_path):

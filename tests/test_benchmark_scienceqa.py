@@ -6,16 +6,18 @@ from __future__ import annotations
 import json
 
 import pytest
-import release_files
+import release_layouts
 
 from backbone_swap.errors import BackboneSwapError
 from backbone_swap.evaluate.benchmarks import BENCHMARKS
 from backbone_swap.evaluate.suite import load_items, load_suite
 from backbone_swap.evaluate.tasks import TYPES
 
+LETTER = "Answer with the option's letter from the given choices directly."
+
 
 def _task(tmp_path, **options):
-    return load_suite(release_files.suite(tmp_path, release_files.scienceqa(tmp_path, **options))).task("sqa")
+    return load_suite(release_layouts.suite(tmp_path, release_layouts.scienceqa(tmp_path, **options))).task("sqa")
 
 
 def test_the_image_questions_of_the_test_split_by_default_with_a_note(tmp_path):
@@ -27,10 +29,12 @@ def test_the_image_questions_of_the_test_split_by_default_with_a_note(tmp_path):
     assert loaded.notes == ["ScienceQA: 2 of 4 test questions have an image; the others are left out "
                             "(include_text_only: true takes them too)"]
     first, second = loaded.items
-    assert first["question"] == "Context: Select the best answer.\nWhich is a mammal?\nA. frog\nB. dog\nC. trout"
-    assert second["question"] == "Which word is a noun?\nA. run\nB. table"  # no hint: no context line
-    assert (first["choices"], first["answer"], first["image"]) == (["frog", "dog", "trout"], "dog",
-                                                                   "test/1/image.png")
+    assert first["question"] == ("Context: Select the best answer.\nWhich is a mammal?\nA. frog\nB. dog\nC. trout"
+                                 f"\n{LETTER}")
+    assert second["question"] == f"Which word is a noun?\nA. run\nB. table\n{LETTER}"  # no hint: no context line
+    # the options are the letters (as for MMBench), the choices' texts kept
+    assert (first["choices"], first["answer"], first["options"], first["image"]) == (
+        ["A", "B", "C"], "B", ["frog", "dog", "trout"], "test/1/image.png")
 
 
 def test_include_text_only_takes_every_question_of_the_split_those_without_an_image_as_text(tmp_path):
@@ -41,7 +45,7 @@ def test_include_text_only_takes_every_question_of_the_split_those_without_an_im
 
 
 def test_another_split_is_read_and_an_unknown_one_named(tmp_path):
-    release_files.scienceqa(tmp_path)
+    release_layouts.scienceqa(tmp_path)
     (tmp_path / "suite.yaml").write_text("tasks:\n  - {name: sqa, benchmark: scienceqa, problems: problems.json, "
                                          "splits: pid_splits.json, image_root: images, split: train}\n")
     assert [item["image"] for item in load_items(load_suite(tmp_path / "suite.yaml").task("sqa")).items] == [
@@ -54,9 +58,9 @@ def test_another_split_is_read_and_an_unknown_one_named(tmp_path):
 def test_official_accuracies_by_subject_context_and_grade(tmp_path):
     task = _task(tmp_path, include_text_only=True)
     items = load_items(task).items
-    # the option's text (right), a letter naming a wrong option, LLaVA's "The answer is A." (right), and an
-    # answer naming no option
-    predictions = ["dog", "A", "The answer is A.", "I do not know"]
+    # a letter (right; what the likelihood of the options writes), LLaVA's "X. ..." naming a wrong option, "The
+    # answer is A." (right), and an answer naming no option: the option's text, which LLaVA's script reads as none
+    predictions = ["B", "A. run", "The answer is A.", "milk"]
     lines = [TYPES["multiple_choice"].score(task, item, prediction, 0.5)
              for item, prediction in zip(items, predictions, strict=True)]
     # by hand: 1 (natural, hint + image, grade 2) right; 2 (language, image, grade 8) wrong; 3 (social, hint,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-import release_files
+import release_layouts
 
 from backbone_swap.errors import BackboneSwapError
 from backbone_swap.evaluate.benchmarks import BENCHMARKS
@@ -15,7 +15,7 @@ from backbone_swap.evaluate.tasks import TYPES
 
 @pytest.fixture
 def suite_path(tmp_path):
-    return release_files.suite(tmp_path, release_files.seedbench(tmp_path))
+    return release_layouts.suite(tmp_path, release_layouts.seedbench(tmp_path))
 
 
 def test_image_questions_with_their_four_choices_and_a_note_on_the_video_ones(suite_path):
@@ -24,8 +24,10 @@ def test_image_questions_with_their_four_choices_and_a_note_on_the_video_ones(su
     loaded = load_items(task)
     assert [item["id"] for item in loaded.items] == ["101669", "102", "103"]
     first = loaded.items[0]
-    assert first["question"] == "How many towels are in the image?\nA. One\nB. Two\nC. Three\nD. Four"
-    assert (first["choices"], first["answer"]) == (["One", "Two", "Three", "Four"], "One")
+    assert first["question"] == ("How many towels are in the image?\nA. One\nB. Two\nC. Three\nD. Four\n"
+                                 "Answer with the option's letter from the given choices directly.")
+    assert (first["choices"], first["answer"], first["options"]) == (["A", "B", "C", "D"], "A",
+                                                                     ["One", "Two", "Three", "Four"])
     # released images are named by data_id; one saved with .jpg added is found too
     assert [item["image"] for item in loaded.items] == ["1454426_2591111986", "img2.jpg", "img2.jpg"]
     assert loaded.notes == ["SEED-Bench: 3 of 4 questions are on an image; the others (video) are left out"]
@@ -34,10 +36,10 @@ def test_image_questions_with_their_four_choices_and_a_note_on_the_video_ones(su
 def test_official_accuracy_overall_and_per_question_type(suite_path):
     task = load_suite(suite_path).task("seed")
     items = load_items(task).items
-    # an option's text (what the likelihood of the options picks), a generated "C. ..." (its first letter), and
-    # a wrong letter
+    # a letter (what the likelihood of the options writes), a generated "C. ..." (its first letter), and a wrong
+    # letter in lower case (lmms-eval compares case-insensitively)
     lines = [TYPES["multiple_choice"].score(task, item, prediction, 0.5)
-             for item, prediction in zip(items, ["One", "C. a park", "A"], strict=True)]
+             for item, prediction in zip(items, ["A", "C. a park", "a"], strict=True)]
     assert BENCHMARKS["seedbench"].official(items, lines) == {
         "accuracy": pytest.approx(2 / 3), "accuracy_Instances Counting": 1.0, "accuracy_Scene Understanding": 0.5}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-import release_files
+import release_layouts
 
 from backbone_swap.errors import BackboneSwapError
 from backbone_swap.evaluate.benchmarks import BENCHMARKS
@@ -16,7 +16,7 @@ from backbone_swap.evaluate.tasks import TYPES
 
 @pytest.fixture
 def suite_path(tmp_path):
-    return release_files.suite(tmp_path, release_files.textvqa(tmp_path))
+    return release_layouts.suite(tmp_path, release_layouts.textvqa(tmp_path))
 
 
 def test_items_keep_the_question_ids_images_and_ten_answers(suite_path):

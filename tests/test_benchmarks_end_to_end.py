@@ -8,7 +8,7 @@ import json
 from statistics import mean
 
 import pytest
-import release_files
+import release_layouts
 
 from backbone_swap.verdict.schema import validate_report
 
@@ -63,19 +63,19 @@ def _gqa_by_hand(folder, a, b):
 
 
 def _choices_by_hand(folder, task, a, b):
-    """Multiple choice: the chosen option's index against the released answer, grouped as the fixture's
-    questions are (ScienceQA: subject, context, grade; SEED-Bench: question type)."""
+    """Multiple choice: the chosen letter against the released answer (ScienceQA's an index), grouped as the
+    fixture's questions are (ScienceQA: subject, context, grade; SEED-Bench: question type)."""
     if task == "sqa":
         problems = json.loads((folder / "problems.json").read_text())
-        right = [{q: float(problems[q]["choices"].index(side[q]["prediction"]) == problems[q]["answer"])
-                  for q in ("1", "2", "3", "4")} for side in (a, b)]
+        right = [{q: float(side[q]["prediction"] == "ABCDE"[problems[q]["answer"]]) for q in ("1", "2", "3", "4")}
+                 for side in (a, b)]
         groups = {"accuracy": "1234", "accuracy_natural": "14", "accuracy_social": "3", "accuracy_language": "2",
                   "accuracy_has_text": "13", "accuracy_has_image": "12", "accuracy_no_context": "4",
                   "accuracy_grade_1_6": "13", "accuracy_grade_7_12": "24"}
     else:
         questions = {q["question_id"]: q for q in json.loads((folder / "SEED-Bench.json").read_text())["questions"]}
-        right = [{q: float("ABCD"[[questions[q][f"choice_{x}"] for x in "abcd"].index(side[q]["prediction"])]
-                           == questions[q]["answer"]) for q in ("101669", "102", "103")} for side in (a, b)]
+        right = [{q: float(side[q]["prediction"] == questions[q]["answer"]) for q in ("101669", "102", "103")}
+                 for side in (a, b)]
         groups = {"accuracy": ["101669", "102", "103"], "accuracy_Instances Counting": ["101669"],
                   "accuracy_Scene Understanding": ["102", "103"]}
     return {metric: tuple(mean(side[q] for q in members) for side in right) for metric, members in groups.items()}
@@ -84,8 +84,9 @@ def _choices_by_hand(folder, task, a, b):
 def test_suite_show_eval_and_compare_on_release_files(cli, transplanted, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
-    suite = release_files.suite(data, release_files.textvqa(data), release_files.gqa(data),
-                                release_files.scienceqa(data, include_text_only=True), release_files.seedbench(data))
+    layouts = release_layouts
+    suite = layouts.suite(data, layouts.textvqa(data), layouts.gqa(data),
+                          layouts.scienceqa(data, include_text_only=True), layouts.seedbench(data))
     shown = cli("suite", "show", suite, "--json")
     assert shown.code == 0, shown.err
     assert [(t["name"], t["n"], t["without_image"]) for t in json.loads(shown.out)["tasks"]] == [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-import release_files
+import release_layouts
 
 
 @pytest.fixture
@@ -13,9 +13,9 @@ def suite_path(tmp_path):
     """The four benchmarks' files, a data file of our own with one image missing, and a SEED-Bench task whose
     file repeats a question id."""
     (tmp_path / "bad").mkdir()
-    tasks = [release_files.textvqa(tmp_path), release_files.gqa(tmp_path), release_files.scienceqa(tmp_path),
-             release_files.seedbench(tmp_path),
-             release_files.seedbench(tmp_path / "bad", "seed2").replace("SEED-Bench", "bad/SEED-Bench"),
+    tasks = [release_layouts.textvqa(tmp_path), release_layouts.gqa(tmp_path), release_layouts.scienceqa(tmp_path),
+             release_layouts.seedbench(tmp_path),
+             release_layouts.seedbench(tmp_path / "bad", "seed2").replace("SEED-Bench", "bad/SEED-Bench"),
              "{name: own, type: short_answer, needs: format, data: own.jsonl, image_root: train_images}"]
     data = json.loads((tmp_path / "bad" / "SEED-Bench.json").read_text())
     data["questions"][2]["question_id"] = "102"
@@ -25,7 +25,7 @@ def suite_path(tmp_path):
         {"id": "b", "image": "gone.jpg", "question": "q", "answer": "x"},
         {"id": "c", "image": None, "question": "q", "answer": "x"},
     ]))
-    return release_files.suite(tmp_path, *tasks)
+    return release_layouts.suite(tmp_path, *tasks)
 
 
 def test_json_counts_every_task_and_never_stops_at_bad_items(cli, suite_path):

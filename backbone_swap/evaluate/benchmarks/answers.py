@@ -7,10 +7,11 @@ with published ones.
 
 - ``evalai_normalize`` / ``vqa_accuracy``: TextVQA's answer processing and soft accuracy, as the m4c evaluator
   (LLaVA's ``m4c_evaluator.py``, lmms-eval's ``EvalAIAnswerProcessor``) computes them.
-- ``lettered``: a multiple-choice question with its options listed as ``A. ...`` lines, as LLaVA's and
-  lmms-eval's ScienceQA and SEED-Bench prompts list them.
-- ``option_index``: which option an answer line chose, from its text (the option itself, as a task answered by
-  the options' likelihood writes it, or a letter, as a generated answer gives it).
+- ``lettered``: a multiple-choice question as LLaVA's and lmms-eval's ScienceQA and SEED-Bench prompts ask it: its
+  options listed as ``A. ...`` lines, then the instruction to answer with the option's letter. The options of
+  such an item are the letters (the likelihood of each letter after the prompt picks one, as for MMBench).
+- ``option_letter``: which option an answer line chose: its letter, as the likelihood of the options writes it,
+  or the letter the benchmark's script reads from a generated answer.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Callable, Sequence
 from backbone_swap.evaluate.scoring import normalize_vqa
 
 LETTERS = string.ascii_uppercase
+INSTRUCTION = "Answer with the option's letter from the given choices directly."
 
 
 def mean(values: Sequence[float]) -> float | None:
@@ -44,17 +46,14 @@ def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
     return sum(min(1.0, (total - int(own)) / 3) for own in matches) / len(matches)
 
 
-def lettered(question: str, choices: Sequence[str]) -> str:
-    """The question followed by one ``A. option`` line per option."""
-    return "\n".join([question, *(f"{LETTERS[i]}. {choice}" for i, choice in enumerate(choices))])
+def lettered(question: str, options: Sequence[str]) -> str:
+    """The question, one ``A. option`` line per option, and the instruction to answer with the letter."""
+    return "\n".join([question, *(f"{LETTERS[i]}. {option}" for i, option in enumerate(options)), INSTRUCTION])
 
 
-def option_index(prediction: str, choices: Sequence[str], letter: Callable[[str], str | None]) -> int | None:
-    """The index of the option an answer chose: the option's own text, else the letter the benchmark's script
-    reads from the answer (``letter``), if it names one of the options; None when it names none."""
-    if prediction in choices:
-        return list(choices).index(prediction)
-    found = letter(prediction)
-    if found is not None and found in LETTERS[: len(choices)]:
-        return LETTERS.index(found)
-    return None
+def option_letter(prediction: str, count: int, read: Callable[[str], str | None]) -> str | None:
+    """The letter of the option an answer chose among ``count``: the answer itself when it is one of their letters,
+    else the letter the benchmark's script reads from a generated answer (``read``) if it is one of them; None
+    when it names none of them (the scripts count it wrong)."""
+    found = prediction if prediction in LETTERS[:count] else read(prediction)
+    return found if found is not None and found in LETTERS[:count] else None

@@ -3,17 +3,18 @@ and the images, ``<split>/<pid>/image.png`` under the image root.
 
 By default a task takes the questions of its split that have an image: ScienceQA-IMG, the subset LLaVA reports
 (2,017 of the 4,241 test questions); ``include_text_only: true`` takes them all, the others asked without an
-image. An item is multiple choice over the problem's listed choices; its question is built as lmms-eval's
-``scienceqa_img`` builds it: ``Context: <hint>`` on a line of its own when the problem has a hint, the question,
-then one ``A. choice`` line per choice.
+image. An item is multiple choice over the problem's listed choices, asked as LLaVA-1.5 asks it (lmms-eval's
+``scienceqa_img`` builds the same prompt): ``Context: <hint>`` on a line of its own when the problem has a hint,
+the question, one ``A. choice`` line per choice, and "Answer with the option's letter from the given choices
+directly."; its options are the letters, as for MMBench (the choices' texts are kept as ``options``).
 
 The official metrics are those of ScienceQA's ``evaluate_acc.py`` over the evaluated questions, as fractions:
 ``accuracy``; per subject (``accuracy_natural``, ``accuracy_social``, ``accuracy_language``); per context
 (``accuracy_has_text``: a hint, ``accuracy_has_image``, ``accuracy_no_context``: neither; on the image subset
 ``accuracy_has_image`` is ``accuracy``, LLaVA's "IMG-Accuracy"); per grade band (``accuracy_grade_1_6``,
 ``accuracy_grade_7_12``). Its per-topic accuracies (26 topics) are left out. An answer is read as LLaVA's
-``eval_science_qa.py`` reads it: the option's text (as the likelihood of the options picks it), a letter, ``X.
-...``, or "The answer is X."; anything else counts wrong.
+``eval_science_qa.py`` reads it: a letter (as the likelihood of the options writes it), ``X. ...``, or "The
+answer is X."; anything else counts wrong.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from backbone_swap.errors import BackboneSwapError
-from backbone_swap.evaluate.benchmarks.answers import LETTERS, lettered, mean, option_index
+from backbone_swap.evaluate.benchmarks.answers import LETTERS, lettered, mean, option_letter
 from backbone_swap.evaluate.benchmarks.base import BadItem, Benchmark, Loaded, layout_error, read_json
 
 LAYOUT = ("problems.json (pid -> question, choices, answer, hint, image, subject, grade) and pid_splits.json "
@@ -70,13 +71,11 @@ def _item(task: Any, split: str, pid: str, problem: dict[str, Any]) -> dict[str,
     if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(choices):
         raise BadItem(task.problems, f"question {pid}", f"needs answer, the index of the right one of its "
                                                         f"{len(choices)} choices")
-    if len(set(choices)) < len(choices):
-        raise BadItem(task.problems, f"question {pid}", "lists one choice twice, so its answers cannot be told apart")
     hint = problem.get("hint") or ""
     image = problem.get("image")
     return {
         "id": pid, "question": (f"Context: {hint}\n" if hint else "") + lettered(question, choices),
-        "choices": choices, "answer": choices[answer], "answer_index": answer,
+        "options": choices, "choices": list(LETTERS[: len(choices)]), "answer": LETTERS[answer],
         "image": f"{split}/{pid}/{image}" if image else None,
         "subject": problem.get("subject"), "grade": problem.get("grade"), "has_text": bool(hint),
     }
@@ -96,9 +95,9 @@ def metrics(items: Sequence[dict[str, Any]], lines: Sequence[dict[str, Any]]) ->
     """Accuracy overall and per subject, context and grade band, as ``evaluate_acc.py`` groups the questions."""
     rows = []
     for item, line in zip(items, lines, strict=True):
-        chosen = option_index(str(line["prediction"]), item["choices"], answer_letter)
+        chosen = option_letter(str(line["prediction"]), len(item["choices"]), answer_letter)
         grade = str(item.get("grade") or "").removeprefix("grade")
-        rows.append((item, float(chosen == item["answer_index"]), int(grade) if grade.isdigit() else None))
+        rows.append((item, float(chosen == item["answer"]), int(grade) if grade.isdigit() else None))
     groups = {
         "accuracy": lambda item, grade: True,
         **{f"accuracy_{name}": (lambda item, grade, s=subject: item.get("subject") == s)

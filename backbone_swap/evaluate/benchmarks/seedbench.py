@@ -2,15 +2,15 @@
 image folder (``SEED-Bench-image``), whose files are named by the questions' ``data_id``.
 
 A task takes the image questions (``data_type`` image, dimensions 1-9) and leaves the video ones out, with a note
-counting them. An item is multiple choice over ``choice_a``..``choice_d``; its question lists them as lmms-eval's
-``seedbench`` task does (the question, then ``A. choice`` lines). SEED-Bench's own evaluation ranks the four
-choices by the model's likelihood, as the ``multiple_choice`` type does (it by summed log-probability, SEED-Bench
-by mean loss per token).
+counting them. An item is multiple choice over ``choice_a``..``choice_d``, asked as LLaVA-1.5 and lmms-eval's
+``seedbench`` task ask it: the question, ``A. choice`` lines, and "Answer with the option's letter from the given
+choices directly."; its options are the letters, ranked by their likelihood as for MMBench (the choices' texts
+are kept as ``options``). SEED-Bench's own evaluation ranks the choices' texts by their likelihood instead.
 
 The official metrics are those of LLaVA's ``convert_seed_for_submission.py`` for the image questions, as
 fractions: ``accuracy`` over all of them, and ``accuracy_<question type>`` per evaluation dimension (named as the
-file's ``question_type`` names them). An answer counts when it is the right option's text or, for a generated
-answer, when its first letter is the right one (lmms-eval's reading).
+file's ``question_type`` names them). An answer counts when it is the right letter or, for a generated answer,
+when its first letter is the right one (lmms-eval's reading).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from backbone_swap.evaluate.benchmarks.answers import LETTERS, lettered, mean, option_index
+from backbone_swap.evaluate.benchmarks.answers import LETTERS, lettered, mean, option_letter
 from backbone_swap.evaluate.benchmarks.base import BadItem, Benchmark, Loaded, layout_error, read_json
 
 LAYOUT = ("SEED-Bench.json (questions[]: question_id, question, choice_a..choice_d, answer, data_id, data_type, "
@@ -60,10 +60,8 @@ def _item(task: Any, question: dict[str, Any]) -> dict[str, Any]:
         raise BadItem(task.data, f"question {qid}", "needs a question and four choices as text")
     if question.get("answer") not in LETTERS[:4]:
         raise BadItem(task.data, f"question {qid}", "needs answer, one of A, B, C, D")
-    if len(set(choices)) < len(choices):
-        raise BadItem(task.data, f"question {qid}", "lists one choice twice, so its answers cannot be told apart")
-    return {"id": qid, "question": lettered(question["question"], choices), "choices": choices,
-            "answer": choices[LETTERS.index(question["answer"])], "answer_letter": question["answer"],
+    return {"id": qid, "question": lettered(question["question"], choices), "options": choices,
+            "choices": list(LETTERS[:4]), "answer": question["answer"],
             "image": _image_name(Path(task.image_root), str(question["data_id"])),
             "question_type": None if question.get("question_type_id") is None else str(question["question_type_id"])}
 
@@ -86,8 +84,8 @@ def metrics(items: Sequence[dict[str, Any]], lines: Sequence[dict[str, Any]]) ->
     every: list[float] = []
     per_type: dict[str, list[float]] = {}
     for item, line in zip(items, lines, strict=True):
-        chosen = option_index(str(line["prediction"]), item["choices"], first_letter)
-        every.append(float(chosen is not None and LETTERS[chosen] == item["answer_letter"]))
+        chosen = option_letter(str(line["prediction"]), len(item["choices"]), first_letter)
+        every.append(float(chosen == item["answer"]))
         if item.get("question_type") is not None:
             per_type.setdefault(item["question_type"], []).append(every[-1])
     return {"accuracy": mean(every)} | {f"accuracy_{kind}": mean(per_type[kind]) for kind in sorted(per_type)}
