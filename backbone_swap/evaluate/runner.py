@@ -10,7 +10,6 @@ probe set, on clean and perturbed inputs, are saved for the stability analysis i
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import math
 import time
@@ -250,11 +249,9 @@ def _image_sizes(inputs: list[Any]) -> dict[str, Any]:
 
 
 def _load_image(task: Task, item: dict[str, Any]):
-    """The item's image, or None for a question asked without one (``image: null``, e.g. ScienceQA's text-only
-    questions)."""
     from backbone_swap.training.data import _Bad, open_image, resolve_image
 
-    if without_image(item):
+    if without_image(item):  # None: a question asked without an image (ScienceQA's text-only questions)
         return None
     try:
         return open_image(resolve_image(item.get("image"), task.image_root))
@@ -324,10 +321,12 @@ def evaluate_task(
     # similar lengths share a batch; questions without an image (a batch has images for all or none) come last
     todo.sort(key=lambda item: (without_image(item), len(str(item["question"])), str(item["id"])))
     todo = todo[rank::world]
-    batches = []
-    for _, group in itertools.groupby(todo, key=without_image):
-        alike = list(group)
-        batches += [alike[i : i + evaluator.batch_size] for i in range(0, len(alike), evaluator.batch_size)]
+    batches: list[list[dict[str, Any]]] = []
+    for item in todo:  # a new batch when the last is full or holds the other kind of question
+        last = batches[-1] if batches else None
+        if last is None or len(last) == evaluator.batch_size or without_image(last[0]) != without_image(item):
+            batches.append([])
+        batches[-1].append(item)
     with open(path, "a", encoding="utf-8") as f:
         for batch in batches:
             images = [_load_image(task, item) for item in batch]
