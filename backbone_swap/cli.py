@@ -91,6 +91,7 @@ Weights = Annotated[str | None, typer.Option(help="Task weights for the overall 
 Resamples = Annotated[int, typer.Option(help="Bootstrap resamples.")]
 KindOption = Annotated[LlmKind, typer.Option(help="Whether the new LLM is a base or an instruction-tuned model "
                                              "(recorded, so comparisons can warn).")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 ChatTemplate = Annotated[
     Path | None,
     typer.Option("--chat-template", help="Jinja chat template file for the new LLM, instead of its own (an LLM "
@@ -104,7 +105,7 @@ def inspect(
     llm: Annotated[
         Path | None, typer.Option("--llm", help="A newer LLM: say whether it can receive PATH's vision tower.")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    as_json: AsJson = False,
     vision_tower: VisionTower = None,
     allow_pickle: AllowPickle = False,
     trust_remote_code: TrustRemoteCode = False,
@@ -222,6 +223,32 @@ def eval_command(
     if not result.manifest:  # another process of a multi-process run: the main one reports
         return
     typer.echo(f"evaluated {model} on {loaded.name} ({loaded.names()}) -> {output}")
+
+
+suite_app = typer.Typer(help="Check an evaluation suite before evaluating on it.", no_args_is_help=True)
+app.add_typer(suite_app, name="suite")
+
+
+@suite_app.command("show")
+def suite_show(
+    suite: Annotated[str, typer.Argument(help="A suite YAML file or a shipped suite name.")],
+    as_json: AsJson = False,
+) -> None:
+    """Each task: its benchmark or data file, type, needs, usable items, images found and missing, bad items."""
+    from backbone_swap.evaluate.describe import describe_suite, print_suite
+    from backbone_swap.evaluate.suite import load_suite
+
+    loaded = load_suite(suite)
+    tasks = describe_suite(loaded)
+    if as_json:
+        typer.echo(json.dumps({"suite": loaded.name, "tasks": tasks}, indent=2))
+    else:
+        print_suite(loaded.name, tasks)
+    unreadable = [task for task in tasks if task["error"]]
+    if unreadable:
+        first = unreadable[0]
+        others = f" ({len(unreadable) - 1} more tasks cannot be read either)" if len(unreadable) > 1 else ""
+        raise BackboneSwapError(f"task {first['name']}: {first['error']}{others}", first["hint"] or "")
 
 
 def _check_alpha(alpha: float) -> None:

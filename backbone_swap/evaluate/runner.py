@@ -23,7 +23,7 @@ from typing import Any
 from backbone_swap.checkpoints.templates import end_of_turn, reply_prefix, template_variables
 from backbone_swap.choices import DTYPES, check
 from backbone_swap.errors import BackboneSwapError
-from backbone_swap.evaluate.suite import Suite, Task, load_items, read_items
+from backbone_swap.evaluate.suite import Suite, Task, load_items, read_items, without_image
 from backbone_swap.evaluate.tasks import TYPES, reference_text
 from backbone_swap.runs import EVALUATION, RunFolder, step_record, write_bytes, write_lines, write_safetensors
 
@@ -34,9 +34,11 @@ class EvalResult:
     manifest: dict[str, Any]
 
 
-def _messages(question: str, instruction: str) -> list[dict[str, Any]]:
+def _messages(question: str, instruction: str, image: bool = True) -> list[dict[str, Any]]:
+    """The user turn: the image first, then the question; a question without an image is plain text, as the
+    text-only samples of training are (``training.data.to_messages``)."""
     text = f"{question} {instruction}".strip()
-    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}] if image else text}]
 
 
 def paraphrase(question: str) -> str:
@@ -102,7 +104,13 @@ class Evaluator:
         self.image_aspect = json.loads(recorded.read_text()).get("image_aspect") if recorded.is_file() else None
 
     def _inputs(self, images, prompts):
-        if self.image_aspect == "pad":
+        """Model inputs for a batch of prompts with one image each, or all without one (images all None: the
+        language model alone answers, as on the text-only samples it was trained on)."""
+        if all(image is None for image in images):
+            images = None
+        elif any(image is None for image in images):
+            raise ValueError("a batch mixes questions with and without an image")  # evaluate_task keeps them apart
+        elif self.image_aspect == "pad":
             from backbone_swap.training.features import pad_to_square
 
             images = [pad_to_square(image, self.processor.image_processor) for image in images]
@@ -130,9 +138,10 @@ class Evaluator:
         import torch
 
         prompts = [
-            self.processor.apply_chat_template(_messages(q, task.instruction), add_generation_prompt=True,
+            self.processor.apply_chat_template(_messages(q, task.instruction, image is not None),
+                                               add_generation_prompt=True,
                                                **template_variables(self.processor.chat_template))
-            for q in questions
+            for q, image in zip(questions, images, strict=True)
         ]
         inputs = self._inputs(images, prompts)
         with torch.no_grad():
@@ -167,7 +176,8 @@ class Evaluator:
         missing leading space) the model never learned."""
         from backbone_swap.training.data import _Bad, supervised_spans
 
-        messages = _messages(question, task.instruction) + [{"role": "assistant", "content": reply}]
+        messages = _messages(question, task.instruction, image is not None) + [{"role": "assistant",
+                                                                                 "content": reply}]
         try:
             text, spans = supervised_spans(self.tokenizer, messages, self.end_of_turn)
         except _Bad as e:
@@ -195,7 +205,7 @@ class Evaluator:
             seq = prompt_ids + reply
             ids[row, : len(seq)] = torch.tensor(seq)
             mask[row, : len(seq)] = 1
-        pixels = torch.cat([base["pixel_values"] for base, _ in pieces])
+        pixels = torch.cat([base["pixel_values"] for base, _ in pieces]) if image is not None else None
         with torch.no_grad():
             logits = self.model(
                 input_ids=ids.to(self.device), attention_mask=mask.to(self.device), pixel_values=pixels,
@@ -217,7 +227,7 @@ class Evaluator:
         mask = torch.ones_like(ids)
         with torch.no_grad():
             out = self.model(
-                input_ids=ids, attention_mask=mask, pixel_values=base["pixel_values"], output_hidden_states=True,
+                input_ids=ids, attention_mask=mask, pixel_values=base.get("pixel_values"), output_hidden_states=True,
                 **_image_sizes([base]),
             )
         return out.hidden_states[-1][0, -len(reply) :].float().mean(dim=0).cpu()
@@ -246,6 +256,8 @@ def _load_image(task: Task, item: dict[str, Any]):
     benchmark's own file, as MMBench ships its images), which has no file."""
     from backbone_swap.training.data import _Bad, open_image, resolve_image
 
+    if without_image(item):  # None: a question asked without an image (ScienceQA's text-only questions)
+        return None
     try:
         if "image_data" in item:
             try:
@@ -317,11 +329,17 @@ def evaluate_task(
     # every process sees the same list and the shares do not overlap or leave gaps
     done = _done_ids(output / f"{task.name}.jsonl", repair=world == 1)
     todo = [item for item in items if str(item["id"]) not in done]
-    todo.sort(key=lambda item: (len(str(item["question"])), str(item["id"])))  # similar lengths share a batch
+    # similar lengths share a batch; questions without an image (a batch has images for all or none) come last
+    todo.sort(key=lambda item: (without_image(item), len(str(item["question"])), str(item["id"])))
     todo = todo[rank::world]
+    batches: list[list[dict[str, Any]]] = []
+    for item in todo:  # a new batch when the last is full or holds the other kind of question
+        last = batches[-1] if batches else None
+        if last is None or len(last) == evaluator.batch_size or without_image(last[0]) != without_image(item):
+            batches.append([])
+        batches[-1].append(item)
     with open(path, "a", encoding="utf-8") as f:
-        for i in range(0, len(todo), evaluator.batch_size):
-            batch = todo[i : i + evaluator.batch_size]
+        for batch in batches:
             images = [_load_image(task, item) for item in batch]
             lines = []
             if kind.answered_by == "options":
@@ -341,16 +359,19 @@ def evaluate_task(
 
 def probe_states(evaluator: Evaluator, task: Task, count: int, seed: int,
                  items: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Hidden states of the first ``count`` items (by id) on clean, noisy-image and reworded inputs."""
+    """Hidden states of the first ``count`` items (by id; those with an image first) on clean, noisy-image and
+    reworded inputs. A question asked without an image has no image to perturb: its noisy input is the clean one."""
     import torch
 
-    items = sorted(read_items(task) if items is None else items, key=lambda it: str(it["id"]))[:count]
+    items = sorted(read_items(task) if items is None else items,
+                   key=lambda it: (without_image(it), str(it["id"])))[:count]
     clean, noise, reworded = [], [], []
     for k, item in enumerate(items):
         image = _load_image(task, item)
         answer = reference_text(item)
         clean.append(evaluator.answer_states(image, item["question"], answer, task))
-        noise.append(evaluator.answer_states(add_noise(image, seed + k), item["question"], answer, task))
+        noisy = image if image is None else add_noise(image, seed + k)
+        noise.append(evaluator.answer_states(noisy, item["question"], answer, task))
         reworded.append(evaluator.answer_states(image, paraphrase(item["question"]), answer, task))
     return {"clean": torch.stack(clean), "noise": torch.stack(noise), "paraphrase": torch.stack(reworded)}
 

@@ -198,16 +198,34 @@ def suite_from_dict(data: Any, path: Path) -> Suite:
 
 def load_items(task: Task, on_bad_sample: str = "fail") -> Loaded:
     """The task's items, checked: from its benchmark's release files, or from its data file (JSON list or JSONL
-    records: id, image, question, answer, optional choices).
+    records: id, image, question, answer, optional choices; ``image: null`` asks the question without an image).
 
     An item that cannot be used (a missing key or image, a repeated id, an image that does not decode) stops
     the run in one line naming the file, the item and the problem, or with ``on_bad_sample="skip"`` is left out
     and counted in ``Loaded.bad``. A file that is not in the expected layout always stops it.
     """
     check(on_bad_sample, ON_BAD_SAMPLE, "--on-bad-sample")
+    loaded = inspect_items(task)
+    source = _source(task)
+    if loaded.bad and on_bad_sample == "fail":
+        more = f" (and {len(loaded.bad) - 1} more)" if len(loaded.bad) > 1 else ""
+        raise BackboneSwapError(f"task {task.name}: {loaded.bad[0].describe()}{more}",
+                                "Fix the data, or pass --on-bad-sample skip to leave such items out (counted)")
+    if not loaded.items:
+        raise BackboneSwapError(
+            f"{source} of task {task.name} holds no records" + (" that can be used" if loaded.bad else ""),
+            "Give the task at least one record (id, image, question, answer), or remove it from the suite",
+        )
+    return loaded
+
+
+def inspect_items(task: Task) -> Loaded:
+    """The task's usable items and the ones that cannot be used (``Loaded.bad``), however many: what ``load_items``
+    checks, without stopping at bad items or at a task left with none (``suite show`` counts them). A file that
+    is not in the expected layout still raises."""
     loaded = BENCHMARKS[task.benchmark].read(task) if task.benchmark else _read_data_file(task)
     kind, seen, kept = TYPES[task.type], set(), []
-    source = task.data or task.root or task.questions or task.problems
+    source = _source(task)
     for item in loaded.items:
         try:
             key = str(item["id"])
@@ -223,21 +241,26 @@ def load_items(task: Task, on_bad_sample: str = "fail") -> Loaded:
         seen.add(key)
         kept.append(item)
     loaded.items = kept
-    if loaded.bad and on_bad_sample == "fail":
-        more = f" (and {len(loaded.bad) - 1} more)" if len(loaded.bad) > 1 else ""
-        raise BackboneSwapError(f"task {task.name}: {loaded.bad[0].describe()}{more}",
-                                "Fix the data, or pass --on-bad-sample skip to leave such items out (counted)")
-    if not kept:
-        raise BackboneSwapError(
-            f"{source} of task {task.name} holds no records" + (" that can be used" if loaded.bad else ""),
-            "Give the task at least one record (id, image, question, answer), or remove it from the suite",
-        )
     return loaded
+
+
+def _source(task: Task) -> Path:
+    """The file a task's items come from, as messages name it."""
+    return task.data or task.root or task.questions or task.problems
 
 
 def read_items(task: Task, on_bad_sample: str = "fail") -> list[dict[str, Any]]:
     """The task's usable items (see ``load_items``)."""
     return load_items(task, on_bad_sample).items
+
+
+def without_image(item: dict[str, Any]) -> bool:
+    """A question asked without an image: its ``image`` is null (ScienceQA's text-only questions)."""
+    return "image" in item and item["image"] is None and "image_data" not in item
+
+
+class MissingImage(BadItem):
+    """An item whose image file is not there (``suite show`` counts these apart)."""
 
 
 def _check_image(task: Task, item: dict[str, Any]) -> None:
@@ -254,9 +277,11 @@ def _check_image(task: Task, item: dict[str, Any]) -> None:
             raise BadItem(task.data, f"item {item['id']!r}", "its base64 image decodes to no image format PIL "
                           "reads") from None
     elif task.benchmark is not None:  # our own data files' images are checked when they are opened
+        if without_image(item):
+            return
         image = task.image_root / str(item.get("image"))
         if not image.is_file():
-            raise BadItem(task.image_root, f"item {item['id']!r}", f"image {item.get('image')} is missing")
+            raise MissingImage(task.image_root, f"item {item['id']!r}", f"image {item.get('image')} is missing")
 
 
 def _read_data_file(task: Task) -> Loaded:
