@@ -8,6 +8,7 @@ pickle weights, remote code, corrupt files) is raised here, before any output ex
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,9 @@ from backbone_swap.checkpoints import streaming as st
 from backbone_swap.errors import BackboneSwapError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+# what a model id on the Hugging Face Hub looks like (``llava-hf/llava-1.5-7b-hf``): a user who passes one expects a
+# download, which backbone-swap never does
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 @dataclass
@@ -111,12 +115,21 @@ def _optional_json(path: Path) -> dict[str, Any]:
 
 def open_checkpoint(path: str | Path, *, allow_pickle: bool = False, trust_remote_code: bool = False) -> Checkpoint:
     """Open a local checkpoint folder for reading, refusing what backbone-swap must not load silently."""
-    path = Path(path).expanduser()
+    typed, path = str(path), Path(path).expanduser()
     if not path.exists():
+        if _HUB_ID.fullmatch(typed):
+            raise BackboneSwapError(
+                f"{typed} is no local folder: backbone-swap reads only local folders, and downloads nothing",
+                f"Download it first (e.g. huggingface-cli download {typed} --local-dir DIR) and pass DIR")
         raise BackboneSwapError(f"{path} does not exist", "Pass the folder of a local Hugging Face checkpoint")
     if not path.is_dir():
         raise BackboneSwapError(f"{path} is not a folder", "Pass the folder that holds config.json and the weights")
     if not (path / "config.json").is_file():
+        if (path / "adapter_config.json").is_file():
+            raise BackboneSwapError(
+                f"{path} is a LoRA adapter (adapter_config.json), not a whole model",
+                "Pass the merged model instead (train writes it beside the adapter, in final/merged), or merge the "
+                "adapter into its base model first")
         raise BackboneSwapError(
             f"{path} has no config.json", "Pass the folder of a Hugging Face checkpoint (saved with save_pretrained)"
         )
