@@ -285,3 +285,38 @@ def test_parse_weights_round_trip():
     assert parse_weights(format_weights(weights)) == weights
     text = "vqa=2.0,ocr=0.5"
     assert format_weights(parse_weights(text)) == text
+
+
+@pytest.mark.parametrize(("update", "starts", "words"), [
+    ({"ece_a": 0.20, "ece_b": 0.10, "ece_a_ci": [0.08, 0.30], "ece_b_ci": [0.05, 0.15]},
+     "No clear difference in calibration", "the gap is within their intervals"),
+    ({"ece_a": 0.104, "ece_b": 0.100, "ece_a_ci": [0.103, 0.105], "ece_b_ci": [0.099, 0.101]},
+     "No clear difference in calibration", "shows only in the third decimal"),
+    ({"ece_a": 0.20, "ece_b": 0.10, "ece_a_ci": [0.18, 0.22], "ece_b_ci": [0.08, 0.12], "brier_a": 0.15,
+      "brier_b": 0.25}, "ECE and Brier disagree on which model is better calibrated", "Brier favours A"),
+    ({"ece_a": 0.20, "ece_b": 0.10, "ece_a_ci": [0.18, 0.22], "ece_b_ci": [0.08, 0.12], "brier_a": 0.25,
+      "brier_b": 0.15}, "B is better calibrated", "Brier A 0.250, B 0.150"),
+])
+def test_calibration_names_a_winner_only_where_the_evidence_does(update, starts, words):
+    task = {**make_task("vqa", *outcomes(90, 10, 40, 60)), **update}
+    sentence = next(r for r in task_verdict(task, Thresholds())[1] if "calibrat" in r)
+    assert sentence.startswith(starts) and words in sentence, sentence
+
+
+def test_stability_names_no_winner_inside_the_third_decimal():
+    task = {**make_task("vqa", *outcomes(90, 10, 40, 60)), "cka_a": 0.912, "cka_b": 0.915}
+    sentence = next(r for r in task_verdict(task, Thresholds())[1] if "CKA" in r)
+    assert sentence == ("No clear difference in stability under perturbed inputs: CKA A 0.912, B 0.915; the gap "
+                        "shows only in the third decimal.")
+
+
+def test_a_task_most_questions_of_which_neither_model_solves_is_flagged():
+    from backbone_swap.verdict.decision import both_poor
+
+    poor = make_task("fruit", *outcomes(2, 1, 7, 38))  # 38 of 48 solved by neither: 79.2%
+    verdict, reasons = task_verdict(poor, Thresholds())
+    assert both_poor(poor) and reasons[1] == ("Both models are poor here: 38 of 48 questions (79.2%) are solved by "
+                                              "neither, whatever the verdict says about the difference between them.")
+    fine = make_task("vqa", *outcomes(90, 10, 40, 60))  # 60 of 200: 30%
+    assert not both_poor(fine) and not any("poor" in r for r in task_verdict(fine, Thresholds())[1])
+    assert not both_poor({**poor, "overlap": {**poor["overlap"], "neither": 24}})  # exactly half is not most

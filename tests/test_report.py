@@ -279,3 +279,13 @@ def test_a_benchmarks_own_metrics_solved_rule_and_undefined_kappa_are_shown(tmp_
     assert "<tr><td>accuracy</td><td>81.2%</td><td>87.5%</td></tr>" in html
     assert "<tr><td>perception</td><td>1510.7</td><td>n/a</td></tr>" in html
     assert "Solved when its VQA accuracy is 1 &lt;b&gt;." in html and SCRIPT not in html
+
+
+def test_a_task_both_models_fail_says_so_in_its_heading(tmp_path, plain):
+    comparison = copy.deepcopy(plain)
+    comparison["tasks"][2]["both_poor"] = True
+    paths = write_report(tmp_path, comparison)
+    assert "### pointing: upgrade (both models poor)" in paths["markdown"].read_text()
+    assert "### ocr: keep\n" in paths["markdown"].read_text()
+    assert "</span> (both models poor)</h3>" in paths["html"].read_text()
+    assert json.loads(paths["json"].read_text())["tasks"][2]["both_poor"] is True

@@ -282,6 +282,7 @@ def conclude(tasks: list[dict[str, Any]], meta: dict[str, Any], warnings: list[s
     ``report.write_report`` takes it: the same for every kind of input (model folders, logs, answer files)."""
     from backbone_swap.verdict.decision import (
         Thresholds,
+        both_poor,
         capabilities,
         check_expectation,
         overall_verdict,
@@ -291,6 +292,7 @@ def conclude(tasks: list[dict[str, Any]], meta: dict[str, Any], warnings: list[s
     thresholds = Thresholds(alpha=alpha, min_gain=min_gain)
     for record in tasks:
         record["verdict"], record["reasons"] = task_verdict(record, thresholds)
+        record["both_poor"] = both_poor(record, thresholds)
     expected = expected or {}
     return {
         "meta": {**meta, "alpha": alpha, "min_gain": min_gain, "n_resamples": n_resamples, "seed": seed,

@@ -50,6 +50,7 @@ class Thresholds:
     capable: float = 0.2  # ... provided the other model reaches at least this
     complementary_gain: float = 0.05  # oracle-router accuracy minus the better single model, at least
     complementary_jaccard: float = 0.6  # overlap of the two solved sets, below
+    poor: float = 0.5  # a task where more than this share of questions is solved by neither model: both are poor
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -211,27 +212,40 @@ def _unavailable(task: Mapping[str, Any], what: str) -> str | None:
     return f"{what.capitalize()}: not available: {reason}." if reason else None
 
 
+# A difference in ECE or CKA that shows only in the third decimal names no winner.
+_NOISE = 0.01
+
+
 def _calibration_sentence(task: Mapping[str, Any]) -> str | None:
+    """Which model is better calibrated, said only where the evidence does: the ECE gap outside both models'
+    intervals (and above the third decimal), and ECE and Brier agreeing on the same model."""
     ece_a, ece_b = task.get("ece_a"), task.get("ece_b")
     if not (is_number(ece_a) and is_number(ece_b)):
         return _unavailable(task, "calibration")
     ece_a, ece_b = float(ece_a), float(ece_b)
+    brier = (float(task["brier_a"]), float(task["brier_b"])) \
+        if is_number(task.get("brier_a")) and is_number(task.get("brier_b")) else None
+    brier_text = f"; Brier A {fmt_num(brier[0])}, B {fmt_num(brier[1])}" if brier else ""
     if ece_a == ece_b:
-        text = f"A and B are equally calibrated (ECE {fmt_num(ece_a)} each)"
-    else:
-        better, worse = ("B", "A") if ece_b < ece_a else ("A", "B")
-        low, high = (ece_b, ece_a) if better == "B" else (ece_a, ece_b)
-        text = f"{better} is better calibrated: ECE {fmt_num(low)} vs {fmt_num(high)} for {worse}"
+        return f"A and B are equally calibrated (ECE {fmt_num(ece_a)} each){brier_text}."
     ci_a, ci_b = as_interval(task.get("ece_a_ci")), as_interval(task.get("ece_b_ci"))
-    if ci_a and ci_b and ece_a != ece_b:
+    intervals = ""
+    overlap = False
+    if ci_a and ci_b:
         overlap = ci_a[0] <= ci_b[1] and ci_b[0] <= ci_a[1]
-        intervals = (f"95% intervals A {fmt_num(ci_a[0])}-{fmt_num(ci_a[1])}, "
-                     f"B {fmt_num(ci_b[0])}-{fmt_num(ci_b[1])}")
-        text += (f" ({intervals}: they overlap, so the gap may be noise)" if overlap
-                 else f" ({intervals}: they do not overlap)")
-    if is_number(task.get("brier_a")) and is_number(task.get("brier_b")):
-        text += f"; Brier A {fmt_num(task['brier_a'])}, B {fmt_num(task['brier_b'])}"
-    return text + "."
+        intervals = (f" (95% intervals A {fmt_num(ci_a[0])}-{fmt_num(ci_a[1])}, B {fmt_num(ci_b[0])}-"
+                     f"{fmt_num(ci_b[1])}: {'they overlap' if overlap else 'they do not overlap'})")
+    if overlap or abs(ece_a - ece_b) < _NOISE:
+        why = "the gap is within their intervals" if overlap else "the gap shows only in the third decimal"
+        return (f"No clear difference in calibration: ECE A {fmt_num(ece_a)}, B {fmt_num(ece_b)}; {why}"
+                f"{intervals}{brier_text}.")
+    better, worse = ("B", "A") if ece_b < ece_a else ("A", "B")
+    low, high = sorted((ece_a, ece_b))
+    if brier and brier[0] != brier[1] and ("B" if brier[1] < brier[0] else "A") != better:
+        return (f"ECE and Brier disagree on which model is better calibrated: ECE favours {better} "
+                f"({fmt_num(low)} vs {fmt_num(high)} for {worse}){intervals}, Brier favours {worse} (A "
+                f"{fmt_num(brier[0])}, B {fmt_num(brier[1])}).")
+    return f"{better} is better calibrated: ECE {fmt_num(low)} vs {fmt_num(high)} for {worse}{intervals}{brier_text}."
 
 
 def _stability_sentence(task: Mapping[str, Any]) -> str | None:
@@ -240,6 +254,9 @@ def _stability_sentence(task: Mapping[str, Any]) -> str | None:
         cka_a, cka_b = float(cka_a), float(cka_b)
         if cka_a == cka_b:
             return f"A and B are equally stable under perturbed inputs (CKA {fmt_num(cka_a)} each)."
+        if abs(cka_a - cka_b) < _NOISE:
+            return (f"No clear difference in stability under perturbed inputs: CKA A {fmt_num(cka_a)}, B "
+                    f"{fmt_num(cka_b)}; the gap shows only in the third decimal.")
         better, worse = ("B", "A") if cka_b > cka_a else ("A", "B")
         high, low = max(cka_a, cka_b), min(cka_a, cka_b)
         return (f"{better}'s hidden states are more stable under perturbed inputs: CKA {fmt_num(high)} vs "
@@ -259,6 +276,12 @@ def _format_sentences(task: Mapping[str, Any]) -> list[str]:
     if is_number(ea) or is_number(eb):
         out.append(f"Mean error of the parsed outputs: A {fmt_num(ea)}, B {fmt_num(eb)} (lower is better).")
     return out
+
+
+def both_poor(task: Mapping[str, Any], t: Thresholds | None = None) -> bool:
+    """Whether most of the task's questions are solved by neither model: a verdict there compares two failures."""
+    overlap, n = task.get("overlap") or {}, task.get("n") or 0
+    return bool(n) and is_number(overlap.get("neither")) and overlap["neither"] / n > (t or Thresholds()).poor
 
 
 def task_verdict(task: Mapping[str, Any], t: Thresholds | None = None) -> tuple[str, list[str]]:
@@ -333,6 +356,11 @@ def task_verdict(task: Mapping[str, Any], t: Thresholds | None = None) -> tuple[
         sentence = _overlap_sentence(task)
         if sentence:
             reasons.append(sentence)
+    if both_poor(task, t):
+        overlap = task["overlap"]
+        reasons.insert(1, f"Both models are poor here: {overlap['neither']} of {task['n']} questions "
+                          f"({fmt_pct(overlap['neither'] / task['n'])}) are solved by neither, whatever the verdict "
+                          "says about the difference between them.")
     reasons.extend(_format_sentences(task))
     for sentence in (_calibration_sentence(task), _stability_sentence(task)):
         if sentence:

@@ -228,7 +228,8 @@ def _context(comparison: Mapping[str, Any]) -> dict[str, Any]:
         "tasks": [{"name": str(task["name"]), "verdict": str(task.get("verdict", "")), "css": _css(task.get("verdict")),
                    "cells": task_row(task), "reasons": task.get("reasons", []),
                    "solved_when": str(task.get("solved_when") or ""), "scored_by": _scored_by(task),
-                   "official": official_rows(task)} for task in comparison["tasks"]],
+                   "official": official_rows(task), "poor": " (both models poor)" if task.get("both_poor") else ""}
+                  for task in comparison["tasks"]],
         "plots": PLOTS,
         "capabilities": [_capability_line(entry) for entry in comparison.get("capabilities") or []],
         "settings": _settings(meta),

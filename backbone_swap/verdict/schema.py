@@ -165,6 +165,8 @@ class Task(_Record):
     mean_error_b: NumberOrNull
     verdict: one_of(VERDICTS)
     reasons: Texts
+    # most questions solved by neither model: the verdict compares two failures (absent in older reports)
+    both_poor: Boolean | None = None
     # a benchmark task's own metrics, as its evaluation code computes them (absent for tasks of other data)
     official: Annotated[dict[str, Pair], expect("map[pair]")] | None = None
     # when an answer counts as solving its question, for the paired statistics (partial credit binarised)
