@@ -52,6 +52,41 @@ def test_task_statistics_on_constructed_predictions(tmp_path):
     assert s["cka_a"] is None and s["valid_rate_a"] is None
 
 
+def test_examples_show_questions_each_model_alone_solves_and_neither_does(tmp_path):
+    from backbone_swap.verdict.report import write_report
+
+    ids = [f"q{i}" for i in range(10)]
+    a = [True, True, True, False, False, False, False, True, False, True]
+    b = [True, False, False, True, True, True, False, True, False, False]
+    _write(tmp_path / "eval" / "a", "t", a, [0.5] * 10, ids)
+    _write(tmp_path / "eval" / "b", "t", b, [0.5] * 10, ids)
+    data = tmp_path / "t.jsonl"
+    data.write_text("".join(json.dumps({"id": i, "image": f"{i}.png", "question": f"what is {i}?", "answer": "y"})
+                            + "\n" for i in ids))
+    task = Task(name="t", type="short_answer", needs="reasoning", data=data, image_root=tmp_path)
+    s = task_statistics(task, tmp_path / "eval" / "a", tmp_path / "eval" / "b", n_resamples=200, seed=0)
+    by_kind = {who: [e["id"] for e in s["examples"] if e["solved_by"] == who] for who in ("A", "B", "neither")}
+    only_a = [i for i, x, y in zip(ids, a, b, strict=True) if x and not y]
+    only_b = [i for i, x, y in zip(ids, a, b, strict=True) if y and not x]
+    neither = [i for i, x, y in zip(ids, a, b, strict=True) if not x and not y]
+    assert len(by_kind["A"]) == 2 and set(by_kind["A"]) <= set(only_a)
+    assert len(by_kind["B"]) == 2 and set(by_kind["B"]) <= set(only_b)
+    assert sorted(by_kind["neither"]) == neither  # only two: both shown
+    first = s["examples"][0]
+    assert (first["question"], first["a"], first["b"], first["reference"]) == (f"what is {first['id']}?", "y", "x", "y")
+    paths = write_report(tmp_path / "compare", {**_comparison_around(s)})
+    text = paths["markdown"].read_text()
+    assert f"| A | what is {first['id']}? | y | x | y |" in text
+    assert "Every answer: [A](../eval/a/t.jsonl), [B](../eval/b/t.jsonl)." in text
+
+
+def _comparison_around(record):
+    from backbone_swap.verdict.compare import conclude
+
+    return conclude([dict(record)], {"model_a": "a", "model_b": "b", "suite": "s", "baseline": "as-is"}, [],
+                    alpha=0.05, min_gain=0.02, weights=None, n_resamples=200, seed=0)
+
+
 def test_different_items_are_refused(tmp_path):
     from backbone_swap.errors import BackboneSwapError
 

@@ -25,7 +25,7 @@ from backbone_swap.errors import BackboneSwapError
 from backbone_swap.evaluate.benchmarks import BENCHMARKS
 from backbone_swap.evaluate.runner import read_answers
 from backbone_swap.evaluate.suite import Suite, Task, read_items
-from backbone_swap.evaluate.tasks import TYPES, TaskType, full_credit_rule
+from backbone_swap.evaluate.tasks import TYPES, TaskType, full_credit_rule, reference_text
 from backbone_swap.runs import COMPARISON, RunFolder
 from backbone_swap.verdict import stats
 
@@ -100,6 +100,38 @@ def _image_key(item: dict[str, Any]) -> str:
     if item.get("image_data"):  # an image shipped inside the benchmark file (MMBench's base64)
         return hashlib.sha256(str(item["image_data"]).encode()).hexdigest()
     return str(item["id"])
+
+
+# example questions per kind of outcome shown under each task of the report, and the longest text shown of each
+EXAMPLES_PER_KIND = 2
+_EXAMPLE_CHARS = 200
+
+
+def examples(kind: TaskType, ids: list[str], a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]], *,
+             questions: dict[str, Any] | None, seed: int) -> list[dict[str, Any]]:
+    """A few questions only A solves, only B solves, and neither, drawn from ``seed``: what the numbers are made
+    of, for a reader to judge (an answer marked wrong that reads right says more about the scoring than a score)."""
+    import random
+
+    groups: dict[str, list[str]] = {"A": [], "B": [], "neither": []}
+    for i in ids:
+        solved_a, solved_b = kind.solved(a[i]), kind.solved(b[i])
+        who = "A" if solved_a and not solved_b else "B" if solved_b and not solved_a else None
+        groups.setdefault(who or ("neither" if not solved_a else "both"), []).append(i)
+    rng, chosen = random.Random(seed), []
+
+    def text(value: Any) -> str | None:
+        if value is None:
+            return None
+        shown = reference_text({"answer": value}) if isinstance(value, list) else str(value)
+        return shown if len(shown) <= _EXAMPLE_CHARS else shown[: _EXAMPLE_CHARS - 1] + "\u2026"
+
+    for who in ("A", "B", "neither"):
+        for i in sorted(rng.sample(groups[who], min(EXAMPLES_PER_KIND, len(groups[who])))):
+            chosen.append({"id": i, "solved_by": who, "question": text((questions or {}).get(i)),
+                           "a": text(a[i].get("prediction")), "b": text(b[i].get("prediction")),
+                           "reference": text(a[i].get("reference"))})
+    return chosen
 
 
 def paired_statistics(kind: TaskType, ids: list[str], a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]], *,
@@ -192,6 +224,8 @@ def task_statistics(task: Task, eval_a: Path, eval_b: Path, *, n_resamples: int,
     return {
         "name": task.name, "type": task.type, "needs": task.needs, "solved_when": kind.solved_when(task),
         **numbers,
+        "examples": examples(kind, ids, a, b, questions={i: items[i].get("question") for i in ids}, seed=seed),
+        "files": {"a": str(eval_a / f"{task.name}.jsonl"), "b": str(eval_b / f"{task.name}.jsonl")},
         "cka_a": _stability(eval_a, task), "cka_b": _stability(eval_b, task),
         **official_metrics(task, listed, [a[i] for i in ids], [b[i] for i in ids]),
         "rescored": rescored,
@@ -419,6 +453,7 @@ def compare_logs(logs_a: str | Path, logs_b: str | Path, output: str | Path, *,
                                         seed=seed, confidences=False)
             tasks.append({"name": task.name, "type": kind.name, "needs": hl.needs_of(task.name),
                           "solved_when": full_credit_rule(f"lmms-eval's per-sample {task.metric}"), **numbers,
+                          "examples": examples(kind, ids, task.lines["a"], task.lines["b"], questions=None, seed=seed),
                           "cka_a": None, "cka_b": None, "unavailable": dict(NO_CONFIDENCES),
                           "metric": task.metric, "scored_by": "lmms-eval",
                           "files": {side: str(path) for side, path in task.files.items()},
@@ -469,6 +504,8 @@ def compare_answers(answers_a: str | Path, answers_b: str | Path, suite: Suite, 
         listed = [items[i] for i in ids]
         record = {"name": task.name, "type": task.type, "needs": task.needs, "solved_when": kind.solved_when(task),
                   **numbers, "cka_a": None, "cka_b": None,
+                  "examples": examples(kind, ids, lines["a"], lines["b"],
+                                       questions={i: items[i].get("question") for i in ids}, seed=seed),
                   "unavailable": {"calibration": "the answer files hold no confidences",
                                   "stability": "the answer files hold no hidden states"},
                   **official_metrics(task, listed, [lines["a"][i] for i in ids], [lines["b"][i] for i in ids])}

@@ -25,6 +25,7 @@ import dataclasses
 import datetime as _dt
 import json
 import math
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path, PurePath
@@ -209,7 +210,20 @@ _TEMPLATES = jinja2.Environment(
 _TEMPLATES.filters["md"] = md_escape
 
 
-def _context(comparison: Mapping[str, Any]) -> dict[str, Any]:
+def _answer_links(task: Mapping[str, Any], folder: Path | None) -> list[tuple[str, str]]:
+    """(side, path) of a task's per-item answer files, relative to the report's folder when it is known."""
+    files = task.get("files") or {}
+    if task.get("metric") or not files:  # files of another tool's logs are named with the metric that scored them
+        return []
+    links = []
+    for side in ("a", "b"):
+        if side in files:
+            path = Path(files[side])
+            links.append((side.upper(), os.path.relpath(path, folder) if folder is not None else str(path)))
+    return links
+
+
+def _context(comparison: Mapping[str, Any], folder: Path | None = None) -> dict[str, Any]:
     """What both documents show, worded and formatted here once so that the markdown and the HTML agree."""
     meta, overall = comparison["meta"], comparison["overall"]
     expectations = comparison.get("expectations") or []
@@ -228,7 +242,8 @@ def _context(comparison: Mapping[str, Any]) -> dict[str, Any]:
         "tasks": [{"name": str(task["name"]), "verdict": str(task.get("verdict", "")), "css": _css(task.get("verdict")),
                    "cells": task_row(task), "reasons": task.get("reasons", []),
                    "solved_when": str(task.get("solved_when") or ""), "scored_by": _scored_by(task),
-                   "official": official_rows(task), "poor": " (both models poor)" if task.get("both_poor") else ""}
+                   "official": official_rows(task), "poor": " (both models poor)" if task.get("both_poor") else "",
+                   "examples": task.get("examples") or [], "answers": _answer_links(task, folder)}
                   for task in comparison["tasks"]],
         "plots": PLOTS,
         "capabilities": [_capability_line(entry) for entry in comparison.get("capabilities") or []],
@@ -236,15 +251,16 @@ def _context(comparison: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def render_markdown(comparison: Mapping[str, Any]) -> str:
-    return _TEMPLATES.get_template("report.md.j2").render(_context(comparison))
+def render_markdown(comparison: Mapping[str, Any], folder: Path | None = None) -> str:
+    """The markdown report; with ``folder`` (where it is written) its links to answer files are relative."""
+    return _TEMPLATES.get_template("report.md.j2").render(_context(comparison, folder))
 
 
-def render_html(comparison: Mapping[str, Any], images: Mapping[str, bytes]) -> str:
+def render_html(comparison: Mapping[str, Any], images: Mapping[str, bytes], folder: Path | None = None) -> str:
     """One self-contained page, the plots inlined as data URLs; every value from the data is escaped."""
     figures = [{"data": base64.b64encode(images[key]).decode("ascii"), "caption": caption}
                for key, caption in PLOTS.items() if key in images]
-    return _TEMPLATES.get_template("report.html.j2").render(_context(comparison), images=figures)
+    return _TEMPLATES.get_template("report.html.j2").render(_context(comparison, folder), images=figures)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -275,9 +291,9 @@ def write_report(folder: Path, comparison: Mapping[str, Any]) -> dict[str, Path]
         paths[key] = folder / f"{key}.png"
         write_bytes(paths[key], png)
     paths["markdown"] = folder / "report.md"
-    write_bytes(paths["markdown"], render_markdown(data).encode("utf-8"))
+    write_bytes(paths["markdown"], render_markdown(data, folder).encode("utf-8"))
     paths["html"] = folder / "report.html"
-    write_bytes(paths["html"], render_html(data, images).encode("utf-8"))
+    write_bytes(paths["html"], render_html(data, images, folder).encode("utf-8"))
     paths["json"] = folder / "report.json"
     text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     write_bytes(paths["json"], text.encode("utf-8"))

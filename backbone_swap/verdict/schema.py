@@ -118,6 +118,17 @@ class Bin(_Record):
     mean_confidence: NumberOrNull
 
 
+class Example(_Record):
+    """One question of a task shown with both answers: one only A solves, one only B solves, or one neither does."""
+
+    id: Text
+    solved_by: one_of(("A", "B", "neither"))
+    question: Text | None
+    a: Text | None
+    b: Text | None
+    reference: Text | None
+
+
 class Pair(_Record):
     """One number for each model: a benchmark's own metric for A and for B."""
 
@@ -165,6 +176,8 @@ class Task(_Record):
     mean_error_b: NumberOrNull
     verdict: one_of(VERDICTS)
     reasons: Texts
+    # a few questions each model got right and wrong, with both answers (absent in older reports)
+    examples: Annotated[list[Example], expect("list[example]")] | None = None
     # most questions solved by neither model: the verdict compares two failures (absent in older reports)
     both_poor: Boolean | None = None
     # a benchmark task's own metrics, as its evaluation code computes them (absent for tasks of other data)
