@@ -63,6 +63,16 @@ def test_the_run_folder_holds_every_step(finished):
     assert any("not trained here" in w for w in report["warnings"])
 
 
+def test_the_report_names_the_models_by_what_they_are(finished, kit):
+    root, _ = finished
+    report = json.loads((root / "run" / "compare" / "report.json").read_text())
+    assert report["meta"]["name_a"] == kit.vlm.name  # the old VLM as given
+    assert report["meta"]["name_b"] == f"{kit.mistral.name} on {kit.vlm.name}'s vision side, trained here"
+    assert report["meta"]["model_b"] == str(root / "run" / "train" / "final" / "merged")  # the path, in the settings
+    text = (root / "run" / "compare" / "report.md").read_text()
+    assert text.startswith(f"# Backbone swap: {kit.vlm.name} -> {kit.mistral.name} on {kit.vlm.name}'s vision side")
+
+
 def test_a_second_start_skips_finished_steps(finished):
     from backbone_swap.cli import main
 

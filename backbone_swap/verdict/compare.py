@@ -256,7 +256,21 @@ def lineage(model_dir: Path) -> dict[str, Any]:
     transplant = _manifest(model_dir, "transplant")
     if transplant:
         found.update(llm_kind=transplant.get("llm", {}).get("kind"))
+        inputs = transplant.get("inputs", {})
+        found.update(vlm=(inputs.get("vlm") or {}).get("path"), llm=(inputs.get("llm") or {}).get("path"))
+    found["trained"] = bool(train)
     return found
+
+
+def model_name(model_dir: Path) -> str:
+    """What a model is, for a report's title: the LLM and the VLM it was built from when backbone-swap made it
+    ("Llama-3-8B on llava-1.5-7b's vision side, trained here"), else its folder's name; the paths stay in the
+    report's settings."""
+    made = lineage(model_dir)
+    if made.get("llm") and made.get("vlm"):
+        how = "trained here" if made["trained"] else "untrained transplant"
+        return f"{Path(made['llm']).name} on {Path(made['vlm']).name}'s vision side, {how}"
+    return Path(model_dir).resolve().name
 
 
 def _decay(lineage_: dict[str, Any]) -> str:
@@ -386,7 +400,8 @@ def compare(
             return {}
         tasks = [task_statistics(task, eval_a, eval_b, n_resamples=n_resamples, seed=seed,
                                  on_bad_sample=on_bad_sample) for task in suite.tasks]
-        meta = {"model_a": str(model_a), "model_b": str(model_b), "suite": suite.name, "baseline": baseline,
+        meta = {"model_a": str(model_a), "model_b": str(model_b), "name_a": model_name(model_a),
+                "name_b": model_name(model_b), "suite": suite.name, "baseline": baseline,
                 "source": "models"}
         warnings = confounds(model_a, model_b, (eval_a, eval_b)) + list(extra_warnings or []) + [
             f"task {t['name']}: {n} of {side.upper()}'s {t['n']} answers score differently now than when they "

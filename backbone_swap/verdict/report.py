@@ -228,8 +228,8 @@ def _context(comparison: Mapping[str, Any], folder: Path | None = None) -> dict[
     meta, overall = comparison["meta"], comparison["overall"]
     expectations = comparison.get("expectations") or []
     return {
-        "model_a": str(meta.get("model_a", "A")),
-        "model_b": str(meta.get("model_b", "B")),
+        "model_a": str(meta.get("name_a") or meta.get("model_a", "A")),
+        "model_b": str(meta.get("name_b") or meta.get("model_b", "B")),
         "suite": str(meta.get("suite", "?")),
         "verdict": str(overall["verdict"]),
         "verdict_css": _css(overall["verdict"]),
@@ -315,7 +315,8 @@ def terminal_table(comparison: Mapping[str, Any]) -> Any:
 
     meta, overall = comparison["meta"], comparison["overall"]
     verdict = str(overall.get("verdict", ""))
-    title = Text(f"{meta.get('model_a', 'A')} -> {meta.get('model_b', 'B')}: ")
+    name_a, name_b = (meta.get(f"name_{side}") or meta.get(f"model_{side}", side.upper()) for side in "ab")
+    title = Text(f"{name_a} -> {name_b}: ")
     title.append(verdict, style=_RICH_STYLE.get(verdict, "bold"))
     table = Table(title=title, title_justify="left")
     table.add_column("task")

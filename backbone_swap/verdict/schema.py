@@ -88,6 +88,9 @@ class Meta(_Record):
 
     model_a: Text
     model_b: Text
+    # what each model is (the LLM and VLM it was built from), for titles; the paths above stay for settings
+    name_a: Text | None = None
+    name_b: Text | None = None
     suite: Text
     baseline: one_of(("as-is", "retrain"))
     # what A and B are: model folders evaluated here, lmms-eval's --log_samples folders, LLaVA's answer files
