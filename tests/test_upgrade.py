@@ -73,6 +73,18 @@ def test_the_report_names_the_models_by_what_they_are(finished, kit):
     assert text.startswith(f"# Backbone swap: {kit.vlm.name} -> {kit.mistral.name} on {kit.vlm.name}'s vision side")
 
 
+def test_the_report_shows_the_training_loss_of_the_side_trained_here(finished):
+    root, _ = finished
+    run = root / "run"
+    report = json.loads((run / "compare" / "report.json").read_text())
+    history = json.loads((run / "train" / "manifest.json").read_text())["history"]
+    assert list(report["training_loss"]) == ["b"]  # the old VLM was taken as given: no curve of its own
+    assert report["training_loss"]["b"] == [{"stage": h["stage"], "step": h["step"], "loss": h["loss"]}
+                                            for h in history]
+    assert (run / "compare" / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "](training.png)" in (run / "compare" / "report.md").read_text()
+
+
 def test_a_second_start_skips_finished_steps(finished):
     from backbone_swap.cli import main
 

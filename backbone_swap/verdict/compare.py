@@ -262,6 +262,15 @@ def lineage(model_dir: Path) -> dict[str, Any]:
     return found
 
 
+def training_loss(model_dir: Path) -> list[dict[str, Any]] | None:
+    """The loss per optimizer step of the training run that made ``model_dir`` here (None: not trained here)."""
+    model_dir = Path(model_dir)
+    # the export's own manifest names the run without its history; the run folder's (two levels up) holds it
+    history = next((m["history"] for m in (_manifest(f, "train") for f in [model_dir, *list(model_dir.parents)[:3]])
+                    if m.get("history")), None)
+    return [{"stage": h["stage"], "step": h["step"], "loss": h["loss"]} for h in history] if history else None
+
+
 def model_name(model_dir: Path) -> str:
     """What a model is, for a report's title: the LLM and the VLM it was built from when backbone-swap made it
     ("Llama-3-8B on llava-1.5-7b's vision side, trained here"), else its folder's name; the paths stay in the
@@ -409,6 +418,10 @@ def compare(
             for t in tasks for side, n in t["rescored"].items() if n]
         comparison = conclude(tasks, meta, warnings, alpha=alpha, min_gain=min_gain, weights=weights,
                               n_resamples=n_resamples, seed=seed, expected={t.name: t.expect for t in suite.tasks})
+        losses = {side: curve for side, curve in (("a", training_loss(model_a)), ("b", training_loss(model_b)))
+                  if curve}
+        if losses:
+            comparison["training_loss"] = losses
         comparison["meta"]["seconds"] = round(time.time() - started, 3)
         write_report(output, comparison)
     return comparison

@@ -37,7 +37,7 @@ import numpy as np
 from backbone_swap.runs import write_bytes
 from backbone_swap.verdict.decision import count_shown
 from backbone_swap.verdict.formatting import fmt_num, fmt_p, fmt_pct, fmt_points, is_number
-from backbone_swap.verdict.plots import plot_accuracy, plot_overlap, plot_reliability
+from backbone_swap.verdict.plots import plot_accuracy, plot_overlap, plot_reliability, plot_training
 from backbone_swap.verdict.schema import validate_report
 
 # --------------------------------------------------------------------------------------------------
@@ -172,7 +172,13 @@ PLOTS = {
     "accuracy": "Accuracy per task (A old, B new) and the difference B - A with its 95% interval",
     "overlap": "Which questions each model solves: both, only A, only B, neither",
     "reliability": "Reliability diagrams: accuracy against confidence per bin (diagonal = perfectly calibrated)",
+    "training": "Training loss of each side trained here, per optimizer step (faint) and smoothed",
 }
+
+
+def _plots(comparison: Mapping[str, Any]) -> dict[str, str]:
+    """The report's plots: the training curves only where a side was trained here."""
+    return {key: caption for key, caption in PLOTS.items() if key != "training" or comparison.get("training_loss")}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -245,7 +251,7 @@ def _context(comparison: Mapping[str, Any], folder: Path | None = None) -> dict[
                    "official": official_rows(task), "poor": " (both models poor)" if task.get("both_poor") else "",
                    "examples": task.get("examples") or [], "answers": _answer_links(task, folder)}
                   for task in comparison["tasks"]],
-        "plots": PLOTS,
+        "plots": _plots(comparison),
         "capabilities": [_capability_line(entry) for entry in comparison.get("capabilities") or []],
         "settings": _settings(meta),
     }
@@ -286,6 +292,8 @@ def write_report(folder: Path, comparison: Mapping[str, Any]) -> dict[str, Path]
         "overlap": plot_overlap(data),
         "reliability": plot_reliability(data),
     }
+    if data.get("training_loss"):
+        images["training"] = plot_training({side.upper(): curve for side, curve in data["training_loss"].items()})
     paths: dict[str, Path] = {}
     for key, png in images.items():
         paths[key] = folder / f"{key}.png"

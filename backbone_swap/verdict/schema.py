@@ -239,6 +239,14 @@ class Expectation(_Record):
     shown: Boolean
 
 
+class LossPoint(_Record):
+    """One optimizer step of a training run: its stage, its step within the stage, its loss."""
+
+    stage: Text
+    step: Integer
+    loss: Number
+
+
 class Report(_Record):
     """``report.json``: a comparison of two vision-language models, task by task, written by backbone-swap."""
 
@@ -248,6 +256,8 @@ class Report(_Record):
     capabilities: Annotated[list[Capability], expect("list[capability]")]
     warnings: Texts
     expectations: Annotated[list[Expectation], expect("list[expectation]")]
+    # the training loss of each side trained here ("a", "b"), as its training run recorded it
+    training_loss: Annotated[dict[str, list[LossPoint]], expect("map[list[loss point]]")] | None = None
 
     @model_validator(mode="after")
     def _names_are_tasks(self) -> Report:
