@@ -14,6 +14,7 @@ from backbone_swap.choices import UPGRADE_STEPS
 from backbone_swap.errors import BackboneSwapError
 from backbone_swap.training import estimate
 from backbone_swap.training.recipe import recipe_hash
+from backbone_swap.units import fmt_bytes, fmt_duration, fmt_flop
 
 if TYPE_CHECKING:
     from backbone_swap.upgrade import UpgradeOptions
@@ -102,16 +103,20 @@ def plan(options: UpgradeOptions) -> Plan:
                                            if options.baseline == "retrain" else " (old VLM as given)"),
         f"data: {records} records, about {tokens:,} tokens (longest about {data.longest:,}); "
         f"suite {options.suite.name}: {options.suite.names()}",
-        f"estimate: about {memory / 1e9:.1f} GB of accelerator memory on one device without sharding ("
-        + ", ".join(f"{k.replace('_', ' ')} {v / 1e9:.1f}" for k, v in memory_parts.items()) + "), "
-        f"{flops / 1e15:.3g} PFLOP of training compute "
-        f"(about {flops / (0.4 * 312e12) / 3600:.2g} GPU-hours at 40% of an A100's bf16 peak)",
+        f"estimate: about {fmt_bytes(memory)} of accelerator memory on one device without sharding ("
+        + ", ".join(f"{k.replace('_', ' ')} {fmt_bytes(v)}" for k, v in memory_parts.items()) + "), "
+        f"{fmt_flop(flops)} of training compute "
+        f"({_about(fmt_duration(flops / (0.4 * 312e12)))} on one A100 at 40% of its bf16 peak)",
         *disk_lines,
     ]
     figures = {"memory_bytes": int(memory), "memory": memory_parts, "train_flops": float(flops),
                "records": records, "tokens": tokens, "longest_tokens": data.longest,
                "trainable_parameters": int(trainable), "disk": disk}
     return Plan(steps, lines, figures)
+
+
+def _about(amount: str) -> str:
+    return amount if amount.startswith("under") else f"about {amount}"
 
 
 def _disk(options: UpgradeOptions, data: estimate.DataSize, shapes: estimate.Shapes,
@@ -126,17 +131,17 @@ def _disk(options: UpgradeOptions, data: estimate.DataSize, shapes: estimate.Sha
         if Path(options.output).is_dir() else 0
     to_write = max(run_disk - written, 0)  # a run started again has written part of it (and taken that room)
     figures = {"run_bytes": int(run_disk), "run_to_write": int(to_write), "run_free": int(run_free)}
-    still = f"; {to_write / 1e9:.1f} GB still to write" if written else ""
-    lines = [f"disk: about {run_disk / 1e9:.1f} GB in {options.output} (transplants, merged exports, checkpoints"
-             f"{still}); {run_free / 1e9:.1f} GB free there"]
+    still = f"; {fmt_bytes(to_write)} still to write" if written else ""
+    lines = [f"disk: about {fmt_bytes(run_disk)} in {options.output} (transplants, merged exports, checkpoints"
+             f"{still}); {fmt_bytes(run_free)} free there"]
     if options.cache_features:
         cache = Path(options.feature_cache) if options.feature_cache else default_cache_dir()
         dtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[options.recipe.precision]
         need = data.distinct_images * bytes_per_image(shapes.image_tokens, shapes.projector_in, dtype)
         cache_free = free_bytes(cache)
         figures.update(cache_bytes=int(need), cache_free=int(cache_free))
-        lines.append(f"vision-feature cache: up to {need / 1e9:.1f} GB for {data.distinct_images:,} images in {cache} "
-                     f"(images cached before are reused); {cache_free / 1e9:.1f} GB free there")
+        lines.append(f"vision-feature cache: up to {fmt_bytes(need)} for {data.distinct_images:,} images in {cache} "
+                     f"(images cached before are reused); {fmt_bytes(cache_free)} free there")
         same_disk = os.stat(nearest_existing(cache)).st_dev == os.stat(nearest_existing(options.output)).st_dev
         if same_disk and need + to_write > run_free:
             lines.append("warning: the run and the feature cache may need more room than their disk has (images "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 
 import pytest
@@ -31,8 +32,13 @@ def test_dry_run_prints_the_plan_and_writes_nothing(cli, kit, colour_data, suite
     assert result.code == 0, result.err
     text = " ".join(result.out.split())
     for words in ("steps: transplant, train, eval-old, eval-new, compare", "new projector 32 -> 40",
-                  "LoRA r=8", "recipe tiny-cpu, hash", "128 records", "GB of accelerator memory", "PFLOP"):
+                  "LoRA r=8", "recipe tiny-cpu, hash", "128 records", "of accelerator memory", "of training compute"):
         assert words in text, words
+    # a tiny model's figures in units that suit them, never "0.0 GB" or "9.2e-07 GPU-hours"
+    assert re.search(r"about [1-9][\d.]* (KB|MB) of accelerator memory", text), text
+    assert re.search(r"[1-9][\d.]* (MFLOP|GFLOP|TFLOP) of training compute \((under a second|about [\d.]+ "
+                     r"seconds) on one A100", text), text
+    assert "0.0 GB" not in text and "e-0" not in text
     assert not (tmp_path / "run").exists()
 
 
