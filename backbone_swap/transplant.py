@@ -29,6 +29,7 @@ from backbone_swap.choices import DTYPES, LLM_KINDS, PROJECTORS, check
 from backbone_swap.errors import BackboneSwapError
 from backbone_swap.progress import progress_bar
 from backbone_swap.runs import TRANSPLANT, RunFolder, staged_dir, step_record, write_json
+from backbone_swap.units import fmt_bytes
 
 
 def parse_size(text: str | int) -> int:
@@ -149,7 +150,7 @@ def transplant(
     except OSError as e:
         raise BackboneSwapError(
             f"writing {output} failed ({e.strerror or e}); nothing was changed there",
-            f"Free space or choose another --output (it needs about {total / 1e9:.2f} GB)",
+            f"Free space or choose another --output (it needs about {fmt_bytes(total)})",
         ) from None
     return TransplantResult(output, manifest)
 
