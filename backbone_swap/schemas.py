@@ -300,7 +300,7 @@ def parse_yaml(text: str, prefix: str) -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(error, "problem", None) or "cannot be parsed"
         raise BackboneSwapError(f"{prefix} is not valid YAML{where}: {problem}",
                                 "Check the indentation and the `key: value` syntax there") from None

@@ -118,3 +118,11 @@ def test_dotted_paths_and_known_keys():
     assert schemas.dotted(()) == ""
     assert schemas.known_keys(Document, ()) == ["items"]
     assert schemas.known_keys(Document, ("items", 0)) == ["name", "weight", "count", "flag", "kind"]
+
+
+def test_a_yaml_syntax_error_is_placed_on_its_line_and_column():
+    with pytest.raises(BackboneSwapError) as caught:
+        schemas.parse_yaml("a: 1\n b: 2\n", "recipe r.yaml")
+    # a key indented under a plain value: PyYAML stops at the colon after "b", the second line's third character
+    assert caught.value.message == "recipe r.yaml is not valid YAML at line 2, column 3: mapping values are not " \
+                                   "allowed here"
