@@ -285,3 +285,18 @@ def test_a_folder_of_other_files_is_never_written_into(cli, transplanted, suite_
     result = cli("compare", transplanted["mistral"], transplanted["qwen2"], "--suite", suite_file, "-o", out)
     assert result.code == 1 and "holds other files, not a comparison" in result.err
     assert [p.name for p in out.iterdir()] == ["report.md"] and (out / "report.md").read_text() == "my notes"
+
+
+def test_comparing_a_model_with_a_copy_of_itself_warns_before_evaluating(cli, transplanted, suite_file, copy_of,
+                                                                        tmp_path):
+    model = transplanted["mistral"]
+    copy = copy_of(model, "copy")
+    result = cli("compare", model, copy, "--suite", suite_file, "-o", tmp_path / "cmp", "--resamples", "100")
+    assert result.code == 0, result.err
+    assert "warning: A and B hold the same weights" in result.err
+    assert result.err.index("warning: A and B hold the same weights") < result.err.index("eval ")  # before evaluating
+    report = json.loads((tmp_path / "cmp" / "report.json").read_text())
+    assert report["warnings"][0].startswith("A and B hold the same weights (identical weight files)")
+    from backbone_swap.verdict.compare import same_weights
+
+    assert not same_weights(model, transplanted["qwen2"])

@@ -241,6 +241,19 @@ def _manifest(folder: Path, step: str) -> dict[str, Any]:
     return data if data.get("step") == step else {}
 
 
+def same_weights(model_a: Path, model_b: Path) -> bool:
+    """Whether two model folders hold the same weights, byte for byte (a model compared with a copy of itself, or
+    a path given twice). The files are hashed only when their tensors' names and shapes already agree."""
+    from backbone_swap.checkpoints.folder import open_checkpoint
+
+    a, b = open_checkpoint(model_a).weights, open_checkpoint(model_b).weights
+    if sorted((n, a.shape(n), a.dtype(n)) for n in a.names()) != sorted((n, b.shape(n), b.dtype(n)) for n in b.names()):
+        return False
+    if sorted(f.stat().st_size for f in a.files) != sorted(f.stat().st_size for f in b.files):
+        return False
+    return sorted(open_checkpoint(model_a).sha256().values()) == sorted(open_checkpoint(model_b).sha256().values())
+
+
 def lineage(model_dir: Path) -> dict[str, Any]:
     """What backbone-swap recorded about how ``model_dir`` was made: its recipe, data and LLM."""
     model_dir = Path(model_dir)
@@ -400,6 +413,14 @@ def compare(
         if unknown:
             raise BackboneSwapError(f"--weights names task {unknown[0]!r}, which suite {suite.name} does not have",
                                     f"Its tasks: {suite.names()}")
+    identical = []
+    if same_weights(model_a, model_b):  # said before hours of evaluation, and in the report
+        identical = [f"A and B hold the same weights (identical weight files): {model_a} and {model_b} are one model, "
+                     "so every difference below is noise"]
+        if show_progress:
+            from backbone_swap.progress import console
+
+            console.print(f"warning: {identical[0]}", highlight=False, markup=False)
     state = launch_state()
     with folder.hold(state):
         for model, evaluations in ((model_a, eval_a), (model_b, eval_b)):
@@ -412,7 +433,7 @@ def compare(
         meta = {"model_a": str(model_a), "model_b": str(model_b), "name_a": model_name(model_a),
                 "name_b": model_name(model_b), "suite": suite.name, "baseline": baseline,
                 "source": "models"}
-        warnings = confounds(model_a, model_b, (eval_a, eval_b)) + list(extra_warnings or []) + [
+        warnings = identical + confounds(model_a, model_b, (eval_a, eval_b)) + list(extra_warnings or []) + [
             f"task {t['name']}: {n} of {side.upper()}'s {t['n']} answers score differently now than when they "
             "were evaluated (the task's references or scoring rules changed); the report uses the current scores"
             for t in tasks for side, n in t["rescored"].items() if n]
