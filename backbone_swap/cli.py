@@ -24,6 +24,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: option names are never cut short, flags show no value, logs stay readable
 )
 
 _state = {"debug": False}
@@ -62,9 +63,17 @@ VisionTower = Annotated[
     typer.Option("--vision-tower", help="For a checkpoint of the original LLaVA training code: the local folder of "
                  "the vision tower its config names in mm_vision_tower (such checkpoints do not store it)."),
 ]
+def _shipped(folder: str = "") -> str:
+    """The names of the YAML files shipped in ``backbone_swap.recipes`` (or a folder of it), for the help."""
+    from importlib import resources
+
+    entries = resources.files("backbone_swap.recipes").joinpath(folder).iterdir() if folder else \
+        resources.files("backbone_swap.recipes").iterdir()
+    return ", ".join(sorted(e.name[: -len(".yaml")] for e in entries if e.name.endswith(".yaml")))
+
+
 RecipeOption = Annotated[
-    str, typer.Option(help="A shipped recipe (llava15-lora, tiny-cpu, demo-cpu) or a YAML file; both sides of an "
-                      "upgrade train with it.")
+    str, typer.Option(help=f"A shipped recipe ({_shipped()}) or a YAML file; both sides of an upgrade train with it.")
 ]
 Data = Annotated[Path, typer.Option(help="LLaVA-format training conversations (.json or .jsonl).")]
 ImageRoot = Annotated[Path | None, typer.Option(help="Folder the records' image paths are relative to.")]
@@ -79,13 +88,16 @@ CacheFeatures = Annotated[
 SaveEvery = Annotated[int | None, typer.Option(help="Checkpoint training every N optimizer steps.")]
 BadSample = Annotated[OnBadSample, typer.Option(help="Stop at a record that cannot be used (training data or a "
                                                 "task's items), or skip it (counted in the manifest).")]
-SuiteOption = Annotated[str, typer.Option(help="A suite YAML file or a shipped suite name.")]
+SuiteOption = Annotated[str, typer.Option(help=f"A suite YAML file or a shipped suite ({_shipped('suites')}).")]
 BatchSize = Annotated[int, typer.Option(help="Items per evaluation batch.")]
 EvalDtype = Annotated[
     Dtype | None, typer.Option(help="Evaluate in this dtype (default: each checkpoint's own dtype on a GPU, float32 "
                                "on CPU).")
 ]
-MinGain = Annotated[float, typer.Option(help="Smallest accuracy gain (absolute) worth an upgrade.")]
+MinGain = Annotated[float, typer.Option(help="Smallest accuracy gain worth an upgrade, in percentage points as the "
+                                        "report shows it (2: two points).")]
+Device = Annotated[str | None, typer.Option(help="Where models are evaluated: cpu, cuda, cuda:1 ... (default: cuda "
+                                            "if available).")]
 Alpha = Annotated[float, typer.Option(help="Significance level of the paired tests.")]
 Weights = Annotated[str | None, typer.Option(help="Task weights for the overall verdict: task=w,task2=w.")]
 Resamples = Annotated[int, typer.Option(help="Bootstrap resamples.")]
@@ -99,7 +111,7 @@ ChatTemplate = Annotated[
 ]
 
 
-@app.command()
+@app.command(epilog="Example: backbone-swap inspect llava-1.5-7b-hf --llm Meta-Llama-3-8B-Instruct")
 def inspect(
     path: Annotated[Path, typer.Argument(help="A local VLM or LLM checkpoint folder.")],
     llm: Annotated[
@@ -133,7 +145,8 @@ def inspect(
     print_inspection(result)
 
 
-@app.command()
+@app.command(epilog=("Example: backbone-swap transplant --vlm llava-1.5-7b-hf --llm Meta-Llama-3-8B-Instruct -o "
+                     "llava-llama3"))
 def transplant(
     vlm: Annotated[Path, typer.Option("--vlm", help="The existing LLaVA or LLaVA-NeXT checkpoint (its vision side "
                                       "is kept), or one of the original LLaVA training code.")],
@@ -170,7 +183,8 @@ def transplant(
                f"{changes['projector']['shape'][1]}, added tokens: {added})")
 
 
-@app.command("train")
+@app.command("train", epilog=("Example: backbone-swap train llava-llama3 --recipe llava15-lora --data "
+                              "llava_v1_5_mix665k.json --image-root data/"))
 def train_command(
     model: Annotated[Path, typer.Argument(help="A transplanted VLM folder (or any LLaVA checkpoint).")],
     recipe: RecipeOption,
@@ -202,14 +216,14 @@ def train_command(
                f"{m['data']['skipped']} skipped)")
 
 
-@app.command("eval")
+@app.command("eval", epilog="Example: backbone-swap eval llava-llama3-trained/final/merged --suite shapes -o ev/")
 def eval_command(
     model: Annotated[Path, typer.Argument(help="A LLaVA checkpoint folder.")],
     suite: SuiteOption,
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for <task>.jsonl files (resumable).")],
     batch_size: BatchSize = 16,
     probes: Annotated[bool, typer.Option(help="Save hidden states of the probe items for stability.")] = True,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")] = None,
+    device: Device = None,
     dtype: EvalDtype = None,
     on_bad_sample: BadSample = OnBadSample["fail"],
 ) -> None:
@@ -229,7 +243,7 @@ suite_app = typer.Typer(help="Check an evaluation suite before evaluating on it.
 app.add_typer(suite_app, name="suite")
 
 
-@suite_app.command("show")
+@suite_app.command("show", epilog="Example: backbone-swap suite show shapes")
 def suite_show(
     suite: Annotated[str, typer.Argument(help="A suite YAML file or a shipped suite name.")],
     as_json: AsJson = False,
@@ -256,6 +270,14 @@ def _check_alpha(alpha: float) -> None:
         raise BackboneSwapError(f"--alpha must lie between 0 and 1, not {alpha}", "Use e.g. --alpha 0.05")
 
 
+def _fraction(points: float) -> float:
+    """--min-gain in points (as the report shows accuracies) as the fraction the statistics take."""
+    if not 0 <= points <= 100:
+        raise BackboneSwapError(f"--min-gain is in percentage points, from 0 to 100, not {points}",
+                                "Use e.g. --min-gain 2 for two points")
+    return points / 100
+
+
 def _print_verdict(comparison: dict[str, Any], report: Path) -> None:
     from rich.console import Console
 
@@ -280,7 +302,8 @@ def parse_metrics(values: list[str] | None) -> dict[str, str]:
     return found
 
 
-@app.command("compare")
+@app.command("compare", epilog=("Example: backbone-swap compare llava-1.5-7b-hf "
+                                "llava-llama3-trained/final/merged --suite shapes -o cmp/"))
 def compare_command(
     model_a: Annotated[Path, typer.Argument(help="A, usually the old VLM: a model folder, an lmms-eval log folder "
                                             "(--log_samples) or a LLaVA answer file (.jsonl).")],
@@ -293,13 +316,14 @@ def compare_command(
     metric: Annotated[list[str] | None, typer.Option(help="lmms-eval logs: TASK=KEY, the per-sample score to "
                                                      "compare where the choice is not automatic (repeatable).")]
     = None,
-    min_gain: MinGain = 0.02,
+    min_gain: MinGain = 2.0,
     alpha: Alpha = 0.05,
     weights: Weights = None,
     resamples: Resamples = 10000,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap and the probe perturbations.")] = 0,
     batch_size: BatchSize = 16,
     dtype: EvalDtype = None,
+    device: Device = None,
     on_bad_sample: BadSample = OnBadSample["fail"],
 ) -> None:
     """Compare A and B task by task and say, with the evidence, whether B beats A: two models (evaluated on a suite
@@ -318,8 +342,8 @@ def compare_command(
                                 "Compare two of a kind: two model folders, two lmms-eval log folders or two LLaVA "
                                 "answer files")
     source = sources["A"]
-    statistics = {"min_gain": min_gain, "alpha": alpha, "weights": parse_weights(weights), "n_resamples": resamples,
-                  "seed": seed}
+    statistics = {"min_gain": _fraction(min_gain), "alpha": alpha, "weights": parse_weights(weights),
+                  "n_resamples": resamples, "seed": seed}
     if metric and source != "lmms-eval":
         raise BackboneSwapError("--metric applies to lmms-eval logs only", "Leave it out")
     if task is not None and source != "llava-answers":
@@ -337,14 +361,16 @@ def compare_command(
                                      on_bad_sample=_value(on_bad_sample), **statistics)
     else:
         comparison = compare(model_a, model_b, load_suite(suite), output, batch_size=batch_size, dtype=_value(dtype),
-                             on_bad_sample=_value(on_bad_sample), **statistics)
+                             on_bad_sample=_value(on_bad_sample), device=device, **statistics)
     if comparison:  # empty in the processes of a multi-process launch other than the main one
         _print_verdict(comparison, output / "report.html")
     for line in comparison.get("warnings", []) if source != "models" else []:
         typer.echo(f"warning: {line}", err=True)
 
 
-@app.command("upgrade")
+@app.command("upgrade", epilog=("Example: backbone-swap upgrade --vlm llava-1.5-7b-hf --llm Meta-Llama-3-8B-Instruct "
+                                "--recipe llava15-lora --data llava_v1_5_mix665k.json --image-root data/ --suite "
+                                "my-suite.yaml -o run/"))
 def upgrade_command(
     vlm: Annotated[Path, typer.Option("--vlm", help="The existing LLaVA checkpoint.")],
     llm: Annotated[Path, typer.Option("--llm", help="The newer LLM to move it onto.")],
@@ -360,7 +386,7 @@ def upgrade_command(
     restart: Annotated[Step | None, typer.Option(help="Redo from this step.")] = None,
     dry_run: Annotated[bool, typer.Option(help="Print the plan and the estimates, then stop.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the projector init, the bootstrap and the probes.")] = 0,
-    min_gain: MinGain = 0.02,
+    min_gain: MinGain = 2.0,
     alpha: Alpha = 0.05,
     weights: Weights = None,
     resamples: Resamples = 10000,
@@ -376,6 +402,10 @@ def upgrade_command(
     chat_template: ChatTemplate = None,
     old_chat_template: Annotated[Path | None, typer.Option(
         "--old-chat-template", help="The same for --old-llm with --baseline retrain.")] = None,
+    vision_tower: VisionTower = None,
+    device: Device = None,
+    allow_pickle: AllowPickle = False,
+    trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """Transplant, train with the fixed recipe, evaluate old and new, and recommend, in one run folder."""
     from rich.console import Console
@@ -390,10 +420,11 @@ def upgrade_command(
     options = UpgradeOptions(
         vlm=vlm, llm=llm, recipe=apply_overrides(load_recipe(recipe), list(set_ or [])), data=data,
         image_root=image_root, suite=load_suite(suite), output=output, baseline=_value(baseline), old_llm=old_llm,
-        seed=seed, min_gain=min_gain, alpha=alpha, weights=parse_weights(weights), n_resamples=resamples,
+        seed=seed, min_gain=_fraction(min_gain), alpha=alpha, weights=parse_weights(weights), n_resamples=resamples,
         batch_size=batch_size, dtype=_value(dtype), feature_cache=feature_cache, cache_features=cache_features,
         save_every=save_every, on_bad_sample=_value(on_bad_sample), llm_kind=_value(llm_kind),
         old_llm_kind=_value(old_llm_kind), chat_template=chat_template, old_chat_template=old_chat_template,
+        vision_tower=vision_tower, device=device, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
     )
 
     def show(plan) -> None:
@@ -407,7 +438,7 @@ def upgrade_command(
     _print_verdict(result, output / "compare" / "report.html")
 
 
-@app.command("demo")
+@app.command("demo", epilog="Example: backbone-swap demo --quick")
 def demo_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="The demo folder (continued when started again).")]
     = Path("backbone-swap-demo"),

@@ -35,15 +35,21 @@ def plan(options: UpgradeOptions) -> Plan:
     from backbone_swap.checkpoints.anatomy import compatibility, read_anatomy
     from backbone_swap.checkpoints.folder import open_checkpoint
 
-    old_ckpt, new_ckpt = open_checkpoint(options.vlm), open_checkpoint(options.llm)
-    old, new = read_anatomy(old_ckpt), read_anatomy(new_ckpt)
-    old.require("upgrade")
+    opened = {"allow_pickle": options.allow_pickle, "trust_remote_code": options.trust_remote_code}
+    old_ckpt, new_ckpt = open_checkpoint(options.vlm, **opened), open_checkpoint(options.llm, **opened)
+    tower = open_checkpoint(options.vision_tower, **opened) if options.vision_tower is not None else None
+    old, new = read_anatomy(old_ckpt, vision_tower=tower), read_anatomy(new_ckpt)
+    if options.baseline == "as-is":  # the old VLM is evaluated as it is
+        old.require("upgrade")
+    else:  # only its vision side is used: transplanted onto both LLMs, each trained
+        old.require("transplant")
+        old.format.output.require("train", options.vlm)
     compat = compatibility(old, new, new_ckpt, template_override=options.chat_template is not None)
     if compat.problems:
         raise BackboneSwapError(compat.problems[0], "")
     if options.baseline == "retrain" and options.old_llm is not None:
         # the baseline's transplant comes later in the run: its problems are found now, before hours of training
-        old_llm_ckpt = open_checkpoint(options.old_llm)
+        old_llm_ckpt = open_checkpoint(options.old_llm, **opened)
         baseline_compat = compatibility(old, read_anatomy(old_llm_ckpt), old_llm_ckpt,
                                         template_override=options.old_chat_template is not None)
         if baseline_compat.problems:

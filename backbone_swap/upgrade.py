@@ -48,6 +48,10 @@ class UpgradeOptions:
     chat_template: Path | None = None  # replaces the new LLM's template (a base LLM has none)
     old_chat_template: Path | None = None  # the same for --old-llm with --baseline retrain
     old_llm_kind: str = "unknown"  # the LLM inside the old VLM (or --old-llm): base, instruct or unknown
+    device: str | None = None  # where evaluation runs (default: cuda if available)
+    allow_pickle: bool = False  # read pickle weights of the inputs (they can run code)
+    trust_remote_code: bool = False  # allow custom model code shipped inside the inputs
+    vision_tower: Path | None = None  # the tower of an original LLaVA checkpoint, which does not store it
     show_progress: bool = True
     callbacks: list = field(default_factory=list)
 
@@ -150,14 +154,14 @@ def upgrade(options: UpgradeOptions, *, restart: str | None = None, dry_run: boo
 
         if not run.done("transplant"):
             started = time.time()
-            on_main(lambda: _transplant(options.vlm, options.llm, paths["transplant"], options.seed,
-                                        options.llm_kind, options.chat_template))
+            on_main(lambda: _transplant(options, options.llm, paths["transplant"], options.llm_kind,
+                                        options.chat_template))
             run.finish("transplant", started, output=str(paths["transplant"]))
         old_model = options.vlm
         if options.baseline == "retrain":
             if not run.done("baseline"):
                 started = time.time()
-                on_main(lambda: _transplant(options.vlm, options.old_llm, paths["baseline-transplant"], options.seed,
+                on_main(lambda: _transplant(options, options.old_llm, paths["baseline-transplant"],
                                             options.old_llm_kind, options.old_chat_template))
                 train(paths["baseline-transplant"], output=paths["baseline"], **common)
                 run.finish("baseline", started, output=str(paths["baseline"] / "final" / "merged"))
@@ -174,7 +178,8 @@ def upgrade(options: UpgradeOptions, *, restart: str | None = None, dry_run: boo
             if not run.done(step):
                 started = time.time()
                 evaluate(model, options.suite, paths[step], batch_size=options.batch_size, seed=options.seed,
-                         dtype=options.dtype, show_progress=options.show_progress, on_bad_sample=options.on_bad_sample)
+                         dtype=options.dtype, show_progress=options.show_progress, on_bad_sample=options.on_bad_sample,
+                         device=options.device)
                 run.finish(step, started, output=str(paths[step]))
         started = time.time()
         # the comparison is always made again (its evaluations live outside its folder): a report a stopped run
@@ -185,7 +190,7 @@ def upgrade(options: UpgradeOptions, *, restart: str | None = None, dry_run: boo
             weights=options.weights, n_resamples=options.n_resamples, seed=options.seed, batch_size=options.batch_size,
             baseline=options.baseline, eval_dirs=(paths["eval-old"], paths["eval-new"]), dtype=options.dtype,
             extra_warnings=_kind_warning(options), show_progress=options.show_progress,
-            on_bad_sample=options.on_bad_sample,
+            on_bad_sample=options.on_bad_sample, device=options.device,
         )
         if main:
             run.finish("compare", started, output=str(paths["compare"]), verdict=comparison["overall"]["verdict"])
@@ -201,11 +206,13 @@ def _launch_state():
     return launch_state()
 
 
-def _transplant(vlm: Path, llm: Path, output: Path, seed: int, llm_kind: str, chat_template: Path | None) -> None:
+def _transplant(options: UpgradeOptions, llm: Path, output: Path, llm_kind: str, chat_template: Path | None) -> None:
     from backbone_swap.transplant import transplant
 
     shutil.rmtree(output, ignore_errors=True)  # what a stopped transplant left
-    transplant(vlm, llm, output, seed=seed, llm_kind=llm_kind, chat_template=chat_template)
+    transplant(options.vlm, llm, output, seed=options.seed, llm_kind=llm_kind, chat_template=chat_template,
+               allow_pickle=options.allow_pickle, trust_remote_code=options.trust_remote_code,
+               vision_tower=options.vision_tower)
 
 
 def _kind_warning(options: UpgradeOptions) -> list[str]:

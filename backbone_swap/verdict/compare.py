@@ -394,6 +394,7 @@ def compare(
     dtype: str | None = None,
     show_progress: bool = True,
     on_bad_sample: str = "fail",
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate (or reuse) A and B on ``suite``, compare task by task, and write the report to ``output``.
 
@@ -425,7 +426,7 @@ def compare(
     with folder.hold(state):
         for model, evaluations in ((model_a, eval_a), (model_b, eval_b)):
             evaluate(model, suite, evaluations, batch_size=batch_size, seed=seed, dtype=dtype,
-                     show_progress=show_progress, on_bad_sample=on_bad_sample)
+                     show_progress=show_progress, on_bad_sample=on_bad_sample, device=device)
         if not state.is_main_process:  # under a multi-process launch the main process writes the report
             return {}
         tasks = [task_statistics(task, eval_a, eval_b, n_resamples=n_resamples, seed=seed,
