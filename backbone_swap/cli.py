@@ -8,6 +8,7 @@ the commands, so ``--help`` is instant.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -281,11 +282,12 @@ def _fraction(points: float) -> float:
 def _print_verdict(comparison: dict[str, Any], report: Path) -> None:
     from rich.console import Console
 
-    from backbone_swap.verdict.report import terminal_table
+    from backbone_swap.verdict.report import terminal_table, verdict_line
 
     console = Console()
     console.print(terminal_table(comparison))
-    console.print(f"overall: {comparison['overall']['verdict']}; report: {report}")
+    console.print(verdict_line(comparison))
+    console.print(f"report: {report}", highlight=False, markup=False)
 
 
 def parse_metrics(values: list[str] | None) -> dict[str, str]:
@@ -450,7 +452,7 @@ def demo_command(
 
     from backbone_swap.demo.run import run_demo
     from backbone_swap.verdict.decision import count_shown
-    from backbone_swap.verdict.report import expectation_line, terminal_table
+    from backbone_swap.verdict.report import expectation_line, terminal_table, verdict_line
 
     console = Console()
 
@@ -459,6 +461,7 @@ def demo_command(
 
     comparison = run_demo(output, quick=quick, seed=seed, say=say)
     console.print(terminal_table(comparison))
+    console.print(verdict_line(comparison))
     expectations = comparison["expectations"]
     shown = count_shown(expectations)
     say(f"findings of the controlled study shown by this run: {shown} of {len(expectations)}")
@@ -482,7 +485,24 @@ def main(argv: list[str] | None = None) -> NoReturn:
     sys.exit(_run(argv))
 
 
+def _quiet_libraries() -> None:
+    """transformers' and the Hub's own bars ("Loading weights") would end up in a job's log file as lines of
+    control characters; the commands report their progress themselves."""
+    if sys.stderr.isatty() or os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") is not None:
+        return
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read when the libraries are imported, here and in workers
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()
+
+
 def _run(argv: list[str] | None) -> int:
+    _quiet_libraries()
     try:
         code = app(args=argv, standalone_mode=False)
     except BackboneSwapError as e:
@@ -497,10 +517,20 @@ def _run(argv: list[str] | None) -> int:
     except _UsageError as e:
         e.show()
         return e.exit_code
-    except typer.Abort:
-        print("Aborted.", file=sys.stderr)
-        return 1
+    except (typer.Abort, KeyboardInterrupt):
+        return _interrupted()
+    if code == 130:  # Typer turns Ctrl-C into this exit code
+        return _interrupted()
     return code if isinstance(code, int) else 0
+
+
+def _interrupted() -> int:
+    """Ctrl-C: every step writes atomically and resumes where it stopped, so the same command goes on."""
+    from backbone_swap.progress import stop_all
+
+    stop_all()
+    print("interrupted: run the same command to resume", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

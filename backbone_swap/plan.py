@@ -32,7 +32,7 @@ class Plan:
 
 def plan(options: UpgradeOptions) -> Plan:
     """What the run will do, with an estimate of memory and compute from the models' and data's sizes."""
-    from backbone_swap.checkpoints.anatomy import compatibility, read_anatomy
+    from backbone_swap.checkpoints.anatomy import compatibility, missing_tower_error, read_anatomy
     from backbone_swap.checkpoints.folder import open_checkpoint
 
     opened = {"allow_pickle": options.allow_pickle, "trust_remote_code": options.trust_remote_code}
@@ -44,6 +44,8 @@ def plan(options: UpgradeOptions) -> Plan:
     else:  # only its vision side is used: transplanted onto both LLMs, each trained
         old.require("transplant")
         old.format.output.require("train", options.vlm)
+    if old.vision is None:
+        raise missing_tower_error(old)
     compat = compatibility(old, new, new_ckpt, template_override=options.chat_template is not None)
     if compat.problems:
         raise BackboneSwapError(compat.problems[0], "")
@@ -56,6 +58,11 @@ def plan(options: UpgradeOptions) -> Plan:
             raise BackboneSwapError(baseline_compat.problems[0].replace("--chat-template", "--old-chat-template"),
                                     "")
     recipe = options.recipe
+    dataset = _check_data(options, old_ckpt, tower, old, new_ckpt, new, compat, options.chat_template,
+                          "--chat-template")
+    if options.baseline == "retrain" and options.old_llm is not None:
+        _check_data(options, old_ckpt, tower, old, old_llm_ckpt, read_anatomy(old_llm_ckpt), baseline_compat,
+                    options.old_chat_template, "--old-chat-template")
     lora = next((s.lora for s in recipe.stages if s.lora is not None), None)
     targets = tuple(new.lora_targets) if lora is None or isinstance(lora.targets, str) else tuple(lora.targets)
     shapes = estimate.shapes_of(old, new, new_ckpt, compat, targets, lora.r if lora else 0)
@@ -107,7 +114,8 @@ def plan(options: UpgradeOptions) -> Plan:
         f"recipe {recipe.name}, hash {recipe_hash(recipe)[:16]}; vision tower frozen",
         f"baseline: {options.baseline}" + (f" (old VLM retrained from {options.old_llm})"
                                            if options.baseline == "retrain" else " (old VLM as given)"),
-        f"data: {records} records, about {tokens:,} tokens (longest about {data.longest:,}); "
+        f"data: {records} records, about {tokens:,} tokens (longest about {data.longest:,}); all checked: "
+        f"{len(dataset.samples)} usable" + (f", {len(dataset.bad)} to be skipped" if dataset.bad else "") + "; "
         f"suite {options.suite.name}: {options.suite.names()}",
         f"estimate: about {fmt_bytes(memory)} of accelerator memory on one device without sharding ("
         + ", ".join(f"{k.replace('_', ' ')} {fmt_bytes(v)}" for k, v in memory_parts.items()) + "), "
@@ -119,6 +127,28 @@ def plan(options: UpgradeOptions) -> Plan:
                "records": records, "tokens": tokens, "longest_tokens": data.longest,
                "trainable_parameters": int(trainable), "disk": disk}
     return Plan(steps, lines, figures)
+
+
+def _check_data(options: UpgradeOptions, vlm, tower, vlm_anatomy, llm, llm_anatomy, compat, template: Path | None,
+                template_flag: str):
+    """Every check ``train`` makes on the data, made now with the tokenizer and template the transplant will write:
+    a missing image root, a missing or unreadable image, a bad record or a template that renders the image twice
+    stops the run before anything is written, not after the transplant."""
+    from backbone_swap.checkpoints.templates import no_end_of_turn
+    from backbone_swap.training.data import build_dataset
+    from backbone_swap.transplant import Sources, plan_tokenizer
+
+    sources = Sources(vlm, llm, tower, vlm_anatomy, llm_anatomy, compat, options.trust_remote_code)
+    text = Path(template).expanduser().read_text(encoding="utf-8") if template is not None else None
+    tokens = plan_tokenizer(sources, text)
+    if tokens.end_of_turn is None:
+        raise no_end_of_turn(llm.path, tokens.tokenizer.eos_token, f"Pass {template_flag} FILE, a template")
+    positions = llm.config.get("max_position_embeddings")
+    max_length = min(options.recipe.max_length, positions) if isinstance(positions, int) and positions > 0 \
+        else options.recipe.max_length
+    return build_dataset(options.data, tokens.tokenizer, image_root=options.image_root, image_token=sources.image_token,
+                         image_tokens=vlm_anatomy.vision.image_tokens, max_length=max_length,
+                         end_of_turn=tokens.end_of_turn, on_bad_sample=options.on_bad_sample)
 
 
 def _about(amount: str) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 from backbone_swap.choices import BASELINES, LLM_KINDS, UPGRADE_STEPS, check
 from backbone_swap.errors import BackboneSwapError
 from backbone_swap.plan import Plan, plan
+from backbone_swap.progress import labelled, say
 from backbone_swap.runs import UPGRADE, RunFolder, versions
 from backbone_swap.training.recipe import Recipe, recipe_hash, recipe_to_dict
 
@@ -152,35 +153,55 @@ def upgrade(options: UpgradeOptions, *, restart: str | None = None, dry_run: boo
             if state is not None:
                 state.wait_for_everyone()
 
-        if not run.done("transplant"):
+        steps = [s for s in UPGRADE_STEPS if s != "baseline" or options.baseline == "retrain"]
+
+        def begin(step: str, side: str) -> bool:
+            """Whether ``step`` is to be run; says so, or that an earlier start of the run finished it."""
+            if main and options.show_progress:
+                position = f"step {steps.index(step) + 1} of {len(steps)}"
+                with labelled(side):
+                    if run.done(step):
+                        say(f"{step} ({position}): done in an earlier start, reused from "
+                            f"{run.data['steps'][step].get('output', paths[step])}")
+                    else:
+                        say(f"{step} ({position})")
+            return not run.done(step)
+
+        if begin("transplant", "new"):
             started = time.time()
-            on_main(lambda: _transplant(options, options.llm, paths["transplant"], options.llm_kind,
-                                        options.chat_template))
+            with labelled("new"):
+                on_main(lambda: _transplant(options, options.llm, paths["transplant"], options.llm_kind,
+                                            options.chat_template))
             run.finish("transplant", started, output=str(paths["transplant"]))
         old_model = options.vlm
         if options.baseline == "retrain":
-            if not run.done("baseline"):
+            if begin("baseline", "old"):
                 started = time.time()
-                on_main(lambda: _transplant(options, options.old_llm, paths["baseline-transplant"],
-                                            options.old_llm_kind, options.old_chat_template))
-                train(paths["baseline-transplant"], output=paths["baseline"], **common)
+                with labelled("old"):
+                    on_main(lambda: _transplant(options, options.old_llm, paths["baseline-transplant"],
+                                                options.old_llm_kind, options.old_chat_template))
+                    train(paths["baseline-transplant"], output=paths["baseline"], **common)
                 run.finish("baseline", started, output=str(paths["baseline"] / "final" / "merged"))
             old_model = paths["baseline"] / "final" / "merged"
-        if not run.done("train"):
+        if begin("train", "new"):
             started = time.time()
-            result = train(paths["transplant"], output=paths["train"], **common)
+            with labelled("new"):
+                result = train(paths["transplant"], output=paths["train"], **common)
             run.finish("train", started, output=str(paths["train"] / "final" / "merged"),
                        final_loss=result.manifest.get("final_loss"))
         new_model = paths["train"] / "final" / "merged"
         from backbone_swap.evaluate.runner import evaluate
 
-        for step, model in (("eval-old", old_model), ("eval-new", new_model)):
-            if not run.done(step):
+        for step, side, model in (("eval-old", "old", old_model), ("eval-new", "new", new_model)):
+            if begin(step, side):
                 started = time.time()
-                evaluate(model, options.suite, paths[step], batch_size=options.batch_size, seed=options.seed,
-                         dtype=options.dtype, show_progress=options.show_progress, on_bad_sample=options.on_bad_sample,
-                         device=options.device)
+                with labelled(side):
+                    evaluate(model, options.suite, paths[step], batch_size=options.batch_size, seed=options.seed,
+                             dtype=options.dtype, show_progress=options.show_progress,
+                             on_bad_sample=options.on_bad_sample, device=options.device)
                 run.finish(step, started, output=str(paths[step]))
+        if main and options.show_progress:
+            say(f"compare (step {len(steps)} of {len(steps)})")
         started = time.time()
         # the comparison is always made again (its evaluations live outside its folder): a report a stopped run
         # left half written goes first

@@ -123,7 +123,7 @@ def test_train_never_writes_into_a_folder_of_other_files(cli, transplanted, colo
     assert result.code == 1 and "is not a folder" in result.err and "Traceback" not in result.err
 
 
-def test_a_template_without_a_special_end_of_turn_is_refused(cli, kit, colour_data, tmp_path):
+def test_a_template_without_a_special_end_of_turn_is_refused(cli, kit, colour_data, suite_file, tmp_path):
     # a LLaVA-1.5 style template written for Llama 2 ('</s>' after each reply), given to an LLM whose
     # vocabulary has no '</s>': the separator is plain text, and nothing would teach the model to stop
     template = tmp_path / "vicuna.jinja"
@@ -137,6 +137,13 @@ def test_a_template_without_a_special_end_of_turn_is_refused(cli, kit, colour_da
     assert result.code == 1 and "no special end-of-turn token" in result.err, result.err
     assert "'<|endoftext|>'" in result.err and result.err.count("\n") == 1
     assert not (tmp_path / "run").exists()
+    # upgrade finds it in its plan, before the transplant
+    upgraded = cli("upgrade", "--vlm", kit.vlm, "--llm", kit.qwen2, "--chat-template", template, "--recipe",
+                   "tiny-cpu", "--data", colour_data["train"], "--image-root", colour_data["root"], "--suite",
+                   suite_file, "-o", tmp_path / "up", "--dry-run")
+    assert upgraded.code == 1 and "no special end-of-turn token" in upgraded.err, upgraded.err
+    assert "Pass --chat-template FILE, a template that ends each reply" in upgraded.err
+    assert not (tmp_path / "up").exists()
 
 
 def test_resume_accepts_the_same_model_written_another_way(cli, transplanted, colour_data, tmp_path, monkeypatch):

@@ -19,6 +19,7 @@ from backbone_swap.verdict.report import (
     render_markdown,
     terminal_table,
     to_jsonable,
+    verdict_line,
     write_report,
 )
 from backbone_swap.verdict.schema import REPORT_SCHEMA, validate_report
@@ -212,8 +213,11 @@ def test_terminal_table_shows_the_short_form_without_reading_markup(comparison):
     data["tasks"][1]["name"] = "[bold red]ocr[/]"
     console = Console(record=True, width=140, color_system=None)
     console.print(terminal_table(data))
+    console.print(verdict_line(data))
     out = console.export_text()
-    assert "llava-old -> llava-new: " + data["overall"]["verdict"] in out
+    lines = [line.rstrip() for line in out.splitlines()]
+    assert lines[:2] == ["A: llava-old", "B: llava-new"]
+    assert lines[-1] == "overall: mixed: route per task" and data["overall"]["verdict"] == "mixed: route per task"
     assert "[bold red]ocr[/]" in out and SCRIPT in out
     for cell in ("65.0%", "+15.0", "<0.001", "upgrade", "keep"):
         assert cell in out

@@ -6,7 +6,10 @@ from a table of names: that is the token training must supervise, and the one pa
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+from backbone_swap.errors import BackboneSwapError
 
 # Turns typed message contents ({"type": "image"} / {"type": "text"}) into the plain strings that a text
 # LLM's template expects, then hands over to that template unchanged: the LLM keeps its own format and
@@ -72,6 +75,17 @@ def end_of_turn(tokenizer: Any, template: str | None = None) -> str | None:
         if stripped.startswith(token):
             return token
     return None
+
+
+def no_end_of_turn(model: str | Path, eos_token: str | None,
+                   remedy: str = "Transplant again with a --chat-template") -> BackboneSwapError:
+    """Why a model whose template ends replies with no special token cannot be trained: it never learns to stop."""
+    return BackboneSwapError(
+        f"the chat template of {model} writes no special end-of-turn token after a reply (a separator "
+        "written as text, such as '</s>' for a tokenizer without that token, is not one), so the trained model "
+        "would never learn to stop",
+        f"{remedy} that ends each reply with the tokenizer's own end-of-turn or eos token ({eos_token!r})",
+    )
 
 
 def reply_prefix(tokenizer: Any, template: str | None = None) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import io
 import json
 import math
@@ -392,7 +391,7 @@ def evaluate(
     """Evaluate ``model_dir`` on every task of ``suite`` into ``output`` (resumable), in ``dtype`` (default: the
     checkpoint's own on a GPU, float32 on CPU). Items that cannot be used stop it, or with ``on_bad_sample="skip"``
     are left out and counted in the manifest."""
-    from backbone_swap.progress import progress_bar
+    from backbone_swap.progress import Ticker, say
 
     started = time.time()
     model_dir, output = Path(model_dir).expanduser(), Path(output).expanduser()
@@ -435,11 +434,16 @@ def evaluate(
         evaluator = Evaluator(model_dir, batch_size=batch_size, device=device or str(state.device), dtype=dtype)
         total = sum(len(v) for v in items.values()) // world
         show_progress = show_progress and state.is_main_process
-        with (
-            progress_bar(f"eval {model_dir.name}", total)
-            if show_progress
-            else contextlib.nullcontext(lambda n: None) as advance
-        ):
+        reused = sum(len({str(i["id"]) for i in items[t.name]} & _done_ids(output / f"{t.name}.jsonl", repair=False))
+                     for t in suite.tasks)
+        if show_progress and reused:
+            say(f"eval {model_dir.name}: {reused} of {total * world} answers from an earlier start reused")
+        with Ticker(f"eval {model_dir.name}", total, show=show_progress) as ticker:
+            ticker.resume_at(reused // world)
+
+            def advance(n: int) -> None:
+                ticker.update(advance=n)
+
             if state.is_main_process:  # answers a stopped multi-process run left in per-process files
                 for task in suite.tasks:
                     merge_parts(output, task)

@@ -316,17 +316,24 @@ _RICH_STYLE = {"upgrade": "bold green", "keep": "bold red", "complementary": "bo
                "mixed: route per task": "bold yellow"}
 
 
+def verdict_line(comparison: Mapping[str, Any]) -> Any:
+    """The overall verdict on a line of its own (a table title wraps at the table's width and hides it)."""
+    from rich.text import Text
+
+    verdict = str(comparison["overall"].get("verdict", ""))
+    line = Text("overall: ")
+    line.append(verdict, style=_RICH_STYLE.get(verdict, "bold"))
+    return line
+
+
 def terminal_table(comparison: Mapping[str, Any]) -> Any:
     """A short ``rich.table.Table`` (task, acc A, acc B, diff, p, verdict); user text is never read as markup."""
     from rich.table import Table
     from rich.text import Text
 
-    meta, overall = comparison["meta"], comparison["overall"]
-    verdict = str(overall.get("verdict", ""))
+    meta = comparison["meta"]
     name_a, name_b = (meta.get(f"name_{side}") or meta.get(f"model_{side}", side.upper()) for side in "ab")
-    title = Text(f"{name_a} -> {name_b}: ")
-    title.append(verdict, style=_RICH_STYLE.get(verdict, "bold"))
-    table = Table(title=title, title_justify="left")
+    table = Table(title=Text(f"A: {name_a}\nB: {name_b}"), title_justify="left")
     table.add_column("task")
     for name in ("acc A", "acc B", "diff", "p"):
         table.add_column(name, justify="right")
