@@ -38,7 +38,8 @@ from backbone_swap.runs import (
     write_json,
     write_safetensors,
 )
-from backbone_swap.training.data import IGNORE, Dataset, build_dataset, length_grouped_batches, padding_fraction
+from backbone_swap.training.batching import MicroBatchSampler, micro_batches, steps_per_epoch
+from backbone_swap.training.data import Dataset, build_dataset
 from backbone_swap.training.recipe import Recipe, Stage, recipe_hash, recipe_to_dict
 
 PROJECTOR = "multi_modal_projector"
@@ -123,57 +124,6 @@ def _projector_input_width(projector) -> int:
         if isinstance(module, torch.nn.Linear):
             return module.in_features
     raise BackboneSwapError("the projector has no Linear layer", "Train a LLaVA checkpoint with an MLP projector")
-
-
-def collate(samples, features, pad_id: int):
-    """Right-padded ids, labels (IGNORE on pads) and the attention mask, plus the batch's image features."""
-    import torch
-
-    ids, mask, labels = pad_batch(samples, pad_id)
-    images = [s.image for s in samples if s.image is not None]
-    if not images:
-        return ids, mask, labels, None
-    if hasattr(features, "batch"):  # the tower itself, run once for the whole batch
-        return ids, mask, labels, features.batch(images)
-    return ids, mask, labels, torch.stack([features(image) for image in images])
-
-
-def pad_batch(samples, pad_id: int):
-    """Right-padded ids, the attention mask, and labels that ignore the pads."""
-    import torch
-
-    width = max(s.length for s in samples)
-    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(samples), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(samples), width), dtype=torch.long)
-    for row, s in enumerate(samples):
-        ids[row, : s.length] = torch.tensor(s.input_ids)
-        labels[row, : s.length] = torch.tensor(s.labels)
-        mask[row, : s.length] = 1
-    return ids, mask, labels
-
-
-def split_for_processes(batch: list[int], micro_batch: int, world: int) -> list[list[int]] | None:
-    """Micro-batches of at most ``micro_batch`` samples, as many for every process.
-
-    A full global batch splits evenly by construction; a short last batch is cut into smaller pieces so
-    that no process sits out a step (which would leave the others waiting in the gradient exchange).
-    """
-    count = -(-len(batch) // micro_batch)
-    count = -(-count // world) * world
-    if len(batch) < count:
-        return None if len(batch) < world else _even(batch, world)
-    return _even(batch, count)
-
-
-def _even(items: list[int], parts: int) -> list[list[int]]:
-    size, extra = divmod(len(items), parts)
-    out, start = [], 0
-    for k in range(parts):
-        end = start + size + (1 if k < extra else 0)
-        out.append(items[start:end])
-        start = end
-    return out
 
 
 def decay_groups(params: list, lr: float, weight_decay: float) -> list[dict[str, Any]]:
@@ -349,14 +299,9 @@ class Trainer:
 
         world = accelerator.num_processes
         accumulation = stage.accumulation(world)
-        lengths = [s.length for s in self.dataset.samples]
-        # a last batch smaller than the number of processes cannot be shared out: it is left out of every
-        # epoch, and the steps of an epoch are the batches that remain, so epochs and resumed runs line up
-        steps_per_epoch = len(lengths) // stage.global_batch + (len(lengths) % stage.global_batch >= world)
-        if steps_per_epoch == 0:
-            raise BackboneSwapError(f"{len(lengths)} samples cannot be shared by {world} processes",
-                                    "Train on more samples, or on fewer processes")
-        total = math.ceil(stage.epochs * steps_per_epoch)
+        samples = self.dataset.samples
+        per_epoch = steps_per_epoch(len(samples), stage.global_batch, world)
+        total = math.ceil(stage.epochs * per_epoch)
         if stage.max_steps:
             total = min(total, stage.max_steps)
         scheduler = get_scheduler(stage.scheduler if stage.scheduler != "constant" else "constant_with_warmup",
@@ -376,61 +321,49 @@ class Trainer:
         step, history = 0, []
         if resuming:
             step, history = self._load_checkpoint(checkpoint, model, optimizer, scheduler)
-        pad_id = self.processor.tokenizer.pad_token_id
-        seed = self.recipe.seed + 1000 * index
         progress = _StageProgress(stage.name, total, self.show_progress and accelerator.is_main_process)
         progress.advance_to(step)
-        samples = self.dataset.samples
-        modality = [s.image is not None for s in samples]
+        sampler = MicroBatchSampler([s.length for s in samples], [s.image is not None for s in samples],
+                                    global_batch=stage.global_batch, micro_batch=stage.micro_batch, world=world,
+                                    rank=accelerator.process_index, seed=self.recipe.seed + 1000 * index,
+                                    group=self.recipe.group_by_length, start=step, total=total)
         deepspeed = scheme(accelerator).startswith("zero")
         started, seen = time.perf_counter(), 0
-        padding = []
-        while step < total:
-            epoch = step // steps_per_epoch
-            batches = [b for b in length_grouped_batches(lengths, stage.global_batch, seed=seed + epoch,
-                                                         group=self.recipe.group_by_length, modality=modality)
-                       if len(b) >= world]
-            padding.append(padding_fraction(lengths, batches))
-            for batch in batches[step % steps_per_epoch:]:
-                if step >= total:
-                    break
-                micro = split_for_processes(batch, stage.micro_batch, world)
-                mine = micro[accelerator.process_index::world]
-                model.train()
-                loss_sum = 0.0
-                for k, part in enumerate(mine):
-                    ids, mask, labels, feats = collate([samples[i] for i in part], self.features, pad_id)
-                    ids, mask, labels = ids.to(accelerator.device), mask.to(accelerator.device), labels.to(
-                        accelerator.device)
-                    feats = feats.to(accelerator.device) if feats is not None else None
-                    sync = k == len(mine) - 1
-                    # DeepSpeed reads the accumulation boundary from here and steps its optimizer at it
-                    accelerator.gradient_state._set_sync_gradients(sync)
-                    context = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
-                    with context, accelerator.autocast():
-                        loss = model(ids, mask, labels, feats).loss
-                        backward_args = {"scale_wrt_gas": False} if deepspeed else {}  # divided here instead
-                        accelerator.backward(loss / len(mine), **backward_args)
-                    loss_sum += float(loss.detach())
-                if stage.max_grad_norm and not deepspeed:
-                    # all parameters, so that accelerate recognises the prepared module and takes its FSDP
-                    # path; frozen ones have no gradient and do not count. DeepSpeed clips inside its step.
-                    accelerator.clip_grad_norm_(model.parameters(), stage.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                seen += len(batch)
-                loss_value = _mean_across(accelerator, loss_sum / max(len(mine), 1))
-                lr = scheduler.get_last_lr()[-1]
-                rate = seen / max(time.perf_counter() - started, 1e-9)
-                history.append({"stage": stage.name, "step": step, "loss": loss_value, "lr": lr})
-                progress.update(step, loss_value, lr, rate)
-                if self.save_every and step % self.save_every == 0 and step < total:
-                    self._save_checkpoint(checkpoint, model, optimizer, scheduler, step, history)
-                info = StepInfo(stage.name, step, total, loss_value, lr, rate, accelerator.unwrap_model(model).vlm)
-                for callback in self.callbacks:
-                    callback(info)
+        loss_sum = 0.0
+        model.train()
+        for micro in micro_batches(samples, sampler, self.features, self.processor.tokenizer.pad_token_id):
+            micro = micro.to(accelerator.device)
+            # DeepSpeed reads the accumulation boundary from here and steps its optimizer at it
+            accelerator.gradient_state._set_sync_gradients(micro.last)
+            context = accelerator.no_sync(model) if not micro.last else contextlib.nullcontext()
+            with context, accelerator.autocast():
+                loss = model(micro.input_ids, micro.attention_mask, micro.labels, micro.features).loss
+                backward_args = {"scale_wrt_gas": False} if deepspeed else {}  # divided here instead
+                accelerator.backward(loss / micro.parts, **backward_args)
+            loss_sum += float(loss.detach())
+            if not micro.last:
+                continue
+            if stage.max_grad_norm and not deepspeed:
+                # all parameters, so that accelerate recognises the prepared module and takes its FSDP
+                # path; frozen ones have no gradient and do not count. DeepSpeed clips inside its step.
+                accelerator.clip_grad_norm_(model.parameters(), stage.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            seen += micro.step_samples
+            loss_value = _mean_across(accelerator, loss_sum / micro.parts)
+            loss_sum = 0.0
+            lr = scheduler.get_last_lr()[-1]
+            rate = seen / max(time.perf_counter() - started, 1e-9)
+            history.append({"stage": stage.name, "step": step, "loss": loss_value, "lr": lr})
+            progress.update(step, loss_value, lr, rate)
+            if self.save_every and step % self.save_every == 0 and step < total:
+                self._save_checkpoint(checkpoint, model, optimizer, scheduler, step, history)
+            info = StepInfo(stage.name, step, total, loss_value, lr, rate, accelerator.unwrap_model(model).vlm)
+            for callback in self.callbacks:
+                callback(info)
+            model.train()
         progress.close()
         accelerator.wait_for_everyone()
         trained = trainable_state(accelerator, accelerator.unwrap_model(model))  # every process takes part
@@ -438,7 +371,7 @@ class Trainer:
             folder.mkdir(parents=True, exist_ok=True)
             write_safetensors(done, trained)
             write_json(folder / "state.json", {"steps": total, "history": history,
-                                               "padding_fraction": round(sum(padding) / max(len(padding), 1), 4),
+                                               "padding_fraction": round(sampler.padding(), 4),
                                                "accumulation": accumulation, "world_size": world,
                                                "sharding": scheme(accelerator), "weights_held": round(held, 4)})
             shutil.rmtree(checkpoint, ignore_errors=True)
