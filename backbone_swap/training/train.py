@@ -41,6 +41,7 @@ from backbone_swap.runs import (
 from backbone_swap.training.batching import MicroBatchSampler, micro_batches, steps_per_epoch
 from backbone_swap.training.data import Dataset, build_dataset
 from backbone_swap.training.recipe import Recipe, Stage, recipe_hash, recipe_to_dict
+from backbone_swap.training.schemes import TrainingScheme
 
 PROJECTOR = "multi_modal_projector"
 
@@ -164,10 +165,10 @@ def _load_trainable(module, path: Path) -> None:
 class Trainer:
     """One training run: a VLM folder, a recipe and a data set, written to ``output``."""
 
-    def __init__(self, accelerator, model_dir: Path, recipe: Recipe, dataset: Dataset, processor, output: Path, *,
-                 features: Callable[[Path], Any], save_every: int | None, callbacks: list[Callable[[StepInfo], None]],
-                 show_progress: bool) -> None:
-        self.accelerator = accelerator
+    def __init__(self, scheme: TrainingScheme, model_dir: Path, recipe: Recipe, dataset: Dataset, processor,
+                 output: Path, *, features: Callable[[Path], Any], save_every: int | None,
+                 callbacks: list[Callable[[StepInfo], None]], show_progress: bool) -> None:
+        self.scheme, self.accelerator = scheme, scheme.accelerator
         self.model_dir, self.recipe, self.dataset, self.processor = model_dir, recipe, dataset, processor
         self.output, self.features = output, features
         self.save_every, self.callbacks, self.show_progress = save_every, callbacks, show_progress
@@ -181,9 +182,7 @@ class Trainer:
         checkpoint with the earlier stages' trained weights loaded, as a resumed run does. Other processes
         then return None.
         """
-        from backbone_swap.training.schemes import consumes_module
-
-        sharded = consumes_module(self.accelerator)
+        sharded = self.scheme.consumes_module
         self.model = self._load_base()
         self._sharded = False  # whether self.model has been consumed by a sharded stage
         for index, stage in enumerate(self.recipe.stages):
@@ -275,16 +274,7 @@ class Trainer:
         import torch
         from transformers import get_scheduler
 
-        from backbone_swap.training.schemes import (
-            configure_deepspeed,
-            consumes_module,
-            local_fraction,
-            release,
-            scheme,
-            trainable_state,
-        )
-
-        accelerator = self.accelerator
+        accelerator, scheme = self.accelerator, self.scheme
         folder = self.output / stage.name
         done = folder / "trainable.safetensors"
         # each stage starts from its own seed, so a stage redone after an interruption starts identically
@@ -312,11 +302,9 @@ class Trainer:
         if resuming:
             # the weights go in before the module is prepared: a sharded module takes them from here
             _load_trainable(wrapper, checkpoint / "trainable.safetensors")
-        if scheme(accelerator).startswith("zero"):
-            configure_deepspeed(accelerator, micro_batch=stage.micro_batch, accumulation=accumulation,
-                                max_grad_norm=stage.max_grad_norm)
-        model, optimizer = accelerator.prepare(wrapper, optimizer)
-        held = local_fraction(accelerator.unwrap_model(model))
+        model, optimizer = scheme.prepare(wrapper, optimizer, micro_batch=stage.micro_batch, accumulation=accumulation,
+                                          max_grad_norm=stage.max_grad_norm)
+        held = scheme.weights_held(model)
 
         step, history = 0, []
         if resuming:
@@ -327,26 +315,18 @@ class Trainer:
                                     global_batch=stage.global_batch, micro_batch=stage.micro_batch, world=world,
                                     rank=accelerator.process_index, seed=self.recipe.seed + 1000 * index,
                                     group=self.recipe.group_by_length, start=step, total=total)
-        deepspeed = scheme(accelerator).startswith("zero")
         started, seen = time.perf_counter(), 0
         loss_sum = 0.0
         model.train()
         for micro in micro_batches(samples, sampler, self.features, self.processor.tokenizer.pad_token_id):
             micro = micro.to(accelerator.device)
-            # DeepSpeed reads the accumulation boundary from here and steps its optimizer at it
-            accelerator.gradient_state._set_sync_gradients(micro.last)
-            context = accelerator.no_sync(model) if not micro.last else contextlib.nullcontext()
-            with context, accelerator.autocast():
+            with scheme.micro_step(model, micro.last):
                 loss = model(micro.input_ids, micro.attention_mask, micro.labels, micro.features).loss
-                backward_args = {"scale_wrt_gas": False} if deepspeed else {}  # divided here instead
-                accelerator.backward(loss / micro.parts, **backward_args)
+                scheme.backward(loss, micro.parts)
             loss_sum += float(loss.detach())
             if not micro.last:
                 continue
-            if stage.max_grad_norm and not deepspeed:
-                # all parameters, so that accelerate recognises the prepared module and takes its FSDP
-                # path; frozen ones have no gradient and do not count. DeepSpeed clips inside its step.
-                accelerator.clip_grad_norm_(model.parameters(), stage.max_grad_norm)
+            scheme.clip(model, stage.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -366,18 +346,17 @@ class Trainer:
             model.train()
         progress.close()
         accelerator.wait_for_everyone()
-        trained = trainable_state(accelerator, accelerator.unwrap_model(model))  # every process takes part
+        trained = scheme.trainable_state(model)  # every process takes part
         if accelerator.is_main_process:
             folder.mkdir(parents=True, exist_ok=True)
             write_safetensors(done, trained)
             write_json(folder / "state.json", {"steps": total, "history": history,
                                                "padding_fraction": round(sampler.padding(), 4),
                                                "accumulation": accumulation, "world_size": world,
-                                               "sharding": scheme(accelerator), "weights_held": round(held, 4)})
+                                               "sharding": scheme.name, "weights_held": round(held, 4)})
             shutil.rmtree(checkpoint, ignore_errors=True)
         accelerator.wait_for_everyone()
-        if consumes_module(accelerator):
-            release(accelerator, model)
+        scheme.release(model)
         self.history += history
         return True
 
@@ -386,12 +365,9 @@ class Trainer:
         optimizer state are gathered onto the main process, which writes)."""
         import torch
 
-        from backbone_swap.training.schemes import optimizer_state, trainable_state
-
-        accelerator = self.accelerator
-        optimizer_sd = optimizer_state(accelerator, model, optimizer)
-        weights = trainable_state(accelerator, accelerator.unwrap_model(model))
-        if not accelerator.is_main_process:
+        optimizer_sd = self.scheme.optimizer_state(model, optimizer)
+        weights = self.scheme.trainable_state(model)
+        if not self.accelerator.is_main_process:
             return
         with staged_dir(folder) as stage:
             write_safetensors(stage / "trainable.safetensors", weights)
@@ -405,12 +381,10 @@ class Trainer:
         """Optimizer, scheduler and random state of a checkpoint (its weights are loaded before preparing)."""
         import torch
 
-        from backbone_swap.training.schemes import load_optimizer_state
-
         # our own file, written by _save_checkpoint; weights_only keeps it to tensors and plain data
         state = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
         try:
-            load_optimizer_state(self.accelerator, model, optimizer, state["optimizer"])
+            self.scheme.load_optimizer_state(model, optimizer, state["optimizer"])
         except (ValueError, KeyError) as e:  # torch: "loaded state dict contains a parameter group that ..."
             raise BackboneSwapError(
                 f"{folder} holds optimizer state for other parameter groups (written by an earlier version of "
@@ -632,11 +606,12 @@ def train(
         if previous.get("finished"):
             return TrainResult(output, previous, previous.get("history", []))
 
-    from backbone_swap.training.schemes import make_accelerator, scheme
+    from backbone_swap.training.schemes import make_accelerator, training_scheme
 
     # one process per device under `accelerate launch`; the main one writes, the others wait for it
     accelerator = make_accelerator(recipe.precision)
-    if save_every and scheme(accelerator).startswith("zero"):
+    scheme = training_scheme(accelerator)
+    if save_every and not scheme.saves_inside_stage:
         raise BackboneSwapError("checkpoints inside a stage (--save-every) are not supported under DeepSpeed",
                                 "Leave out --save-every (upgrade: pass --save-every 0): finished stages are "
                                 "still kept and resumed")
@@ -704,7 +679,7 @@ def train(
                                                         feature_cache, show_progress)
 
         # resolved: the adapter records this path as its base, which must hold from any working directory
-        trainer = Trainer(accelerator, model_dir.resolve(), recipe, dataset, processor, output, features=features,
+        trainer = Trainer(scheme, model_dir.resolve(), recipe, dataset, processor, output, features=features,
                           save_every=save_every, callbacks=list(callbacks or []), show_progress=show_progress)
         model = trainer.run()
         if trainer.accelerator.is_main_process:
