@@ -83,7 +83,7 @@ def hf_trainer(model_dir: Path, data: Path, images: Path, root: Path, steps: int
     from backbone_swap.training.batching import pad_batch
     from backbone_swap.training.data import build_dataset
     from backbone_swap.training.features import preprocess
-    from backbone_swap.training.train import lora_target_regex
+    from backbone_swap.training.model import lora_target_regex
 
     processor = AutoProcessor.from_pretrained(model_dir)
     tok = processor.tokenizer
