@@ -15,13 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backbone_swap.choices import BASELINES, LLM_KINDS, UPGRADE_STEPS, check
 from backbone_swap.errors import BackboneSwapError
+from backbone_swap.plan import Plan, plan
 from backbone_swap.runs import UPGRADE, RunFolder, versions
-from backbone_swap.training import estimate
 from backbone_swap.training.recipe import Recipe, recipe_hash, recipe_to_dict
-
-STEPS = ("transplant", "baseline", "train", "eval-old", "eval-new", "compare")
-BASELINES = ("as-is", "retrain")
 
 
 @dataclass
@@ -50,18 +48,12 @@ class UpgradeOptions:
     chat_template: Path | None = None  # replaces the new LLM's template (a base LLM has none)
     old_chat_template: Path | None = None  # the same for --old-llm with --baseline retrain
     old_llm_kind: str = "unknown"  # the LLM inside the old VLM (or --old-llm): base, instruct or unknown
+    device: str | None = None  # where evaluation runs (default: cuda if available)
+    allow_pickle: bool = False  # read pickle weights of the inputs (they can run code)
+    trust_remote_code: bool = False  # allow custom model code shipped inside the inputs
+    vision_tower: Path | None = None  # the tower of an original LLaVA checkpoint, which does not store it
     show_progress: bool = True
     callbacks: list = field(default_factory=list)
-
-
-@dataclass
-class Plan:
-    steps: list[str]
-    lines: list[str]
-    estimate: dict[str, Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps, "lines": self.lines, "estimate": self.estimate}
 
 
 def _run_paths(output: Path) -> dict[str, Path]:
@@ -74,129 +66,6 @@ def _run_paths(output: Path) -> dict[str, Path]:
         "eval-new": output / "eval" / "new",
         "compare": output / "compare",
     }
-
-
-def plan(options: UpgradeOptions) -> Plan:
-    """What the run will do, with an estimate of memory and compute from the models' and data's sizes."""
-    from backbone_swap.checkpoints.anatomy import compatibility, read_anatomy
-    from backbone_swap.checkpoints.folder import open_checkpoint
-
-    old_ckpt, new_ckpt = open_checkpoint(options.vlm), open_checkpoint(options.llm)
-    old, new = read_anatomy(old_ckpt), read_anatomy(new_ckpt)
-    old.require("upgrade")
-    compat = compatibility(old, new, new_ckpt, template_override=options.chat_template is not None)
-    if compat.problems:
-        raise BackboneSwapError(compat.problems[0], "")
-    if options.baseline == "retrain" and options.old_llm is not None:
-        # the baseline's transplant comes later in the run: its problems are found now, before hours of training
-        old_llm_ckpt = open_checkpoint(options.old_llm)
-        baseline_compat = compatibility(old, read_anatomy(old_llm_ckpt), old_llm_ckpt,
-                                        template_override=options.old_chat_template is not None)
-        if baseline_compat.problems:
-            raise BackboneSwapError(baseline_compat.problems[0].replace("--chat-template", "--old-chat-template"),
-                                    "")
-    recipe = options.recipe
-    lora = next((s.lora for s in recipe.stages if s.lora is not None), None)
-    targets = tuple(new.lora_targets) if lora is None or isinstance(lora.targets, str) else tuple(lora.targets)
-    shapes = estimate.shapes_of(old, new, new_ckpt, compat, targets, lora.r if lora else 0)
-    from transformers import AutoTokenizer
-
-    def measured(llm: Path, template: Path | None):
-        tokenizer = AutoTokenizer.from_pretrained(llm)
-        if template is not None:  # the template the transplant will write, for the tokens it adds per turn
-            tokenizer.chat_template = Path(template).read_text()
-        return estimate.measure_data(options.data, tokenizer, shapes.image_tokens, seed=options.seed)
-
-    data = measured(options.llm, options.chat_template)
-    records, tokens = data.records, round(data.tokens)
-    trainable = shapes.projector_params + shapes.lora_params
-    memory_parts = estimate.peak_memory(shapes, data, recipe, trainable=trainable)
-    memory = sum(memory_parts.values())
-    flops = estimate.training_flops(shapes, data, recipe, cache_features=options.cache_features)
-    model_disk = estimate.model_bytes(old_ckpt, new_ckpt, shapes)
-    run_disk = estimate.run_bytes(model_disk, trainable, len(recipe.stages))
-    if options.baseline == "retrain" and options.old_llm is not None:
-        # the baseline trains the old LLM the same way: its own shapes and tokens; memory is the larger peak
-        old_llm = read_anatomy(old_llm_ckpt)
-        old_targets = (tuple(old_llm.lora_targets) if lora is None or isinstance(lora.targets, str)
-                       else tuple(lora.targets))
-        old_shapes = estimate.shapes_of(old, old_llm, old_llm_ckpt, baseline_compat, old_targets,
-                                        lora.r if lora else 0)
-        old_data = measured(options.old_llm, options.old_chat_template)
-        old_parts = estimate.peak_memory(old_shapes, old_data, recipe,
-                                         trainable=old_shapes.projector_params + old_shapes.lora_params)
-        if sum(old_parts.values()) > memory:
-            memory_parts, memory = old_parts, sum(old_parts.values())
-        flops += estimate.training_flops(old_shapes, old_data, recipe, cache_features=options.cache_features)
-        if options.cache_features:  # the same tower on the same images: its features are in the cache already
-            flops -= estimate.tower_flops(old_shapes) * old_data.distinct_images
-        run_disk += estimate.run_bytes(estimate.model_bytes(old_ckpt, old_llm_ckpt, old_shapes),
-                                       old_shapes.projector_params + old_shapes.lora_params, len(recipe.stages))
-    disk_lines, disk = _disk(options, data, shapes, run_disk)
-    disk["model_bytes"] = int(model_disk)
-    steps = [s for s in STEPS if s != "baseline" or options.baseline == "retrain"]
-    lines = [
-        f"steps: {', '.join(steps)}",
-        f"transplant: {options.vlm.name}'s {old.vision.model_type if old.vision else '?'} tower onto "
-        f"{options.llm.name} ({new.family}); new projector {compat.projector_in} -> {compat.projector_out}; "
-        f"added tokens: {', '.join(compat.add_tokens) or 'none'}",
-        "train: " + "; ".join(
-            f"{s.name}: {'projector' if s.train_projector else ''}"
-            f"{' + LoRA r=' + str(s.lora.r) + ' on ' + ','.join(new.lora_targets) if s.lora else ''}, "
-            f"{s.epochs:g} epoch(s), lr {s.lr:g}, global batch {s.global_batch}" for s in recipe.stages),
-        f"recipe {recipe.name}, hash {recipe_hash(recipe)[:16]}; vision tower frozen",
-        f"baseline: {options.baseline}" + (f" (old VLM retrained from {options.old_llm})"
-                                           if options.baseline == "retrain" else " (old VLM as given)"),
-        f"data: {records} records, about {tokens:,} tokens (longest about {data.longest:,}); "
-        f"suite {options.suite.name}: {options.suite.names()}",
-        f"estimate: about {memory / 1e9:.1f} GB of accelerator memory on one device without sharding ("
-        + ", ".join(f"{k.replace('_', ' ')} {v / 1e9:.1f}" for k, v in memory_parts.items()) + "), "
-        f"{flops / 1e15:.3g} PFLOP of training compute "
-        f"(about {flops / (0.4 * 312e12) / 3600:.2g} GPU-hours at 40% of an A100's bf16 peak)",
-        *disk_lines,
-    ]
-    figures = {"memory_bytes": int(memory), "memory": memory_parts, "train_flops": float(flops),
-               "records": records, "tokens": tokens, "longest_tokens": data.longest,
-               "trainable_parameters": int(trainable), "disk": disk}
-    return Plan(steps, lines, figures)
-
-
-def _disk(options: UpgradeOptions, data: estimate.DataSize, shapes: estimate.Shapes,
-          run_disk: int) -> tuple[list[str], dict[str, int]]:
-    """The plan's disk lines, with a warning where a folder's file system lacks the room (the run would stop
-    there, hours in); the figures say what the run and the feature cache will write, and what is free."""
-    from backbone_swap.runs import free_bytes, nearest_existing
-    from backbone_swap.training.features import bytes_per_image, default_cache_dir
-
-    run_free = free_bytes(options.output)
-    written = sum(f.stat().st_size for f in Path(options.output).rglob("*") if f.is_file()) \
-        if Path(options.output).is_dir() else 0
-    to_write = max(run_disk - written, 0)  # a run started again has written part of it (and taken that room)
-    figures = {"run_bytes": int(run_disk), "run_to_write": int(to_write), "run_free": int(run_free)}
-    still = f"; {to_write / 1e9:.1f} GB still to write" if written else ""
-    lines = [f"disk: about {run_disk / 1e9:.1f} GB in {options.output} (transplants, merged exports, checkpoints"
-             f"{still}); {run_free / 1e9:.1f} GB free there"]
-    if options.cache_features:
-        cache = Path(options.feature_cache) if options.feature_cache else default_cache_dir()
-        dtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[options.recipe.precision]
-        need = data.distinct_images * bytes_per_image(shapes.image_tokens, shapes.projector_in, dtype)
-        cache_free = free_bytes(cache)
-        figures.update(cache_bytes=int(need), cache_free=int(cache_free))
-        lines.append(f"vision-feature cache: up to {need / 1e9:.1f} GB for {data.distinct_images:,} images in {cache} "
-                     f"(images cached before are reused); {cache_free / 1e9:.1f} GB free there")
-        same_disk = os.stat(nearest_existing(cache)).st_dev == os.stat(nearest_existing(options.output)).st_dev
-        if same_disk and need + to_write > run_free:
-            lines.append("warning: the run and the feature cache may need more room than their disk has (images "
-                         "cached before need none); pass --feature-cache DIR on another disk, or --no-cache-features")
-        elif need > cache_free:
-            lines.append("warning: the feature cache may not fit on its disk; pass --feature-cache DIR on a disk with "
-                         "room, or --no-cache-features (the vision tower then runs on every batch)")
-    else:
-        lines.append("vision-feature cache: off (the vision tower runs on every batch)")
-    if to_write > run_free and not any(line.startswith("warning: the run") for line in lines):
-        lines.append(f"warning: {options.output}'s disk has less room than the run writes; free space or choose "
-                     "another --output")
-    return lines, figures
 
 
 class _Run:
@@ -223,7 +92,7 @@ class _Run:
         self.data.setdefault("steps", {})
         if restart is not None:
             paths = _run_paths(options.output)
-            for step in STEPS[STEPS.index(restart):]:
+            for step in UPGRADE_STEPS[UPGRADE_STEPS.index(restart):]:
                 self.data["steps"].pop(step, None)
                 for key, path in paths.items():
                     if main and (key == step or (step == "baseline" and key == "baseline-transplant")):
@@ -247,21 +116,16 @@ def upgrade(options: UpgradeOptions, *, restart: str | None = None, dry_run: boo
     """Run (or continue) the whole upgrade; returns the comparison, or the plan with ``dry_run`` (an empty dict in
     the processes of a multi-process launch other than the main one)."""
     from backbone_swap.training.train import train
-    from backbone_swap.transplant import LLM_KINDS
     from backbone_swap.verdict.compare import compare
 
-    if options.baseline not in BASELINES:
-        raise BackboneSwapError(f"--baseline must be one of {', '.join(BASELINES)}, not {options.baseline!r}",
-                                "Use as-is or retrain")
+    check(options.baseline, BASELINES, "--baseline")
     if options.baseline == "retrain" and options.old_llm is None:
         raise BackboneSwapError("--baseline retrain needs the LLM the old VLM was built from",
                                 "Pass it with --old-llm PATH")
     for flag, kind in (("--llm-kind", options.llm_kind), ("--old-llm-kind", options.old_llm_kind)):
-        if kind not in LLM_KINDS:
-            raise BackboneSwapError(f"{flag} must be one of {', '.join(LLM_KINDS)}, not {kind!r}",
-                                    "Say whether that LLM is a base or an instruction-tuned model")
-    if restart is not None and restart not in STEPS:
-        raise BackboneSwapError(f"--restart must name a step ({', '.join(STEPS)}), not {restart!r}", "")
+        check(kind, LLM_KINDS, flag, "Say whether that LLM is a base or an instruction-tuned model")
+    if restart is not None:
+        check(restart, UPGRADE_STEPS, "--restart")
     # under accelerate launch / torchrun: training and evaluation share the processes, and the main one writes
     # what is written once (transplants, the manifest, the report)
     state = _launch_state()
@@ -290,14 +154,14 @@ def upgrade(options: UpgradeOptions, *, restart: str | None = None, dry_run: boo
 
         if not run.done("transplant"):
             started = time.time()
-            on_main(lambda: _transplant(options.vlm, options.llm, paths["transplant"], options.seed,
-                                        options.llm_kind, options.chat_template))
+            on_main(lambda: _transplant(options, options.llm, paths["transplant"], options.llm_kind,
+                                        options.chat_template))
             run.finish("transplant", started, output=str(paths["transplant"]))
         old_model = options.vlm
         if options.baseline == "retrain":
             if not run.done("baseline"):
                 started = time.time()
-                on_main(lambda: _transplant(options.vlm, options.old_llm, paths["baseline-transplant"], options.seed,
+                on_main(lambda: _transplant(options, options.old_llm, paths["baseline-transplant"],
                                             options.old_llm_kind, options.old_chat_template))
                 train(paths["baseline-transplant"], output=paths["baseline"], **common)
                 run.finish("baseline", started, output=str(paths["baseline"] / "final" / "merged"))
@@ -314,7 +178,8 @@ def upgrade(options: UpgradeOptions, *, restart: str | None = None, dry_run: boo
             if not run.done(step):
                 started = time.time()
                 evaluate(model, options.suite, paths[step], batch_size=options.batch_size, seed=options.seed,
-                         dtype=options.dtype, show_progress=options.show_progress)
+                         dtype=options.dtype, show_progress=options.show_progress, on_bad_sample=options.on_bad_sample,
+                         device=options.device)
                 run.finish(step, started, output=str(paths[step]))
         started = time.time()
         # the comparison is always made again (its evaluations live outside its folder): a report a stopped run
@@ -325,6 +190,7 @@ def upgrade(options: UpgradeOptions, *, restart: str | None = None, dry_run: boo
             weights=options.weights, n_resamples=options.n_resamples, seed=options.seed, batch_size=options.batch_size,
             baseline=options.baseline, eval_dirs=(paths["eval-old"], paths["eval-new"]), dtype=options.dtype,
             extra_warnings=_kind_warning(options), show_progress=options.show_progress,
+            on_bad_sample=options.on_bad_sample, device=options.device,
         )
         if main:
             run.finish("compare", started, output=str(paths["compare"]), verdict=comparison["overall"]["verdict"])
@@ -340,11 +206,13 @@ def _launch_state():
     return launch_state()
 
 
-def _transplant(vlm: Path, llm: Path, output: Path, seed: int, llm_kind: str, chat_template: Path | None) -> None:
+def _transplant(options: UpgradeOptions, llm: Path, output: Path, llm_kind: str, chat_template: Path | None) -> None:
     from backbone_swap.transplant import transplant
 
     shutil.rmtree(output, ignore_errors=True)  # what a stopped transplant left
-    transplant(vlm, llm, output, seed=seed, llm_kind=llm_kind, chat_template=chat_template)
+    transplant(options.vlm, llm, output, seed=options.seed, llm_kind=llm_kind, chat_template=chat_template,
+               allow_pickle=options.allow_pickle, trust_remote_code=options.trust_remote_code,
+               vision_tower=options.vision_tower)
 
 
 def _kind_warning(options: UpgradeOptions) -> list[str]:

@@ -214,3 +214,33 @@ def test_a_full_disk_stops_training_in_one_line_and_the_run_resumes(cli, transpl
     resumed = cli(*args, "--resume")
     assert resumed.code == 0, resumed.err
     assert (tmp_path / "run" / "final" / "merged" / "config.json").is_file()
+
+
+@pytest.mark.parametrize("command", ["inspect", "transplant", "train", "eval", "compare", "upgrade", "demo"])
+def test_every_command_help_ends_with_an_example(cli, command):
+    result = cli(command, "--help")
+    lines = [line.strip() for line in result.out.strip().splitlines() if line.strip()]
+    example = next(i for i, line in enumerate(lines) if line.startswith("Example: backbone-swap "))
+    assert example >= len(lines) - 3 and f"backbone-swap {command}" in " ".join(lines[example:]), lines[-4:]
+
+
+def test_help_lists_the_shipped_recipes_and_suites_and_the_upgrade_takes_its_steps_options(cli):
+    from backbone_swap.evaluate.suite import shipped_suites
+    from backbone_swap.training.recipe import shipped_recipes
+
+    train = " ".join(cli("train", "--help").out.split())
+    assert all(name in train for name in shipped_recipes())
+    evaluate = " ".join(cli("eval", "--help").out.split())
+    assert all(name in evaluate for name in shipped_suites())
+    upgrade = " ".join(cli("upgrade", "--help").out.split())
+    for option in ("--device", "--allow-pickle", "--trust-remote-code", "--vision-tower", "--min-gain"):
+        assert option in upgrade, option
+    assert "in percentage points" in upgrade
+
+
+@pytest.mark.parametrize("value", ["-1", "150"])
+def test_min_gain_is_in_points_and_checked(cli, transplanted, suite_file, tmp_path, value):
+    result = cli("compare", transplanted["mistral"], transplanted["qwen2"], "--suite", suite_file, "-o",
+                 tmp_path / "cmp", "--min-gain", value)
+    assert result.code == 1 and "--min-gain is in percentage points, from 0 to 100" in result.err
+    assert not (tmp_path / "cmp").exists()

@@ -52,6 +52,41 @@ def test_task_statistics_on_constructed_predictions(tmp_path):
     assert s["cka_a"] is None and s["valid_rate_a"] is None
 
 
+def test_examples_show_questions_each_model_alone_solves_and_neither_does(tmp_path):
+    from backbone_swap.verdict.report import write_report
+
+    ids = [f"q{i}" for i in range(10)]
+    a = [True, True, True, False, False, False, False, True, False, True]
+    b = [True, False, False, True, True, True, False, True, False, False]
+    _write(tmp_path / "eval" / "a", "t", a, [0.5] * 10, ids)
+    _write(tmp_path / "eval" / "b", "t", b, [0.5] * 10, ids)
+    data = tmp_path / "t.jsonl"
+    data.write_text("".join(json.dumps({"id": i, "image": f"{i}.png", "question": f"what is {i}?", "answer": "y"})
+                            + "\n" for i in ids))
+    task = Task(name="t", type="short_answer", needs="reasoning", data=data, image_root=tmp_path)
+    s = task_statistics(task, tmp_path / "eval" / "a", tmp_path / "eval" / "b", n_resamples=200, seed=0)
+    by_kind = {who: [e["id"] for e in s["examples"] if e["solved_by"] == who] for who in ("A", "B", "neither")}
+    only_a = [i for i, x, y in zip(ids, a, b, strict=True) if x and not y]
+    only_b = [i for i, x, y in zip(ids, a, b, strict=True) if y and not x]
+    neither = [i for i, x, y in zip(ids, a, b, strict=True) if not x and not y]
+    assert len(by_kind["A"]) == 2 and set(by_kind["A"]) <= set(only_a)
+    assert len(by_kind["B"]) == 2 and set(by_kind["B"]) <= set(only_b)
+    assert sorted(by_kind["neither"]) == neither  # only two: both shown
+    first = s["examples"][0]
+    assert (first["question"], first["a"], first["b"], first["reference"]) == (f"what is {first['id']}?", "y", "x", "y")
+    paths = write_report(tmp_path / "compare", {**_comparison_around(s)})
+    text = paths["markdown"].read_text()
+    assert f"| A | what is {first['id']}? | y | x | y |" in text
+    assert "Every answer: [A](../eval/a/t.jsonl), [B](../eval/b/t.jsonl)." in text
+
+
+def _comparison_around(record):
+    from backbone_swap.verdict.compare import conclude
+
+    return conclude([dict(record)], {"model_a": "a", "model_b": "b", "suite": "s", "baseline": "as-is"}, [],
+                    alpha=0.05, min_gain=0.02, weights=None, n_resamples=200, seed=0)
+
+
 def test_different_items_are_refused(tmp_path):
     from backbone_swap.errors import BackboneSwapError
 
@@ -163,9 +198,13 @@ def test_confounds_are_warned_about(tmp_path):
     assert "not trained here" in " ".join(confounds(untrained, make("e", "base", "h1", 2048, "d")))
 
 
-def test_vqa_partial_credit_counts_in_accuracy_and_full_credit_in_the_overlap(tmp_path):
+def test_vqa_partial_credit_counts_in_accuracy_and_full_credit_in_every_paired_statistic(tmp_path):
     """Ten annotators: 3 said "red", 7 "blue". By the VQA formula (mean over the ten leave-one-out subsets of
-    min(1, matches / 3)), "red" earns (3 x 2/3 + 7 x 1) / 10 = 0.9, "blue" 1.0 and "green" 0."""
+    min(1, matches / 3)), "red" earns (3 x 2/3 + 7 x 1) / 10 = 0.9, "blue" 1.0 and "green" 0.
+
+    Accuracy, its difference and calibration count the credit; the overlap, McNemar, phi, kappa, the oracle and
+    complementarity count a question solved only at full credit (one binarisation: before, the oracle took the
+    better credit while the overlap counted full credit)."""
     from backbone_swap.evaluate.tasks import score_item
 
     references = ["red"] * 3 + ["blue"] * 7
@@ -183,9 +222,16 @@ def test_vqa_partial_credit_counts_in_accuracy_and_full_credit_in_the_overlap(tm
     credit_a, credit_b = [0.9, 0.9, 1.0, 0.0], [1.0, 0.9, 0.0, 0.0]
     assert s["accuracy_a"] == pytest.approx(np.mean(credit_a)) and s["accuracy_b"] == pytest.approx(np.mean(credit_b))
     assert s["diff"] == pytest.approx(np.mean(credit_b) - np.mean(credit_a))
-    assert s["overlap"] == {"both": 0, "only_a": 1, "only_b": 1, "neither": 2}  # full credit: "blue" only
-    assert s["oracle"] == pytest.approx(np.mean(np.maximum(credit_a, credit_b)))
-    assert s["complementarity"] == pytest.approx(s["oracle"] - np.mean(credit_a))
+    solved_a, solved_b = np.array([0, 0, 1, 0]), np.array([1, 0, 0, 0])  # full credit: "blue" only
+    assert s["overlap"] == {"both": 0, "only_a": 1, "only_b": 1, "neither": 2}
+    assert s["mcnemar_p"] == pytest.approx(binomtest(1, 2, 0.5).pvalue)
+    assert s["phi"] == pytest.approx(np.corrcoef(solved_a, solved_b)[0, 1])
+    # oracle: a question is solved when either model solves it, 2 of 4; each model alone solves 1 of 4
+    assert s["oracle"] == pytest.approx(np.mean(solved_a | solved_b)) == pytest.approx(0.5)
+    assert s["complementarity"] == pytest.approx(0.5 - 0.25)
+    # kappa: po = 2/4, pe = (1 * 1 + 3 * 3) / 16 = 10/16, kappa = (8/16 - 10/16) / (6/16) = -1/3
+    assert s["kappa"] == pytest.approx(-1 / 3)
+    assert s["solved_when"].startswith("its VQA accuracy is 1 (at least 4 of 10 annotators gave the answer")
     # calibration against the credit: every confidence 0.8, one bin, |mean credit - 0.8|
     assert s["ece_a"] == pytest.approx(abs(np.mean(credit_a) - 0.8))
     assert s["brier_b"] == pytest.approx(np.mean((0.8 - np.array(credit_b)) ** 2))
@@ -239,3 +285,18 @@ def test_a_folder_of_other_files_is_never_written_into(cli, transplanted, suite_
     result = cli("compare", transplanted["mistral"], transplanted["qwen2"], "--suite", suite_file, "-o", out)
     assert result.code == 1 and "holds other files, not a comparison" in result.err
     assert [p.name for p in out.iterdir()] == ["report.md"] and (out / "report.md").read_text() == "my notes"
+
+
+def test_comparing_a_model_with_a_copy_of_itself_warns_before_evaluating(cli, transplanted, suite_file, copy_of,
+                                                                        tmp_path):
+    model = transplanted["mistral"]
+    copy = copy_of(model, "copy")
+    result = cli("compare", model, copy, "--suite", suite_file, "-o", tmp_path / "cmp", "--resamples", "100")
+    assert result.code == 0, result.err
+    assert "warning: A and B hold the same weights" in result.err
+    assert result.err.index("warning: A and B hold the same weights") < result.err.index("eval ")  # before evaluating
+    report = json.loads((tmp_path / "cmp" / "report.json").read_text())
+    assert report["warnings"][0].startswith("A and B hold the same weights (identical weight files)")
+    from backbone_swap.verdict.compare import same_weights
+
+    assert not same_weights(model, transplanted["qwen2"])

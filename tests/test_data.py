@@ -261,3 +261,33 @@ def test_records_are_prepared_here_when_the_workers_die(transplanted, tmp_path, 
     survived = build_dataset(tmp_path / "d.jsonl", _DiesInAWorker(tok), workers=2, **options)
     assert [(s.id, s.input_ids, s.labels) for s in survived.samples] == [
         (s.id, s.input_ids, s.labels) for s in one.samples]
+
+
+def test_a_json_list_names_a_bad_record_by_its_position_and_its_line(transplanted, tmp_path, image_root):
+    from backbone_swap.training.data import read_records
+
+    records = [{"id": "a", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "ok"}]},
+               {"id": "b", "conversations": [{"from": "human", "value": "hi"}]}]
+    path = tmp_path / "data.json"
+    path.write_text("[\n" + ",\n".join(json.dumps(r, indent=1) for r in records) + "\n]\n")
+    opening = [number for number, line in enumerate(path.read_text().splitlines(), start=1) if line == "{"]
+    assert [(where.index, where.line) for where, _ in read_records(path)] == [(1, opening[0]), (2, opening[1])]
+    tok = AutoTokenizer.from_pretrained(transplanted["mistral"])
+    with pytest.raises(BackboneSwapError, match=rf"sample 'b' \(record 2, line {opening[1]}\): the conversation has "
+                                                "no assistant"):
+        build_dataset(path, tok, image_root=image_root, image_token="<image>", image_tokens=16, max_length=256,
+                      end_of_turn=end_of_turn(tok))
+
+
+def test_records_with_images_and_no_image_root_name_the_option(transplanted, tmp_path, image_root):
+    records = [{"id": "a", "image": "a.png",
+                "conversations": [{"from": "human", "value": "<image>\nwhat?"}, {"from": "gpt", "value": "red"}]}]
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    tokenizer = AutoTokenizer.from_pretrained(transplanted["mistral"])
+    for on_bad_sample in ("fail", "skip"):  # skipping would drop every image sample: refused either way
+        with pytest.raises(BackboneSwapError) as caught:
+            build_dataset(path, tokenizer, image_root=None, image_token="<image>", image_tokens=16, max_length=256,
+                          end_of_turn="</s>", on_bad_sample=on_bad_sample)
+        assert "has records with images" in caught.value.message
+        assert caught.value.hint == "Pass --image-root FOLDER, the folder the records' image paths start from"

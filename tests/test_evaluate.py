@@ -256,3 +256,32 @@ def test_a_folder_of_other_files_is_never_written_into(transplanted, suite_file,
     with pytest.raises(BackboneSwapError, match="holds other files, not evaluation results"):
         evaluate(transplanted["mistral"], load_suite(suite_file), out, show_progress=False)
     assert digest(out) == before
+
+
+def test_a_question_without_an_image_is_scored_as_training_tokenises_a_text_only_sample(transplanted, tmp_path):
+    """Independently: a text-only conversation tokenised as the trainer does, no pixels; generation runs too."""
+    from backbone_swap.training.data import IGNORE, to_messages, tokenize
+
+    (tmp_path / "s.yaml").write_text("tasks:\n  - {name: t, type: multiple_choice, needs: reasoning, data: t.jsonl}\n")
+    (tmp_path / "t.jsonl").write_text('{"id": "1", "image": null, "question": "Which is wet?", "answer": "rain", '
+                                      '"choices": ["rain", "sand"]}\n')
+    task = load_suite(tmp_path / "s.yaml").task("t")
+    evaluator = Evaluator(transplanted["mistral"])
+    scores = evaluator.option_logprobs(None, "Which is wet?", ["rain", "sand"], task)
+    tok, model = evaluator.tokenizer, evaluator.model
+    for choice, score in zip(["rain", "sand"], scores, strict=True):
+        messages = to_messages([{"from": "human", "value": "Which is wet?"}, {"from": "gpt", "value": choice}], False)
+        ids, labels, _ = tokenize(tok, messages, image_token_id=model.config.image_token_id,
+                                  image_tokens=model.config.image_seq_length, end_of_turn=evaluator.end_of_turn)
+        assert model.config.image_token_id not in ids
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids])).logits[0].float()
+        logprobs = torch.log_softmax(logits, -1)
+        expected = sum(float(logprobs[i - 1, t]) for i, t in enumerate(labels) if t != IGNORE)
+        assert score == pytest.approx(expected, rel=1e-4, abs=1e-4)
+    [(text, confidence)] = evaluator.generate([None], ["Which is wet?"], task)
+    assert isinstance(text, str) and 0.0 <= confidence <= 1.0
+    (tmp_path / "out").mkdir()
+    evaluate_task(evaluator, task, tmp_path / "out")
+    [line] = _lines(tmp_path / "out" / "t.jsonl")
+    assert line["prediction"] in ("rain", "sand") and sum(line["probabilities"]) == pytest.approx(1.0)

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from transformers import AutoModelForCausalLM, AutoProcessor, AutoTokenizer, LlavaForConditionalGeneration
 
 
@@ -84,3 +85,23 @@ def test_inspect_and_help_do_not_import_torch(kit):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_llama_3_note_shows_only_for_llama_3_and_once(kit, cli, tmp_path):
+    from backbone_swap.demo import tiny_models as tm
+
+    llama3 = tm.build_llm(tmp_path / "llama3", tm.llama3_spec())
+    vlm = json.loads(cli("inspect", kit.vlm, "--json").out)  # a llama whose vocabulary has no <|eot_id|>
+    assert vlm["family"] == "llama" and not any("Llama 3" in note for note in vlm["notes"])
+    both = cli("inspect", kit.vlm, "--llm", llama3, "--json")
+    result = json.loads(both.out)
+    assert [note for part in ("model", "llm", "transplant") for note in result[part]["notes"]
+            if "Llama 3" in note] == ["Llama 3 has no pad token and ends turns with <|eot_id|>"]
+
+
+@pytest.mark.parametrize("command", [["inspect"], ["eval", "--suite", "shapes", "-o", "ev"]])
+def test_a_hub_id_is_answered_with_what_is_read(cli, command):
+    result = cli(command[0], "llava-hf/llava-1.5-7b-hf", *command[1:])
+    assert result.code == 1 and result.err.count("\n") == 1
+    assert "only local folders" in result.err and "downloads nothing" in result.err
+    assert "huggingface-cli download llava-hf/llava-1.5-7b-hf" in result.err

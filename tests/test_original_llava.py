@@ -166,4 +166,29 @@ def test_train_eval_and_upgrade_refuse_an_original_checkpoint(original, kit, cli
                    colour_data["train"], "--image-root", colour_data["root"], "--suite", suite_file, "-o",
                    tmp_path / "up")
     assert upgraded.code == 1 and "original LLaVA training code" in upgraded.err, upgraded.err
+    assert "--baseline retrain" in upgraded.err and upgraded.err.count("\n") == 1, upgraded.err
     assert not any((tmp_path / name).exists() for name in ("run", "ev", "up"))
+
+
+@pytest.mark.slow
+def test_upgrade_rebuilds_the_old_side_of_an_original_checkpoint(original, kit, cli, colour_data, suite_file,
+                                                                  tmp_path, digest):
+    """Its tower and projector are used on both LLMs; each side is trained with the same recipe and compared."""
+    before = digest(original["vlm"])
+    out = tmp_path / "up"
+    result = cli("upgrade", "--vlm", original["vlm"], "--vision-tower", original["tower"], "--llm", kit.mistral,
+                 "--baseline", "retrain", "--old-llm", kit.llama48, "--recipe", "tiny-cpu", "--data",
+                 colour_data["train"], "--image-root", colour_data["root"], "--suite", suite_file, "-o", out,
+                 "--resamples", "200", "--set", "stage1.max_steps=2", "--set", "stage2.max_steps=3", "--device", "cpu")
+    assert result.code == 0, result.err
+    for side in ("old", "new"):
+        assert json.loads((out / "eval" / side / "manifest.json").read_text())["device"] == "cpu"
+    assert digest(original["vlm"]) == before
+    tower = read_tensors(original["tower"])
+    for side in (out / "transplant", out / "baseline" / "transplant"):
+        built = read_tensors(side)
+        for name, tensor in tower.items():
+            key = "model.vision_tower." + name.removeprefix("vision_model.")
+            assert tensor_sha(built[key]) == tensor_sha(tensor), (side, name)
+    report = json.loads((out / "compare" / "report.json").read_text())
+    assert report["meta"]["baseline"] == "retrain" and len(report["tasks"]) >= 1

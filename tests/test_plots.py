@@ -8,6 +8,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from backbone_swap.verdict.plots import plot_loss
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,3 +74,29 @@ def test_writing_a_loss_curve_and_a_report_leaves_pyplot_unimported(tmp_path):
                             timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_the_smoothed_curve_is_a_bias_corrected_moving_average():
+    from backbone_swap.verdict.plots import smoothed
+
+    # by hand, weight 0.5: averages 0.5*4=2, 0.5*2+0.5*2=2, 0.5*2+0.5*8=5; corrections 1-0.5, 1-0.25, 1-0.125
+    assert smoothed([4.0, 2.0, 8.0], weight=0.5) == pytest.approx([4.0, 2.0 / 0.75, 5.0 / 0.875])
+    assert smoothed([3.0] * 5) == pytest.approx([3.0] * 5)  # a constant stays itself from the first step
+
+
+def test_the_training_curves_of_both_sides_plot():
+    from backbone_swap.verdict.plots import plot_training
+
+    history = [{"stage": s, "step": k, "loss": 3.0 / k} for s in ("stage1", "stage2") for k in range(1, 6)]
+    assert plot_training({"A": history, "B": history[:5]})[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot_training({"A": history}) != plot_training({"A": history, "B": history})
+
+
+def test_quantities_are_written_in_the_unit_that_suits_them():
+    from backbone_swap.units import fmt_bytes, fmt_duration, fmt_flop
+
+    assert [fmt_bytes(n) for n in (0, 512, 21_500_000, 1.05e9, 3.2e12)] == ["0 B", "512 B", "21.5 MB", "1.05 GB",
+                                                                          "3.2 TB"]
+    assert [fmt_flop(n) for n in (2.5e9, 7.77e14, 1.2e18)] == ["2.5 GFLOP", "777 TFLOP", "1.2 EFLOP"]
+    assert [fmt_duration(s) for s in (0.3, 45, 600, 5400, 3 * 86400)] == ["under a second", "45 seconds",
+                                                                         "10 minutes", "1.5 hours", "3 days"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,6 @@ import yaml
 from backbone_swap.errors import BackboneSwapError
 from backbone_swap.training.recipe import (
     LoraSettings,
-    Recipe,
     Stage,
     apply_overrides,
     load_recipe,
@@ -152,7 +153,9 @@ def test_hash_ignores_key_order_name_and_description():
     assert shuffled == recipe and recipe_hash(shuffled) == recipe_hash(recipe)
     renamed = recipe_from_dict({**data, "name": "other", "description": "something else"}, "c.yaml")
     assert renamed != recipe and recipe_hash(renamed) == recipe_hash(recipe)
-    assert len(recipe_hash(recipe)) == 64 and int(recipe_hash(recipe), 16) >= 0
+    settings = {k: v for k, v in recipe_to_dict(recipe).items() if k not in ("name", "description")}
+    canonical = json.dumps(settings, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    assert recipe_hash(recipe) == hashlib.sha256(canonical).hexdigest()
 
 
 def _other_value(key: str, value: Any, data: dict[str, Any]) -> Any:
@@ -198,6 +201,12 @@ def test_hash_changes_with_every_setting():
         digest = recipe_hash(recipe_from_dict(changed, "a.yaml"))
         assert digest not in seen, key
         seen.add(digest)
+
+
+def test_hash_of_a_shipped_recipe_is_pinned():
+    """Runs and comparisons keep the hash of the recipe they used: the same settings must keep their hash."""
+    assert recipe_hash(load_recipe("llava15-lora")) == \
+        "78caeeaf5789460067b1e720c702b6131e21cc96b2027b80047de0aed2bdf0d5"
 
 
 # ---------------------------------------------------------------------------------------------- overrides
@@ -446,7 +455,7 @@ def test_every_shipped_accelerate_config_loads(path: Path):
 
 def test_types_are_frozen():
     recipe = load_recipe("tiny-cpu")
-    assert isinstance(recipe, Recipe)
+    assert recipe_from_dict(recipe_to_dict(recipe), "tiny-cpu.yaml") == recipe
     with pytest.raises(AttributeError):
         recipe.seed = 1  # type: ignore[misc]
     with pytest.raises(AttributeError):

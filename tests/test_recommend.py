@@ -1,6 +1,6 @@
 """The decision rule on task statistics computed from real 0/1 correctness vectors.
 
-``make_task`` builds every field of a task the way compare.py does, with the functions of
+``verdicts.make_task`` builds every field of a task the way compare.py does, with the functions of
 ``backbone_swap.verdict.stats``, so each verdict below is reached on realistic numbers (intervals from the paired
 bootstrap, p-values from the exact test) rather than on hand-typed ones.
 """
@@ -11,9 +11,9 @@ import math
 
 import numpy as np
 import pytest
+from verdicts import make_task, outcomes, with_verdict
 
 from backbone_swap.errors import BackboneSwapError
-from backbone_swap.verdict import stats as st
 from backbone_swap.verdict.decision import (
     Thresholds,
     capabilities,
@@ -23,88 +23,6 @@ from backbone_swap.verdict.decision import (
     parse_weights,
     task_verdict,
 )
-
-
-def outcomes(both: int, only_a: int, only_b: int, neither: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Two aligned 0/1 vectors with exactly these paired counts, in a shuffled order."""
-    a = np.array([1] * both + [1] * only_a + [0] * only_b + [0] * neither)
-    b = np.array([1] * both + [0] * only_a + [1] * only_b + [0] * neither)
-    order = np.random.default_rng(seed).permutation(a.size)
-    return a[order], b[order]
-
-
-def _confidences(correct: np.ndarray, calibrated: bool, rng: np.random.Generator) -> np.ndarray:
-    if calibrated:  # confident when right, unsure when wrong
-        conf = np.where(correct == 1, rng.uniform(0.6, 1.0, correct.size), rng.uniform(0.0, 0.5, correct.size))
-    else:  # always sure
-        conf = rng.uniform(0.85, 1.0, correct.size)
-    return conf
-
-
-def make_task(
-    name: str,
-    correct_a: np.ndarray,
-    correct_b: np.ndarray,
-    *,
-    type: str = "short_answer",
-    needs: str = "reasoning",
-    valid_a: float | None = None,
-    valid_b: float | None = None,
-    clusters: np.ndarray | None = None,
-    probes: bool = True,
-    seed: int = 0,
-) -> dict:
-    """Every statistic of one task, as compare.py computes it (A overconfident, B calibrated, B more stable)."""
-    rng = np.random.default_rng(seed)
-    table = st.paired_table(correct_a, correct_b)
-    interval = st.paired_bootstrap_diff(correct_a, correct_b, n_resamples=999, seed=seed, clusters=clusters)
-    conf_a = _confidences(correct_a, False, rng)
-    conf_b = _confidences(correct_b, True, rng)
-    cal_a, cal_b = st.ece(conf_a, correct_a), st.ece(conf_b, correct_b)
-    ci_a = st.ece_interval(conf_a, correct_a, n_resamples=200, seed=seed)
-    ci_b = st.ece_interval(conf_b, correct_b, n_resamples=200, seed=seed)
-    cka_a = cka_b = None
-    if probes:
-        clean_a, clean_b = rng.normal(size=(32, 16)), rng.normal(size=(32, 24))
-        cka_a = st.linear_cka(clean_a, clean_a + rng.normal(scale=1.5, size=clean_a.shape))
-        cka_b = st.linear_cka(clean_b, clean_b + rng.normal(scale=0.3, size=clean_b.shape))
-    return {
-        "name": name,
-        "type": type,
-        "needs": needs,
-        "n": table.n,
-        "accuracy_a": table.accuracy_a,
-        "accuracy_b": table.accuracy_b,
-        "diff": table.accuracy_b - table.accuracy_a,
-        "diff_ci": [interval.low, interval.high],
-        "mcnemar_p": st.mcnemar_exact(table),
-        "overlap": {"both": table.both, "only_a": table.only_a, "only_b": table.only_b, "neither": table.neither},
-        "phi": st.phi(table),
-        "kappa": st.cohen_kappa(table),
-        "oracle": st.oracle_accuracy(table),
-        "jaccard": st.jaccard(table),
-        "complementarity": st.complementarity(table),
-        "ece_a": cal_a.ece,
-        "ece_b": cal_b.ece,
-        "ece_a_ci": [ci_a.low, ci_a.high],
-        "ece_b_ci": [ci_b.low, ci_b.high],
-        "brier_a": st.brier(conf_a, correct_a),
-        "brier_b": st.brier(conf_b, correct_b),
-        "reliability_a": cal_a.bins,
-        "reliability_b": cal_b.bins,
-        "cka_a": cka_a,
-        "cka_b": cka_b,
-        "valid_rate_a": valid_a,
-        "valid_rate_b": valid_b,
-        "mean_error_a": None if valid_a is None else 0.3,
-        "mean_error_b": None if valid_b is None else 0.1,
-    }
-
-
-def with_verdict(task: dict, t: Thresholds | None = None) -> dict:
-    verdict, reasons = task_verdict(task, t or Thresholds())
-    return {**task, "verdict": verdict, "reasons": reasons}
-
 
 # --------------------------------------------------------------------------------------------------
 # One task
@@ -367,3 +285,38 @@ def test_parse_weights_round_trip():
     assert parse_weights(format_weights(weights)) == weights
     text = "vqa=2.0,ocr=0.5"
     assert format_weights(parse_weights(text)) == text
+
+
+@pytest.mark.parametrize(("update", "starts", "words"), [
+    ({"ece_a": 0.20, "ece_b": 0.10, "ece_a_ci": [0.08, 0.30], "ece_b_ci": [0.05, 0.15]},
+     "No clear difference in calibration", "the gap is within their intervals"),
+    ({"ece_a": 0.104, "ece_b": 0.100, "ece_a_ci": [0.103, 0.105], "ece_b_ci": [0.099, 0.101]},
+     "No clear difference in calibration", "shows only in the third decimal"),
+    ({"ece_a": 0.20, "ece_b": 0.10, "ece_a_ci": [0.18, 0.22], "ece_b_ci": [0.08, 0.12], "brier_a": 0.15,
+      "brier_b": 0.25}, "ECE and Brier disagree on which model is better calibrated", "Brier favours A"),
+    ({"ece_a": 0.20, "ece_b": 0.10, "ece_a_ci": [0.18, 0.22], "ece_b_ci": [0.08, 0.12], "brier_a": 0.25,
+      "brier_b": 0.15}, "B is better calibrated", "Brier A 0.250, B 0.150"),
+])
+def test_calibration_names_a_winner_only_where_the_evidence_does(update, starts, words):
+    task = {**make_task("vqa", *outcomes(90, 10, 40, 60)), **update}
+    sentence = next(r for r in task_verdict(task, Thresholds())[1] if "calibrat" in r)
+    assert sentence.startswith(starts) and words in sentence, sentence
+
+
+def test_stability_names_no_winner_inside_the_third_decimal():
+    task = {**make_task("vqa", *outcomes(90, 10, 40, 60)), "cka_a": 0.912, "cka_b": 0.915}
+    sentence = next(r for r in task_verdict(task, Thresholds())[1] if "CKA" in r)
+    assert sentence == ("No clear difference in stability under perturbed inputs: CKA A 0.912, B 0.915; the gap "
+                        "shows only in the third decimal.")
+
+
+def test_a_task_most_questions_of_which_neither_model_solves_is_flagged():
+    from backbone_swap.verdict.decision import both_poor
+
+    poor = make_task("fruit", *outcomes(2, 1, 7, 38))  # 38 of 48 solved by neither: 79.2%
+    verdict, reasons = task_verdict(poor, Thresholds())
+    assert both_poor(poor) and reasons[1] == ("Both models are poor here: 38 of 48 questions (79.2%) are solved by "
+                                              "neither, whatever the verdict says about the difference between them.")
+    fine = make_task("vqa", *outcomes(90, 10, 40, 60))  # 60 of 200: 30%
+    assert not both_poor(fine) and not any("poor" in r for r in task_verdict(fine, Thresholds())[1])
+    assert not both_poor({**poor, "overlap": {**poor["overlap"], "neither": 24}})  # exactly half is not most

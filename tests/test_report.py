@@ -11,18 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from rich.console import Console
-from test_recommend import make_task, outcomes, with_verdict
+from verdicts import make_task, outcomes, with_verdict
 
 from backbone_swap.verdict.decision import Thresholds, capabilities, check_expectation, overall_verdict
 from backbone_swap.verdict.plots import plot_accuracy, plot_reliability
 from backbone_swap.verdict.report import (
-    REPORT_SCHEMA,
     render_markdown,
     terminal_table,
     to_jsonable,
-    validate_report,
     write_report,
 )
+from backbone_swap.verdict.schema import REPORT_SCHEMA, validate_report
 
 SCRIPT = "<script>alert(1)</script>"
 FILES = {"json": "report.json", "markdown": "report.md", "html": "report.html", "accuracy": "accuracy.png",
@@ -77,7 +76,8 @@ def test_every_file_is_written_and_nothing_else(written):
 def test_report_json_is_the_comparison_and_matches_the_schema(written, comparison):
     data = json.loads(written["json"].read_text(encoding="utf-8"))
     assert data == json.loads(json.dumps(to_jsonable(comparison)))
-    assert data["tasks"][0]["n"] == 200 and isinstance(data["tasks"][0]["diff_ci"], list)
+    assert data["tasks"][0]["n"] == 200
+    assert data["tasks"][0]["diff_ci"] == [float(v) for v in comparison["tasks"][0]["diff_ci"]]
     assert validate_report(data) == []
     assert set(REPORT_SCHEMA["report"]) == set(data)
     assert set(REPORT_SCHEMA["task"]) <= set(data["tasks"][2])
@@ -250,3 +250,42 @@ def test_the_templates_are_package_data():
     templates = [p.relative_to(package).as_posix() for p in (package / "templates").rglob("*") if p.is_file()]
     assert {"templates/report.html.j2", "templates/report.md.j2"} <= set(templates)
     assert [t for t in templates if not any(fnmatch.fnmatch(t, pattern) for pattern in patterns)] == []
+
+
+def test_a_benchmarks_own_metrics_solved_rule_and_undefined_kappa_are_shown(tmp_path, plain):
+    """tasks[].official as a metric / A / B table (rates in percent, MME's summed score as points), the rule that
+    says when a question counts as solved, and a kappa that is undefined, in both documents, escaped."""
+    from verdicts import make_task
+
+    comparison = copy.deepcopy(plain)
+    comparison["tasks"][0]["official"] = {"accuracy": {"a": 0.8125, "b": 0.875},
+                                          "perception": {"a": 1510.72, "b": None}, SCRIPT: {"a": 0.5, "b": 0.25}}
+    comparison["tasks"][0]["solved_when"] = "its VQA accuracy is 1 <b>"
+    constant = with_verdict(make_task("constant", *outcomes(12, 0, 0, 0)))  # both right on every question
+    assert math.isnan(constant["kappa"])
+    comparison["tasks"].append(constant)
+    comparison["overall"] = overall_verdict(comparison["tasks"], None)
+    paths = write_report(tmp_path, comparison)
+    assert json.loads(paths["json"].read_text())["tasks"][3]["kappa"] is None
+    text = paths["markdown"].read_text(encoding="utf-8")
+    section = text[text.index("### vqa: "):text.index("### ocr: ")]
+    assert "Solved when its VQA accuracy is 1 \\<b>." in section
+    assert "| metric | A | B |" in section
+    assert "| accuracy | 81.2% | 87.5% |" in section
+    assert "| perception | 1510.7 | n/a |" in section
+    assert "| \\<script>alert(1)\\</script> | 50.0% | 25.0% |" in section
+    assert "agreement beyond chance (Cohen's kappa) n/a" in text[text.index("### constant: "):]
+    html = paths["html"].read_text(encoding="utf-8")
+    assert "<tr><td>accuracy</td><td>81.2%</td><td>87.5%</td></tr>" in html
+    assert "<tr><td>perception</td><td>1510.7</td><td>n/a</td></tr>" in html
+    assert "Solved when its VQA accuracy is 1 &lt;b&gt;." in html and SCRIPT not in html
+
+
+def test_a_task_both_models_fail_says_so_in_its_heading(tmp_path, plain):
+    comparison = copy.deepcopy(plain)
+    comparison["tasks"][2]["both_poor"] = True
+    paths = write_report(tmp_path, comparison)
+    assert "### pointing: upgrade (both models poor)" in paths["markdown"].read_text()
+    assert "### ocr: keep\n" in paths["markdown"].read_text()
+    assert "</span> (both models poor)</h3>" in paths["html"].read_text()
+    assert json.loads(paths["json"].read_text())["tasks"][2]["both_poor"] is True

@@ -27,7 +27,7 @@ def test_every_task_type_scores_rescores_and_credits_its_answers():
 
     from backbone_swap.evaluate.tasks import TASK_TYPES, TYPES
 
-    assert TASK_TYPES == ("short_answer", "multiple_choice", "description", "structured")
+    assert TASK_TYPES == ("short_answer", "multiple_choice", "description", "structured", "yes_no")
     task = SimpleNamespace(name="t", format="point", tolerance=1.5, pass_score=0.5)
     votes = ["2"] * 2 + ["two dogs"] * 8  # 2 of 10 annotators: VQA accuracy 0.6
     short = TYPES["short_answer"].score(task, {"id": 1, "answer": votes}, "Two.", 0.9)
@@ -51,6 +51,14 @@ def test_every_task_type_scores_rescores_and_credits_its_answers():
     assert TYPES["structured"].check_task({"format": "circle"}) == (
         "format", "must be one of json, point, box for a structured task")
     assert TYPES["structured"].check_task({"format": "box"}) is None
+    yes_no = TYPES["yes_no"]  # POPE's rule without a benchmark: "not" as a word is no, anything else yes
+    said = yes_no.score(task, {"id": "y", "answer": "no"}, "There is not a dog, I think.", 0.8)
+    assert (said["prediction"], said["parsed"], said["correct"], said["score"]) == (
+        "There is not a dog, I think.", "no", True, 1.0)
+    assert yes_no.rescore(task, {"id": "y", "answer": "Yes"}, said)["correct"] is False  # from the raw answer
+    assert yes_no.score(task, {"id": "z", "answer": "yes"}, "Not really", 0.5)["parsed"] == "yes"  # "Not" is no word
+    assert yes_no.check_item({"answer": "maybe"}) == "needs an answer of yes or no"
+    assert yes_no.check_item({"answer": "No"}) is None and yes_no.credit(said) == 1.0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -181,6 +189,22 @@ def test_score_description_takes_the_best_reference():
     assert score_description("the cat on the mat", "the cat on the mat") == pytest.approx(1.0)
     with pytest.raises(ValueError):
         score_description("x", [])
+
+
+def test_several_references_combine_the_best_precision_and_the_best_recall_as_coco_does():
+    # prediction: a cat sat                                         (3 tokens)
+    # reference 1: a black cat sat on a mat (7 tokens): LCS = a cat sat = 3, P = 1, R = 3/7
+    #   F1 = 2.44 * 1 * 3/7 / (3/7 + 1.44) = 7.32 / 13.08
+    # reference 2: the cat sat (3 tokens): LCS = cat sat = 2, P = R = 2/3, F2 = 2/3
+    # pycocoevalcap: P = max(1, 2/3) = 1, R = max(3/7, 2/3) = 2/3,
+    #   F = 2.44 * 2/3 / (2/3 + 1.44) = 4.88 / 6.32, above the best single F (2/3)
+    references = ["a black cat sat on a mat", "the cat sat"]
+    assert rouge_l("a cat sat", references[0]) == pytest.approx(7.32 / 13.08)
+    assert rouge_l("a cat sat", references[1]) == pytest.approx(2 / 3)
+    assert score_description("a cat sat", references) == pytest.approx(4.88 / 6.32)
+    assert score_description("a cat sat", references[::-1]) == pytest.approx(4.88 / 6.32)
+    assert score_description("a cat sat", references[:1]) == pytest.approx(7.32 / 13.08)
+    assert score_description("zebra", references) == 0.0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -359,7 +383,7 @@ def test_multiple_choice_matches_a_direct_softmax():
     logprobs = [-2.3, -0.7, -1.9, -4.0]
     score = score_multiple_choice(logprobs, answer_index=1)
     expected = _numpy_softmax(logprobs)
-    assert isinstance(score, ChoiceScore)
+    assert len(score.probabilities) == len(logprobs)
     np.testing.assert_allclose(score.probabilities, expected, rtol=1e-12)
     assert score.choice == 1
     assert score.confidence == pytest.approx(expected.max())

@@ -97,8 +97,11 @@ def test_kappa_of_perfect_and_chance_agreement():
     assert stats.cohen_kappa(PairedTable(30, 0, 0, 20)) == pytest.approx(1.0)
     # independent models: a 0.5 x 0.5 table with every cell equal gives po = pe = 0.5
     assert stats.cohen_kappa(PairedTable(10, 10, 10, 10)) == pytest.approx(0.0)
-    # both models constant and identical: pe = 1, defined as 0.0
-    assert stats.cohen_kappa(PairedTable(12, 0, 0, 0)) == 0.0
+    # both models constant and the same: pe = 1, kappa = 0/0 is undefined (NaN, null in report.json)
+    assert math.isnan(stats.cohen_kappa(PairedTable(12, 0, 0, 0)))
+    assert math.isnan(stats.cohen_kappa(PairedTable(0, 0, 0, 7)))
+    # both constant but opposite: po = 0, pe = (12 * 0 + 0 * 12) / 144 = 0, kappa = 0 (defined)
+    assert stats.cohen_kappa(PairedTable(0, 12, 0, 0)) == 0.0
 
 
 def test_jaccard_when_nothing_is_solved_is_one():

@@ -5,6 +5,7 @@ from __future__ import annotations
 from PIL import Image, ImageChops
 
 from backbone_swap.demo.scenes import example_suite
+from backbone_swap.evaluate.scoring import score_description
 from backbone_swap.evaluate.suite import load_suite, read_items, shipped_suites
 from backbone_swap.training.data import open_image, resolve_image
 
@@ -40,4 +41,23 @@ def test_the_shipped_suite_evaluates_every_task_type(cli, transplanted, tmp_path
         lines = [json.loads(x) for x in (tmp_path / "ev" / f"{task}.jsonl").read_text().splitlines()]
         assert len(lines) == 12 and all(0 <= line["confidence"] <= 1 for line in lines)
     describe = [json.loads(x) for x in (tmp_path / "ev" / "describe.jsonl").read_text().splitlines()]
-    assert all(0 <= line["score"] <= 1 for line in describe)
+    assert all(line["score"] == score_description(line["prediction"], line["reference"]) for line in describe)
+
+
+def test_the_llava15_example_names_the_usual_evaluation_set_with_keys_its_benchmarks_take():
+    """Shipped in a subfolder (no data beside it, so the test above does not load it); its tasks validate."""
+    import yaml
+
+    from backbone_swap.evaluate.benchmarks import BENCHMARKS
+    from backbone_swap.evaluate.suite import suite_from_dict
+
+    path = shipped_suites()["shapes"].parent / "llava15" / "suite.yaml"
+    assert "llava15" not in shipped_suites()
+    data = yaml.safe_load(path.read_text())
+    assert [task["benchmark"] for task in data["tasks"]] == [
+        "vqav2", "gqa", "scienceqa", "textvqa", "pope", "pope", "pope", "mme", "mmbench", "seedbench"]
+    known = [task for task in data["tasks"] if task["benchmark"] in BENCHMARKS]  # every one, once all are registered
+    suite = suite_from_dict({**data, "tasks": known}, path)
+    root = path.parent.resolve()
+    assert suite.task("scienceqa-img").problems == root / "scienceqa" / "problems.json"
+    assert suite.task("textvqa").image_root == root / "textvqa" / "train_images"

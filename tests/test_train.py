@@ -327,3 +327,13 @@ def test_a_feature_cache_the_disk_cannot_hold_is_refused_before_it_is_filled(cli
     monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=need))  # just enough
     assert cli(*args, "--resume").code == 0
     assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == images
+
+
+def test_an_adapter_folder_is_named_as_one_and_the_merged_model_pointed_to(trained, cli):
+    result, _, _ = trained
+    adapter = result.output / "final" / "adapter"
+    refused = cli("inspect", adapter)
+    assert refused.code == 1 and refused.err.count("\n") == 1, refused.err
+    assert f"{adapter} is a LoRA adapter" in refused.err and "final/merged" in refused.err
+    merged = cli("inspect", result.output / "final" / "merged", "--json")
+    assert merged.code == 0 and json.loads(merged.out)["kind"] == "vlm"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 
 import pytest
@@ -31,8 +32,13 @@ def test_dry_run_prints_the_plan_and_writes_nothing(cli, kit, colour_data, suite
     assert result.code == 0, result.err
     text = " ".join(result.out.split())
     for words in ("steps: transplant, train, eval-old, eval-new, compare", "new projector 32 -> 40",
-                  "LoRA r=8", "recipe tiny-cpu, hash", "128 records", "GB of accelerator memory", "PFLOP"):
+                  "LoRA r=8", "recipe tiny-cpu, hash", "128 records", "of accelerator memory", "of training compute"):
         assert words in text, words
+    # a tiny model's figures in units that suit them, never "0.0 GB" or "9.2e-07 GPU-hours"
+    assert re.search(r"about [1-9][\d.]* (KB|MB) of accelerator memory", text), text
+    assert re.search(r"[1-9][\d.]* (MFLOP|GFLOP|TFLOP) of training compute \((under a second|about [\d.]+ "
+                     r"seconds) on one A100", text), text
+    assert "0.0 GB" not in text and "e-0" not in text
     assert not (tmp_path / "run").exists()
 
 
@@ -61,6 +67,28 @@ def test_the_run_folder_holds_every_step(finished):
     report = json.loads((run / "compare" / "report.json").read_text())
     assert report["meta"]["baseline"] == "as-is"
     assert any("not trained here" in w for w in report["warnings"])
+
+
+def test_the_report_names_the_models_by_what_they_are(finished, kit):
+    root, _ = finished
+    report = json.loads((root / "run" / "compare" / "report.json").read_text())
+    assert report["meta"]["name_a"] == kit.vlm.name  # the old VLM as given
+    assert report["meta"]["name_b"] == f"{kit.mistral.name} on {kit.vlm.name}'s vision side, trained here"
+    assert report["meta"]["model_b"] == str(root / "run" / "train" / "final" / "merged")  # the path, in the settings
+    text = (root / "run" / "compare" / "report.md").read_text()
+    assert text.startswith(f"# Backbone swap: {kit.vlm.name} -> {kit.mistral.name} on {kit.vlm.name}'s vision side")
+
+
+def test_the_report_shows_the_training_loss_of_the_side_trained_here(finished):
+    root, _ = finished
+    run = root / "run"
+    report = json.loads((run / "compare" / "report.json").read_text())
+    history = json.loads((run / "train" / "manifest.json").read_text())["history"]
+    assert list(report["training_loss"]) == ["b"]  # the old VLM was taken as given: no curve of its own
+    assert report["training_loss"]["b"] == [{"stage": h["stage"], "step": h["step"], "loss": h["loss"]}
+                                            for h in history]
+    assert (run / "compare" / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "](training.png)" in (run / "compare" / "report.md").read_text()
 
 
 def test_a_second_start_skips_finished_steps(finished):

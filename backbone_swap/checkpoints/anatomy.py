@@ -169,11 +169,12 @@ def read_anatomy(ckpt: Checkpoint, vision_tower: Checkpoint | None = None) -> An
             "The config does not belong to these weights; restore the original config.json",
         )
     known = family in FAMILIES
+    vocab = vocabulary(ckpt)
     notes = []
     if not known:
         notes.append(f"{family} is not in the family registry: LoRA targets are found from the module names")
-    elif FAMILIES[family].notes:
-        notes.append(FAMILIES[family].notes)
+    elif FAMILIES[family].notes_for(vocab):
+        notes.append(FAMILIES[family].notes_for(vocab))
     if ckpt.chat_template is None and kind == "llm":
         notes.append("no chat template: pass --chat-template FILE when transplanting onto it")
     pad = _token_text(ckpt.tokenizer_config.get("pad_token"))
@@ -189,7 +190,7 @@ def read_anatomy(ckpt: Checkpoint, vision_tower: Checkpoint | None = None) -> An
         if outside is not None:
             parameters["vision_tower"], dtypes["vision_tower"] = outside
         notes += fmt.notes(ckpt, vision_tower)
-    if not vocabulary(ckpt):
+    if not vocab:
         notes.append("no tokenizer.json: added tokens are decided by the tokenizer at transplant")
     return Anatomy(
         path=str(ckpt.path),
@@ -268,7 +269,7 @@ def compatibility(vlm: Anatomy, llm: Anatomy, llm_ckpt: Checkpoint, *, image_tok
     if not llm.chat_template and not template_override:
         problems.append(f"{llm.path} has no chat template; pass --chat-template FILE")
     template = "from --chat-template" if template_override else ("the LLM's own" if llm.chat_template else "none")
-    notes = list(llm.notes)
+    notes = []  # the LLM's own notes are the LLM's to show, once
     reusable = vlm.projector.out_features == llm.hidden_size and vlm.projector.type == original.REUSABLE_PROJECTOR
     if reusable:
         notes.append("same hidden size: --projector reuse is possible")

@@ -16,12 +16,18 @@ class Family:
 
     lora_targets: tuple[str, ...]
     notes: str = ""
+    # the notes apply to the checkpoints whose vocabulary has this token (Llama 3's <|eot_id|>: a Llama 2 or a
+    # Vicuna is a llama too, and has a pad token and ends turns with </s>); None: to every checkpoint of the family
+    notes_when: str | None = None
+
+    def notes_for(self, vocabulary: dict[str, int]) -> str:
+        return self.notes if self.notes_when is None or self.notes_when in vocabulary else ""
 
 
 _LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 FAMILIES: dict[str, Family] = {
-    "llama": Family(_LLAMA_TARGETS, "Llama 3 has no pad token and ends turns with <|eot_id|>"),
+    "llama": Family(_LLAMA_TARGETS, "Llama 3 has no pad token and ends turns with <|eot_id|>", "<|eot_id|>"),
     "mistral": Family(_LLAMA_TARGETS, "no pad token; [INST] template without a system role"),
     "qwen2": Family(_LLAMA_TARGETS, "ChatML template; <|im_end|> ends a turn"),
     "qwen3": Family(_LLAMA_TARGETS, "ChatML template with thinking blocks; <|im_end|> ends a turn"),

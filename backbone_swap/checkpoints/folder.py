@@ -8,6 +8,7 @@ pickle weights, remote code, corrupt files) is raised here, before any output ex
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,9 @@ from backbone_swap.checkpoints import streaming as st
 from backbone_swap.errors import BackboneSwapError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+# what a model id on the Hugging Face Hub looks like (``llava-hf/llava-1.5-7b-hf``): a user who passes one expects a
+# download, which backbone-swap never does
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 @dataclass
@@ -51,6 +55,19 @@ class Weights:
         if self.format == "safetensors":
             return st.read_tensor(self.entries[name])
         return self._pickled[name]
+
+    def read_rows(self, name: str, start: int, stop: int):
+        """Rows [start, stop) of a matrix, read from the file alone: a vocabulary of 128K rows is read a chunk at a
+        time, never whole."""
+        if self.format != "safetensors":
+            return self._pickled[name][start:stop]
+        import torch
+
+        entry = self.entries[name]
+        row = entry.nbytes // entry.shape[0]
+        buffer = bytearray(st.read_bytes(entry, start * row, stop * row))
+        dtype = getattr(torch, st.TORCH_DTYPES[entry.dtype])
+        return torch.frombuffer(buffer, dtype=dtype).reshape(stop - start, *entry.shape[1:])
 
     def copy(self, name: str, new_name: str) -> st.PlannedTensor:
         """Plan an unchanged copy of tensor ``name`` into the output under ``new_name``."""
@@ -98,12 +115,21 @@ def _optional_json(path: Path) -> dict[str, Any]:
 
 def open_checkpoint(path: str | Path, *, allow_pickle: bool = False, trust_remote_code: bool = False) -> Checkpoint:
     """Open a local checkpoint folder for reading, refusing what backbone-swap must not load silently."""
-    path = Path(path).expanduser()
+    typed, path = str(path), Path(path).expanduser()
     if not path.exists():
+        if _HUB_ID.fullmatch(typed):
+            raise BackboneSwapError(
+                f"{typed} is no local folder: backbone-swap reads only local folders, and downloads nothing",
+                f"Download it first (e.g. huggingface-cli download {typed} --local-dir DIR) and pass DIR")
         raise BackboneSwapError(f"{path} does not exist", "Pass the folder of a local Hugging Face checkpoint")
     if not path.is_dir():
         raise BackboneSwapError(f"{path} is not a folder", "Pass the folder that holds config.json and the weights")
     if not (path / "config.json").is_file():
+        if (path / "adapter_config.json").is_file():
+            raise BackboneSwapError(
+                f"{path} is a LoRA adapter (adapter_config.json), not a whole model",
+                "Pass the merged model instead (train writes it beside the adapter, in final/merged), or merge the "
+                "adapter into its base model first")
         raise BackboneSwapError(
             f"{path} has no config.json", "Pass the folder of a Hugging Face checkpoint (saved with save_pretrained)"
         )

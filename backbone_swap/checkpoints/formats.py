@@ -275,7 +275,10 @@ FORMATS: dict[str, VlmFormat] = {
             "train": Refusal("which train cannot load", "Transplant it first: backbone-swap transplant --vlm OLD "
                                                         "--vision-tower TOWER --llm NEW -o DIR"),
             "eval": Refusal("which eval cannot load", _CONVERT),
-            "upgrade": Refusal("which upgrade cannot evaluate as the old side", _CONVERT),
+            "upgrade": Refusal("which upgrade cannot evaluate as the old side",
+                               "Pass --baseline retrain --old-llm LLM --vision-tower TOWER (the old side is then "
+                               "rebuilt from its LLM with the same recipe), or convert it to a transformers LLaVA "
+                               "folder first (transformers' convert_llava_weights_to_hf.py)"),
         },
     ),
 }

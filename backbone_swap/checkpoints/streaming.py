@@ -112,11 +112,13 @@ def read_header(path: Path) -> tuple[dict[str, TensorEntry], dict[str, str]]:
     return entries, dict(metadata)
 
 
-def read_bytes(entry: TensorEntry) -> bytes:
+def read_bytes(entry: TensorEntry, start: int = 0, stop: int | None = None) -> bytes:
+    """The bytes of ``entry``, or of its byte range [start, stop) (rows of a matrix read a few at a time)."""
+    stop = entry.nbytes if stop is None else stop
     with open(entry.file, "rb") as f:
-        f.seek(entry.start)
-        data = f.read(entry.nbytes)
-    if len(data) != entry.nbytes:
+        f.seek(entry.start + start)
+        data = f.read(stop - start)
+    if len(data) != stop - start:
         raise BackboneSwapError(f"{entry.file} ended while reading tensor {entry.name}", "The file is truncated")
     return data
 
@@ -153,13 +155,14 @@ def safetensors_dtype(torch_dtype) -> str:
 class PlannedTensor:
     """A tensor of the output, known by dtype and shape before its bytes exist.
 
-    ``produce`` is called only when the writer reaches it, so at most one tensor is in memory.
+    ``produce`` is called only when the writer reaches it, so at most one tensor is in memory; it returns the bytes,
+    or yields them in pieces so that not even one whole tensor is (a resized embedding of a 128K vocabulary).
     """
 
     name: str
     dtype: str
     shape: tuple[int, ...]
-    produce: Callable[[], bytes]
+    produce: Callable[[], bytes | Iterable[bytes]]
     source: TensorEntry | None = None  # set for unchanged copies: copied file to file by the kernel
 
     @property
@@ -168,6 +171,15 @@ class PlannedTensor:
         for d in self.shape:
             n *= d
         return n
+
+
+def pieces(tensor: PlannedTensor) -> Iterator[bytes]:
+    """The bytes ``tensor.produce`` gives, as pieces (one piece when it returns them whole)."""
+    produced = tensor.produce()
+    if isinstance(produced, bytes | bytearray | memoryview):
+        yield bytes(produced)
+    else:
+        yield from produced
 
 
 def copy_of(entry: TensorEntry, name: str | None = None) -> PlannedTensor:
@@ -205,10 +217,12 @@ def write_file(path: Path, tensors: list[PlannedTensor], metadata: dict[str, str
                 f.flush()
                 _copy_range(t.source, f.fileno())
             else:
-                data = t.produce()
-                if len(data) != t.nbytes:
-                    raise RuntimeError(f"tensor {t.name} produced {len(data)} bytes, expected {t.nbytes}")
-                f.write(data)
+                written = 0
+                for piece in pieces(t):
+                    f.write(piece)
+                    written += len(piece)
+                if written != t.nbytes:
+                    raise RuntimeError(f"tensor {t.name} produced {written} bytes, expected {t.nbytes}")
             if on_tensor:
                 on_tensor(t)
         f.flush()

@@ -9,7 +9,10 @@ probe set, on clean and perturbed inputs, are saved for the stability analysis i
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
+import io
 import json
 import math
 import time
@@ -18,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from backbone_swap.checkpoints.templates import end_of_turn, reply_prefix, template_variables
+from backbone_swap.choices import DTYPES, check
 from backbone_swap.errors import BackboneSwapError
-from backbone_swap.evaluate.suite import Suite, Task, read_items
-from backbone_swap.evaluate.tasks import TYPES
+from backbone_swap.evaluate.suite import Suite, Task, load_items, read_items, without_image
+from backbone_swap.evaluate.tasks import TYPES, reference_text
 from backbone_swap.runs import EVALUATION, RunFolder, step_record, write_bytes, write_lines, write_safetensors
 
 
@@ -30,9 +34,11 @@ class EvalResult:
     manifest: dict[str, Any]
 
 
-def _messages(question: str, instruction: str) -> list[dict[str, Any]]:
+def _messages(question: str, instruction: str, image: bool = True) -> list[dict[str, Any]]:
+    """The user turn: the image first, then the question; a question without an image is plain text, as the
+    text-only samples of training are (``training.data.to_messages``)."""
     text = f"{question} {instruction}".strip()
-    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}] if image else text}]
 
 
 def paraphrase(question: str) -> str:
@@ -52,23 +58,17 @@ def add_noise(image, seed: int, strength: float = 0.08):
     return Image.fromarray(noisy)
 
 
-EVAL_DTYPES = ("float32", "bfloat16", "float16")
-
-
 def run_dtype(model_dir: Path, dtype: str | None, device: str) -> str:
     """The dtype a model is evaluated in: the one asked for, float32 on CPU, else the checkpoint's own.
 
     Named before loading, so an evaluation folder can refuse to mix answers computed in two dtypes."""
     if dtype is not None:
-        if dtype not in EVAL_DTYPES:
-            raise BackboneSwapError(f"--dtype must be one of {', '.join(EVAL_DTYPES)}, not {dtype!r}",
-                                    "Leave it out to use each checkpoint's own dtype (float32 on CPU)")
-        return dtype
+        return check(dtype, DTYPES, "--dtype", "Leave it out to use each checkpoint's own dtype (float32 on CPU)")
     if str(device).startswith("cpu"):
         return "float32"
     config = json.loads((Path(model_dir) / "config.json").read_text())
     own = config.get("dtype") or config.get("torch_dtype") or "float32"
-    return own if own in EVAL_DTYPES else "float32"
+    return own if own in DTYPES else "float32"
 
 
 class Evaluator:
@@ -104,7 +104,13 @@ class Evaluator:
         self.image_aspect = json.loads(recorded.read_text()).get("image_aspect") if recorded.is_file() else None
 
     def _inputs(self, images, prompts):
-        if self.image_aspect == "pad":
+        """Model inputs for a batch of prompts with one image each, or all without one (images all None: the
+        language model alone answers, as on the text-only samples it was trained on)."""
+        if all(image is None for image in images):
+            images = None
+        elif any(image is None for image in images):
+            raise ValueError("a batch mixes questions with and without an image")  # evaluate_task keeps them apart
+        elif self.image_aspect == "pad":
             from backbone_swap.training.features import pad_to_square
 
             images = [pad_to_square(image, self.processor.image_processor) for image in images]
@@ -132,9 +138,10 @@ class Evaluator:
         import torch
 
         prompts = [
-            self.processor.apply_chat_template(_messages(q, task.instruction), add_generation_prompt=True,
+            self.processor.apply_chat_template(_messages(q, task.instruction, image is not None),
+                                               add_generation_prompt=True,
                                                **template_variables(self.processor.chat_template))
-            for q in questions
+            for q, image in zip(questions, images, strict=True)
         ]
         inputs = self._inputs(images, prompts)
         with torch.no_grad():
@@ -169,7 +176,8 @@ class Evaluator:
         missing leading space) the model never learned."""
         from backbone_swap.training.data import _Bad, supervised_spans
 
-        messages = _messages(question, task.instruction) + [{"role": "assistant", "content": reply}]
+        messages = _messages(question, task.instruction, image is not None) + [{"role": "assistant",
+                                                                                 "content": reply}]
         try:
             text, spans = supervised_spans(self.tokenizer, messages, self.end_of_turn)
         except _Bad as e:
@@ -197,7 +205,7 @@ class Evaluator:
             seq = prompt_ids + reply
             ids[row, : len(seq)] = torch.tensor(seq)
             mask[row, : len(seq)] = 1
-        pixels = torch.cat([base["pixel_values"] for base, _ in pieces])
+        pixels = torch.cat([base["pixel_values"] for base, _ in pieces]) if image is not None else None
         with torch.no_grad():
             logits = self.model(
                 input_ids=ids.to(self.device), attention_mask=mask.to(self.device), pixel_values=pixels,
@@ -219,7 +227,7 @@ class Evaluator:
         mask = torch.ones_like(ids)
         with torch.no_grad():
             out = self.model(
-                input_ids=ids, attention_mask=mask, pixel_values=base["pixel_values"], output_hidden_states=True,
+                input_ids=ids, attention_mask=mask, pixel_values=base.get("pixel_values"), output_hidden_states=True,
                 **_image_sizes([base]),
             )
         return out.hidden_states[-1][0, -len(reply) :].float().mean(dim=0).cpu()
@@ -244,9 +252,19 @@ def _image_sizes(inputs: list[Any]) -> dict[str, Any]:
 
 
 def _load_image(task: Task, item: dict[str, Any]):
+    """The item's image: its file under the task's image root, or decoded from ``image_data`` (base64 in the
+    benchmark's own file, as MMBench ships its images), which has no file."""
     from backbone_swap.training.data import _Bad, open_image, resolve_image
 
+    if without_image(item):  # None: a question asked without an image (ScienceQA's text-only questions)
+        return None
     try:
+        if "image_data" in item:
+            try:
+                raw = base64.b64decode(item["image_data"], validate=True)
+            except (binascii.Error, TypeError, ValueError):
+                raise _Bad("its base64 image does not decode") from None
+            return open_image(io.BytesIO(raw), name=f"{Path(str(task.data)).name} (base64)")
         return open_image(resolve_image(item.get("image"), task.image_root))
     except _Bad as e:
         raise BackboneSwapError(f"task {task.name}, item {item['id']!r}: {e}", "Fix the task's data") from None
@@ -297,24 +315,31 @@ def merge_parts(output: Path, task: Task) -> Path:
 
 
 def evaluate_task(
-    evaluator: Evaluator, task: Task, output: Path, *, on_items=None, rank: int = 0, world: int = 1
+    evaluator: Evaluator, task: Task, output: Path, *, on_items=None, rank: int = 0, world: int = 1,
+    items: list[dict[str, Any]] | None = None,
 ) -> Path:
-    """Answer every item of ``task`` not yet in ``output/<task>.jsonl``, appending as batches finish.
-
-    With several processes each takes every ``world``-th item into a file of its own, merged afterwards.
+    """Answer every item of ``task`` (default: all it reads) not yet in ``output/<task>.jsonl``, appending as
+    batches finish. With several processes each takes every ``world``-th item into a file of its own, merged
+    afterwards.
     """
-    items = read_items(task)
+    items = read_items(task) if items is None else items
     kind = TYPES[task.type]
     path = output / f"{task.name}.jsonl" if world == 1 else _part(output, task, rank)
     # only the merged file counts as done: per-process files are merged before any process starts, so
     # every process sees the same list and the shares do not overlap or leave gaps
     done = _done_ids(output / f"{task.name}.jsonl", repair=world == 1)
     todo = [item for item in items if str(item["id"]) not in done]
-    todo.sort(key=lambda item: (len(str(item["question"])), str(item["id"])))  # similar lengths share a batch
+    # similar lengths share a batch; questions without an image (a batch has images for all or none) come last
+    todo.sort(key=lambda item: (without_image(item), len(str(item["question"])), str(item["id"])))
     todo = todo[rank::world]
+    batches: list[list[dict[str, Any]]] = []
+    for item in todo:  # a new batch when the last is full or holds the other kind of question
+        last = batches[-1] if batches else None
+        if last is None or len(last) == evaluator.batch_size or without_image(last[0]) != without_image(item):
+            batches.append([])
+        batches[-1].append(item)
     with open(path, "a", encoding="utf-8") as f:
-        for i in range(0, len(todo), evaluator.batch_size):
-            batch = todo[i : i + evaluator.batch_size]
+        for batch in batches:
             images = [_load_image(task, item) for item in batch]
             lines = []
             if kind.answered_by == "options":
@@ -332,17 +357,21 @@ def evaluate_task(
     return path
 
 
-def probe_states(evaluator: Evaluator, task: Task, count: int, seed: int) -> dict[str, Any]:
-    """Hidden states of the first ``count`` items (by id) on clean, noisy-image and reworded inputs."""
+def probe_states(evaluator: Evaluator, task: Task, count: int, seed: int,
+                 items: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Hidden states of the first ``count`` items (by id; those with an image first) on clean, noisy-image and
+    reworded inputs. A question asked without an image has no image to perturb: its noisy input is the clean one."""
     import torch
 
-    items = sorted(read_items(task), key=lambda it: str(it["id"]))[:count]
+    items = sorted(read_items(task) if items is None else items,
+                   key=lambda it: (without_image(it), str(it["id"])))[:count]
     clean, noise, reworded = [], [], []
     for k, item in enumerate(items):
         image = _load_image(task, item)
-        answer = str(item["answer"])
+        answer = reference_text(item)
         clean.append(evaluator.answer_states(image, item["question"], answer, task))
-        noise.append(evaluator.answer_states(add_noise(image, seed + k), item["question"], answer, task))
+        noisy = image if image is None else add_noise(image, seed + k)
+        noise.append(evaluator.answer_states(noisy, item["question"], answer, task))
         reworded.append(evaluator.answer_states(image, paraphrase(item["question"]), answer, task))
     return {"clean": torch.stack(clean), "noise": torch.stack(noise), "paraphrase": torch.stack(reworded)}
 
@@ -358,9 +387,11 @@ def evaluate(
     seed: int = 0,
     dtype: str | None = None,
     show_progress: bool = True,
+    on_bad_sample: str = "fail",
 ) -> EvalResult:
     """Evaluate ``model_dir`` on every task of ``suite`` into ``output`` (resumable), in ``dtype`` (default: the
-    checkpoint's own on a GPU, float32 on CPU)."""
+    checkpoint's own on a GPU, float32 on CPU). Items that cannot be used stop it, or with ``on_bad_sample="skip"``
+    are left out and counted in the manifest."""
     from backbone_swap.progress import progress_bar
 
     started = time.time()
@@ -369,7 +400,8 @@ def evaluate(
     from backbone_swap.checkpoints.folder import open_checkpoint
 
     read_anatomy(open_checkpoint(model_dir)).require("eval")
-    items = {task.name: read_items(task) for task in suite.tasks}  # every file checked before any work
+    loaded = {task.name: load_items(task, on_bad_sample) for task in suite.tasks}  # checked before any work
+    items = {name: found.items for name, found in loaded.items()}
     import torch
 
     dtype = run_dtype(model_dir, dtype, device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -413,7 +445,8 @@ def evaluate(
                     merge_parts(output, task)
             state.wait_for_everyone()
             for task in suite.tasks:
-                evaluate_task(evaluator, task, output, on_items=advance, rank=rank, world=world)
+                evaluate_task(evaluator, task, output, on_items=advance, rank=rank, world=world,
+                              items=items[task.name])
         state.wait_for_everyone()
         if not state.is_main_process:
             return EvalResult(output, {})
@@ -424,7 +457,7 @@ def evaluate(
             for task in suite.tasks:
                 target = output / "probes" / f"{task.name}.safetensors"
                 if not target.is_file():
-                    states = probe_states(evaluator, task, suite.probes, seed)
+                    states = probe_states(evaluator, task, suite.probes, seed, items[task.name])
                     write_safetensors(target, {k: v.contiguous() for k, v in states.items()})
         manifest = step_record(
             "eval",
@@ -432,6 +465,8 @@ def evaluate(
             suite=suite.name,
             suite_source=suite.source,
             tasks={t.name: len(items[t.name]) for t in suite.tasks},
+            skipped={t.name: [bad.describe() for bad in loaded[t.name].bad][:100] for t in suite.tasks
+                     if loaded[t.name].bad},
             processes=world,
             batch_size=batch_size,
             dtype=dtype,

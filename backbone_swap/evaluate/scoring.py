@@ -6,7 +6,8 @@ keep only scores cannot tell by how much). Parsing failures are reported, never 
 formats its answers differently must show up as invalid outputs, not be rescued by an ever more lenient parser.
 
 - short answers: the VQAv2 normalisation and accuracy (``normalize_vqa``, ``score_short_answer``);
-- descriptions: ROUGE-L, pure Python (``rouge_l``, ``score_description``), no Java as pycocoevalcap needs;
+- descriptions: ROUGE-L, pure Python (``rouge_l``, ``score_description``: several references combined as the COCO
+  caption evaluation combines them), no Java as pycocoevalcap needs;
 - structured outputs: a JSON object, a point or a box (``parse_structured``, ``score_structured``);
 - multiple choice: softmax over the options' summed log-probs (``score_multiple_choice``).
 
@@ -174,34 +175,47 @@ def _lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
     return previous[-1]
 
 
+def _rouge_f(precision: float, recall: float) -> float:
+    """F = (1 + beta^2) P R / (R + beta^2 P) with beta = ``ROUGE_BETA``; 0.0 when P or R is 0."""
+    if precision == 0.0 or recall == 0.0:
+        return 0.0
+    beta2 = ROUGE_BETA**2
+    return (1 + beta2) * precision * recall / (recall + beta2 * precision)
+
+
+def _precision_recall(prediction: Sequence[str], reference: Sequence[str]) -> tuple[float, float]:
+    """LCS / len(prediction) and LCS / len(reference) (0.0 each when either side has no tokens)."""
+    if not prediction or not reference:
+        return 0.0, 0.0
+    lcs = _lcs_length(prediction, reference)
+    return lcs / len(prediction), lcs / len(reference)
+
+
 def rouge_l(prediction: str, reference: str) -> float:
     """ROUGE-L F-measure of one prediction against one reference, with beta = ``ROUGE_BETA`` (1.2).
 
     With LCS the longest common token subsequence, P = LCS / len(prediction), R = LCS / len(reference),
     F = (1 + beta^2) P R / (R + beta^2 P). 0.0 when either side has no tokens or nothing in common.
     """
-    pred, ref = _tokens(prediction), _tokens(reference)
-    if not pred or not ref:
-        return 0.0
-    lcs = _lcs_length(pred, ref)
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(pred), lcs / len(ref)
-    beta2 = ROUGE_BETA**2
-    return (1 + beta2) * precision * recall / (recall + beta2 * precision)
+    return _rouge_f(*_precision_recall(_tokens(prediction), _tokens(reference)))
 
 
 def score_description(prediction: str, references: str | Sequence[str]) -> float:
-    """Score a description: the best ``rouge_l`` over the references.
+    """Score a description: ROUGE-L against its references combined as the COCO caption evaluation does.
 
-    The maximum of the per-reference F-measures: the description is judged against the reference it
-    resembles most. (pycocoevalcap instead combines the best precision and the best recall, possibly from
-    two different references; that can only give a value at least as high.)
+    pycocoevalcap's ``Rouge.calc_score`` computes the precision and the recall against each reference, takes
+    the best precision and the best recall (possibly of two different references) and forms one F-measure of
+    the two. We do the same, so that numbers read like the published COCO-caption ROUGE-L. This is at least
+    the best single-reference F-measure and can exceed it: a short prediction may be wholly contained in one
+    reference (best precision) while covering most of another, shorter one (best recall). With one reference
+    it is ``rouge_l``.
     """
     refs = [references] if isinstance(references, str) else list(references)
     if not refs:
         raise ValueError("score_description needs at least one reference description")
-    return max(rouge_l(prediction, ref) for ref in refs)
+    tokens = _tokens(prediction)
+    pairs = [_precision_recall(tokens, _tokens(ref)) for ref in refs]
+    return _rouge_f(max(p for p, _ in pairs), max(r for _, r in pairs))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -16,15 +16,17 @@ from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from backbone_swap.checkpoints.templates import TEMPLATE_VARIABLES
+from backbone_swap.choices import ON_BAD_SAMPLE, check
 from backbone_swap.errors import BackboneSwapError
 
 IGNORE = -100
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 IMAGE_PLACEHOLDER = "<image>"
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024  # beyond this PIL treats the file as a decompression bomb
+NO_IMAGE_ROOT = "the record has an image but no --image-root was given"
 
 
 @dataclass
@@ -52,9 +54,19 @@ class BadSample:
     id: str
     line: int
     reason: str
+    index: int | None = None  # its position in a JSON list (from 1); None in a JSONL file, where the line says it
 
     def describe(self) -> str:
-        return f"sample {self.id!r} (line {self.line}): {self.reason}"
+        where = f"record {self.index}, line {self.line}" if self.index is not None else f"line {self.line}"
+        return f"sample {self.id!r} ({where}): {self.reason}"
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where a record is in its data file: the line it starts on, and its position in a JSON list."""
+
+    line: int
+    index: int | None = None
 
 
 @dataclass
@@ -79,8 +91,8 @@ class _Bad(Exception):
     """A reason why one record cannot be trained on; collected, not raised to the user directly."""
 
 
-def read_records(path: Path) -> Iterator[tuple[int, Any]]:
-    """Yield (line number, record) from a JSON list or a JSONL file; a malformed line yields an exception."""
+def read_records(path: Path) -> Iterator[tuple[Where, Any]]:
+    """Yield (where, record) from a JSON list or a JSONL file; a malformed line yields an exception."""
     path = Path(path)
     if path.is_dir():
         raise BackboneSwapError(f"data file {path} is a folder", "Pass a LLaVA-format .json or .jsonl file")
@@ -95,19 +107,41 @@ def read_records(path: Path) -> Iterator[tuple[int, Any]]:
     stripped = text.lstrip()
     if stripped.startswith("["):
         try:
-            records = json.loads(text)
+            yield from _json_list(text)
         except json.JSONDecodeError as e:
-            raise BackboneSwapError(f"{path} is not valid JSON (line {e.lineno}: {e.msg})", "Fix the file") from None
-        # a JSON list carries no line numbers per record: report the position in the list, from 1
-        yield from enumerate(records, start=1)
+            raise BackboneSwapError(f"{path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})",
+                                    "Fix the file") from None
         return
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            yield number, json.loads(line)
+            yield Where(number), json.loads(line)
         except json.JSONDecodeError as e:
-            yield number, _Bad(f"malformed JSON ({e.msg})")
+            yield Where(number), _Bad(f"malformed JSON ({e.msg})")
+
+
+def _json_list(text: str) -> Iterator[tuple[Where, Any]]:
+    """The elements of a JSON list with their positions and the lines they start on (LLaVA's mix is one list of
+    665K records: a mistake in one is found by its line, not by counting)."""
+    decoder = json.JSONDecoder()
+    position = text.index("[") + 1
+    line, counted, index = 1, 0, 0
+    while True:
+        while position < len(text) and text[position] in " \t\r\n,":
+            position += 1
+        if position >= len(text):
+            raise json.JSONDecodeError("the list is not closed with ]", text, position)
+        if text[position] == "]":
+            rest = text[position + 1:].strip()
+            if rest:
+                raise json.JSONDecodeError("extra data after the list", text, position + 1)
+            return
+        line += text.count("\n", counted, position)
+        counted = position
+        record, position = decoder.raw_decode(text, position)
+        index += 1
+        yield Where(line, index), record
 
 
 def resolve_image(name: Any, image_root: Path | None) -> Path:
@@ -115,7 +149,7 @@ def resolve_image(name: Any, image_root: Path | None) -> Path:
     if not isinstance(name, str) or not name:
         raise _Bad("'image' must be a relative path")
     if image_root is None:
-        raise _Bad("the record has an image but no --image-root was given")
+        raise _Bad(NO_IMAGE_ROOT)
     relative = Path(name)
     if relative.is_absolute():
         raise _Bad(f"image path {name!r} is absolute; paths must be relative to the image root")
@@ -130,10 +164,12 @@ def resolve_image(name: Any, image_root: Path | None) -> Path:
     return path
 
 
-def open_image(path: Path):
-    """Load an image fully (so a truncated file fails here, not mid-training), as RGB."""
+def open_image(path: Path | BinaryIO, name: str | None = None):
+    """Load an image fully (so a truncated file fails here, not mid-training), as RGB. ``path`` may be the bytes of
+    an image already in memory (a benchmark's base64 image), ``name`` then saying which it is in errors."""
     from PIL import Image
 
+    name = name or Path(path).name  # type: ignore[arg-type]
     previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
@@ -143,9 +179,9 @@ def open_image(path: Path):
                 image.load()
                 return image.convert("RGB")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise _Bad(f"image {path.name!r} is larger than {MAX_IMAGE_PIXELS} pixels") from None
+        raise _Bad(f"image {name!r} is larger than {MAX_IMAGE_PIXELS} pixels") from None
     except (OSError, SyntaxError, ValueError) as e:  # PIL signals bad files with these
-        raise _Bad(f"image {path.name!r} cannot be read ({str(e).splitlines()[0] if str(e) else 'not an image'})") \
+        raise _Bad(f"image {name!r} cannot be read ({str(e).splitlines()[0] if str(e) else 'not an image'})") \
             from None
     finally:
         Image.MAX_IMAGE_PIXELS = previous  # PIL's limit is global: leave it as the caller had it
@@ -281,8 +317,9 @@ class _Context:
     check_images: bool
 
 
-def _prepare(line: int, record: Any, ctx: _Context) -> Sample | BadSample:
+def _prepare(where: Where, record: Any, ctx: _Context) -> Sample | BadSample:
     """One record as a sample, or the reason it cannot be one (duplicate ids are found by the caller)."""
+    line = where.line
     sample_id = str(record.get("id", f"line-{line}")) if isinstance(record, dict) else f"line-{line}"
     try:
         if isinstance(record, _Bad):
@@ -309,7 +346,7 @@ def _prepare(line: int, record: Any, ctx: _Context) -> Sample | BadSample:
                        "recipe's, or the LLM's positions when fewer)")
         audit(ctx.tokenizer, messages, labels, ctx.end_of_turn)
     except _Bad as reason:
-        return BadSample(sample_id, line, str(reason))
+        return BadSample(sample_id, line, str(reason), where.index)
     return Sample(sample_id, line, image, array("i", ids), array("i", labels))
 
 
@@ -321,9 +358,9 @@ def _init_worker(ctx: _Context) -> None:
     _WORKER_CONTEXT = ctx
 
 
-def _prepare_chunk(chunk: list[tuple[int, Any]]) -> list[Sample | BadSample]:
+def _prepare_chunk(chunk: list[tuple[Where, Any]]) -> list[Sample | BadSample]:
     assert _WORKER_CONTEXT is not None
-    return [_prepare(line, record, _WORKER_CONTEXT) for line, record in chunk]
+    return [_prepare(where, record, _WORKER_CONTEXT) for where, record in chunk]
 
 
 # records per chunk handed to a worker process; a file within the first chunk is prepared in this process
@@ -363,21 +400,21 @@ def _prepared(path: Path, ctx: _Context, workers: int) -> Iterator[Sample | BadS
     records = read_records(path)
     first = list(islice(records, CHUNK + 1))
     if workers <= 1 or len(first) <= CHUNK or not _main_is_guarded():
-        yield from (_prepare(line, record, ctx) for line, record in first)
-        yield from (_prepare(line, record, ctx) for line, record in records)
+        yield from (_prepare(where, record, ctx) for where, record in first)
+        yield from (_prepare(where, record, ctx) for where, record in records)
         return
     import multiprocessing
     from collections import deque
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
-    def chunks() -> Iterator[list[tuple[int, Any]]]:
+    def chunks() -> Iterator[list[tuple[Where, Any]]]:
         yield first
         while chunk := list(islice(records, CHUNK)):
             yield chunk
 
-    def here(chunk: list[tuple[int, Any]]) -> list[Sample | BadSample]:
-        return [_prepare(line, record, ctx) for line, record in chunk]
+    def here(chunk: list[tuple[Where, Any]]) -> list[Sample | BadSample]:
+        return [_prepare(where, record, ctx) for where, record in chunk]
 
     pending: deque = deque()  # (chunk, future), in file order
     broken = False  # a worker died (out of memory, killed): the rest is prepared in this process
@@ -424,8 +461,7 @@ def build_dataset(
 ) -> Dataset:
     """Read, tokenise and audit every record; bad ones fail the run or are skipped and counted. ``workers``
     processes share the work on large files (default: the cores of this machine per training process)."""
-    if on_bad_sample not in {"fail", "skip"}:
-        raise BackboneSwapError(f"--on-bad-sample must be 'fail' or 'skip', not {on_bad_sample!r}", "Use fail or skip")
+    check(on_bad_sample, ON_BAD_SAMPLE, "--on-bad-sample")
     root = Path(image_root).expanduser() if image_root is not None else None
     if root is not None and not root.is_dir():
         raise BackboneSwapError(f"image root {root} is not a folder", "Pass the folder the image paths start from")
@@ -438,6 +474,9 @@ def build_dataset(
         if isinstance(prepared, Sample) and prepared.id in seen:
             prepared = BadSample(prepared.id, prepared.line, "the id is used by an earlier record")
         if isinstance(prepared, BadSample):
+            if prepared.reason == NO_IMAGE_ROOT:  # skipping would leave out every sample with an image
+                raise BackboneSwapError(f"{path} has records with images ({prepared.describe()})",
+                                        "Pass --image-root FOLDER, the folder the records' image paths start from")
             if on_bad_sample == "fail":
                 raise BackboneSwapError(
                     f"{path}: {prepared.describe()}",

@@ -1,35 +1,42 @@
-"""The training recipe as typed data: frozen dataclasses, loaded from YAML and validated key by key.
+"""The training recipe as typed data: frozen pydantic models, loaded from YAML and validated key by key.
 
 A recipe is everything that decides *how* a transplanted VLM is trained, and nothing about *what* it is
 trained on: data paths, model paths and output folders are never part of it. That is what makes its hash
 meaningful: two runs with the same recipe hash used the same settings, so a resumed run or a comparison
 can check it instead of trusting file names.
 
-Why a hand-written validator rather than a schema library: the errors are for people editing a YAML file
-or typing ``--set``, so each one names the dotted key (``stages.stage2.lr``) and the file, says what was
-expected and what was found, and suggests the fix. Everything not listed here is rejected, because a
-misspelt key that is silently ignored trains with the default and looks like a backbone effect later.
+The errors are for people editing a YAML file or typing ``--set``, so each one names the file and the dotted
+key (``stages.stage2.lr``), says what the key takes and what was found, and suggests the fix
+(``backbone_swap.schemas`` words them). Everything not listed here is rejected, because a misspelt key that
+is silently ignored trains with the default and looks like a backbone effect later.
 
 No torch here: the recipe is loaded (and its mistakes reported) before any heavy import.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import hashlib
 import json
-import math
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Annotated, Any
 
 import yaml
+from pydantic import (
+    BeforeValidator,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
 
+from backbone_swap import schemas
 from backbone_swap.errors import BackboneSwapError
+from backbone_swap.schemas import expect, one_of
 
 SHIPPED_PACKAGE = "backbone_swap.recipes"
 STAGE_NAMES: tuple[str, ...] = ("stage1", "stage2")  # also their order: stage 1 aligns, stage 2 tunes
@@ -39,41 +46,76 @@ SCHEDULERS: tuple[str, ...] = ("cosine", "linear", "constant")
 LORA_BIASES: tuple[str, ...] = ("none", "all", "lora_only")  # peft's LoraConfig.bias values
 FAMILY_TARGETS = "family"
 
+VOICE = schemas.Voice(document="recipe", fix="Fix {key} in the recipe, or override it with --set {key}=VALUE")
+
+PositiveInt = Annotated[schemas.Integer, Field(ge=1), expect("a positive integer")]
+PositiveNumber = Annotated[schemas.Number, Field(gt=0), schemas.NUMERIC_TEXT, expect("a positive number")]
+NonNegativeNumber = Annotated[schemas.Number, Field(ge=0), schemas.NUMERIC_TEXT, expect("a non-negative number")]
+Fraction = Annotated[schemas.Number, Field(ge=0, lt=1), schemas.NUMERIC_TEXT, expect("at least 0 and below 1")]
+Flag = Annotated[schemas.Boolean, expect("true or false")]
+
 # LoRA target names end up inside a regular expression (train.lora_target_regex), so they must be plain
 # module names: anything else would silently match other layers, or nothing.
-_MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+ModuleName = Annotated[schemas.Text, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$"),
+                       expect("a plain module name such as q_proj")]
+ModuleNames = Annotated[tuple[ModuleName, ...], Field(min_length=1)]
+_MODULE_NAMES = TypeAdapter(ModuleNames)
 
 
-@dataclass(frozen=True)
-class LoraSettings:
+def _family_or_module_names(value: Any) -> tuple[str, ...] | str:
+    """The whole check of ``targets``, so that a problem names the list item at fault, not a union member."""
+    return value if value == FAMILY_TARGETS else _MODULE_NAMES.validate_python(value)
+
+
+Targets = Annotated[
+    tuple[str, ...] | str,
+    BeforeValidator(_family_or_module_names),
+    expect(f"{FAMILY_TARGETS!r} or a list of module names",
+           f"`targets: {FAMILY_TARGETS}` uses the new LLM family's registry; or write a list: [q_proj, v_proj]"),
+]
+
+
+class LoraSettings(schemas.Closed):
     """The LoRA adapter on the language model (never on the vision tower or the projector)."""
 
-    r: int
-    alpha: int
-    dropout: float
-    bias: str = "none"
+    r: PositiveInt
+    alpha: PositiveInt
+    dropout: Fraction
+    bias: one_of(LORA_BIASES) = "none"
     # "family": the LLM family's registry targets (backbone_swap.checkpoints.anatomy.FAMILIES), resolved at training
     # time because the recipe is written before the new LLM is chosen; or an explicit tuple of module names.
-    targets: tuple[str, ...] | str = FAMILY_TARGETS
+    targets: Targets = FAMILY_TARGETS
 
 
-@dataclass(frozen=True)
-class Stage:
+class Stage(schemas.Closed):
     """One training stage; the vision tower is always frozen, so it is not a setting."""
 
-    name: str  # "stage1" / "stage2": the YAML key, and the stage's folder in the run directory
-    train_projector: bool
-    lora: LoraSettings | None  # None: the language model stays frozen in this stage
-    epochs: float
-    max_steps: int | None  # optional cap on optimizer steps, for tiny runs
-    lr: float  # the LoRA learning rate; the projector's too unless projector_lr is set
-    projector_lr: float | None  # None: same as lr
-    global_batch: int  # samples per optimizer step, whatever the number of devices
-    micro_batch: int  # samples per device per forward pass
-    warmup_ratio: float
-    scheduler: str
-    weight_decay: float
-    max_grad_norm: float | None  # None: no clipping
+    # "stage1" / "stage2": the stage's key in the file (so not a key inside it) and its folder in the run directory
+    name: SkipJsonSchema[str] = Field(exclude=True)
+    train_projector: Flag
+    lora: LoraSettings | None = None  # None: the language model stays frozen in this stage
+    epochs: PositiveNumber
+    max_steps: Annotated[PositiveInt | None, expect("a positive integer or null")] = None  # a cap, for tiny runs
+    lr: PositiveNumber  # the LoRA learning rate; the projector's too unless projector_lr is set
+    projector_lr: Annotated[PositiveNumber | None, expect("a positive number or null")] = None  # None: same as lr
+    global_batch: PositiveInt  # samples per optimizer step, whatever the number of devices
+    micro_batch: PositiveInt  # samples per device per forward pass
+    warmup_ratio: Fraction
+    scheduler: one_of(SCHEDULERS)
+    weight_decay: NonNegativeNumber
+    max_grad_norm: Annotated[PositiveNumber | None, expect("a positive number or null")] = None  # None: no clipping
+
+    @model_validator(mode="after")
+    def _trains_something_in_whole_micro_batches(self) -> Stage:
+        key = f"stages.{self.name}"
+        if self.global_batch % self.micro_batch:
+            raise schemas.broken(("global_batch", f"({self.global_batch}) must be a multiple of {key}.micro_batch "
+                                                  f"({self.micro_batch})"),
+                                 hint="Each optimizer step accumulates whole micro batches; change one of the two")
+        if not self.train_projector and self.lora is None:
+            raise schemas.broken(((), "trains nothing"),
+                                 hint=f"Set {key}.train_projector: true or give {key}.lora settings")
+        return self
 
     def accumulation(self, world_size: int) -> int:
         """Gradient accumulation steps that keep ``global_batch`` fixed on ``world_size`` devices.
@@ -82,7 +124,7 @@ class Stage:
         machine. So the count of devices changes the accumulation, never the number of samples per step.
         """
         if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-            raise BackboneSwapError(f"the number of devices must be a positive integer, not {_show(world_size)}")
+            raise BackboneSwapError(f"the number of devices must be a positive integer, not {schemas.show(world_size)}")
         per_step = self.micro_batch * world_size
         if self.global_batch % per_step:
             key = f"stages.{self.name}"
@@ -95,189 +137,60 @@ class Stage:
         return self.global_batch // per_step
 
 
-@dataclass(frozen=True)
-class Recipe:
+class StagesByName(schemas.Closed):
+    """The file's ``stages:`` mapping, each stage named by its key; the field order is the training order."""
+
+    # Absent: no such stage. Not nullable: `stage2:` with nothing under it is a stage left empty by mistake.
+    stage1: Stage = None
+    stage2: Stage = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named_by_their_keys(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        named = dict(data)
+        for key in STAGE_NAMES:
+            if isinstance(data.get(key), Mapping):
+                if "name" in data[key]:  # the key names the stage; a name inside it could only contradict it
+                    raise ValidationError.from_exception_data(
+                        cls.__name__, [{"type": "extra_forbidden", "loc": (key, "name"), "input": data[key]["name"]}])
+                named[key] = {**data[key], "name": key}
+        return named
+
+    @model_validator(mode="after")
+    def _some_stage_and_one_adapter(self) -> StagesByName:
+        stages = self.in_order()
+        if not stages:
+            raise schemas.broken(((), "has no stage"), hint=f"Give one or both of {', '.join(STAGE_NAMES)}")
+        if len({stage.lora for stage in stages if stage.lora is not None}) > 1:
+            # One adapter is created and carried from stage to stage; two settings would mean one is ignored.
+            raise schemas.broken(((stages[-1].name, "lora"), f"must equal stages.{stages[0].name}.lora"),
+                                 hint="Both stages train the same LoRA adapter; give them the same settings or "
+                                      "drop one")
+        return self
+
+    def in_order(self) -> tuple[Stage, ...]:
+        return tuple(stage for stage in (self.stage1, self.stage2) if stage is not None)
+
+
+class Recipe(schemas.Closed):
     """Everything that decides how a VLM is trained; paths to data and models are deliberately absent."""
 
-    name: str
-    description: str
-    seed: int
-    max_length: int  # tokens per sample, prompt and image tokens included
-    precision: str
-    gradient_checkpointing: bool
-    image_aspect: str  # "pad": pad to square with the mean colour (LLaVA-1.5); "resize": stretch
-    group_by_length: bool
-    stages: tuple[Stage, ...]  # in STAGE_NAMES order
+    name: Annotated[schemas.Text, StringConstraints(pattern=r"\S"), expect("a non-empty string")]
+    description: Annotated[schemas.Text, expect("a string")] = ""
+    seed: Annotated[schemas.Integer, Field(ge=0), expect("a non-negative integer")]
+    max_length: PositiveInt  # tokens per sample, prompt and image tokens included
+    precision: one_of(PRECISIONS)
+    gradient_checkpointing: Flag
+    image_aspect: one_of(IMAGE_ASPECTS)  # "pad": pad to square with the mean colour (LLaVA-1.5); "resize": stretch
+    group_by_length: Flag
+    stages_by_name: StagesByName = Field(alias="stages")  # as the file writes them
 
-
-# ----------------------------------------------------------------------------------------------------
-# validation
-
-
-def _show(value: Any) -> str:
-    """A value as the user wrote it in YAML, short enough for a one-line message."""
-    if value is None:
-        text = "null"
-    elif isinstance(value, bool):
-        text = "true" if value else "false"
-    elif isinstance(value, str):
-        text = repr(value)
-    elif isinstance(value, Mapping):
-        text = "a mapping"
-    elif isinstance(value, list | tuple):
-        text = f"a list {json.dumps(list(value), default=str)}"
-    else:
-        text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-class _Checker:
-    """Reads one recipe mapping, failing with the source and dotted key of the first problem."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def fail(self, key: str, problem: str, hint: str = "") -> NoReturn:
-        where = f"{key} " if key else ""
-        raise BackboneSwapError(f"recipe {self.source}: {where}{problem}",
-                                hint or f"Fix {key or 'it'} in the recipe, or override it with --set {key}=VALUE")
-
-    def mapping(self, value: Any, key: str, required: Iterable[str], optional: Iterable[str]) -> dict[str, Any]:
-        """``value`` as a dict with only known keys and every required one."""
-        if not isinstance(value, Mapping):
-            self.fail(key, f"must be a mapping of settings, not {_show(value)}",
-                      "Write it as indented `name: value` lines, as in the shipped recipes")
-        required, optional = list(required), list(optional)
-        known = required + optional
-        for name in value:
-            if name not in known:
-                dotted = _join(key, str(name))
-                close = difflib.get_close_matches(str(name), known, n=1)
-                guess = f"Did you mean {_join(key, close[0])}? " if close else ""
-                self.fail("", f"unknown key {dotted}", f"{guess}Known keys{' under ' + key if key else ''}: "
-                                                       f"{', '.join(known)}")
-        for name in required:
-            if name not in value:
-                self.fail(_join(key, name), "is missing", f"Add {name} to {key or 'the top level'} of the recipe")
-        return dict(value)
-
-    def boolean(self, value: Any, key: str) -> bool:
-        if not isinstance(value, bool):
-            self.fail(key, f"must be true or false, not {_show(value)}")
-        return value
-
-    def integer(self, value: Any, key: str, minimum: int, nullable: bool = False) -> int | None:
-        if value is None and nullable:
-            return None
-        # bool is an int subclass in Python, but `micro_batch: true` is a mistake, not 1.
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.fail(key, f"must be an integer{' or null' if nullable else ''}, not {_show(value)}")
-        if value < minimum:
-            words = {0: "a non-negative integer", 1: "a positive integer"}.get(minimum, f"an integer >= {minimum}")
-            self.fail(key, f"must be {words}, not {_show(value)}")
-        return value
-
-    def number(self, value: Any, key: str, *, positive: bool = False, below_one: bool = False,
-               nullable: bool = False) -> float | None:
-        """A finite float; ints are fine, and so are numeric strings.
-
-        Strings because PyYAML follows YAML 1.1, where a float needs a dot: ``lr: 1e-3`` loads as the
-        string "1e-3" while ``lr: 1.0e-3`` loads as a float. Learning rates are naturally written the
-        first way, so rejecting them would punish the obvious spelling.
-        """
-        if value is None and nullable:
-            return None
-        number: float | None = None
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            number = float(value)
-        elif isinstance(value, str):
-            try:
-                number = float(value.strip())
-            except ValueError:
-                number = None
-        if number is None or not math.isfinite(number):
-            self.fail(key, f"must be a number{' or null' if nullable else ''}, not {_show(value)}")
-        if positive and number <= 0:
-            self.fail(key, f"must be a positive number, not {_show(value)}")
-        if not positive and number < 0:
-            self.fail(key, f"must be a non-negative number, not {_show(value)}")
-        if below_one and number >= 1:
-            self.fail(key, f"must be at least 0 and below 1, not {_show(value)}")
-        return number
-
-    def choice(self, value: Any, key: str, choices: tuple[str, ...]) -> str:
-        if not isinstance(value, str) or value not in choices:
-            self.fail(key, f"must be one of {', '.join(choices)}, not {_show(value)}")
-        return value
-
-    def text(self, value: Any, key: str, allow_empty: bool = True) -> str:
-        if not isinstance(value, str) or (not allow_empty and not value.strip()):
-            self.fail(key, f"must be a{'' if allow_empty else ' non-empty'} string, not {_show(value)}")
-        return value
-
-
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name
-
-
-_LORA_REQUIRED = ("r", "alpha", "dropout")
-_LORA_OPTIONAL = ("bias", "targets")
-_STAGE_REQUIRED = ("train_projector", "epochs", "lr", "global_batch", "micro_batch", "warmup_ratio", "scheduler",
-                   "weight_decay")
-_STAGE_OPTIONAL = ("lora", "max_steps", "projector_lr", "max_grad_norm")
-_RECIPE_REQUIRED = ("seed", "max_length", "precision", "gradient_checkpointing", "image_aspect", "group_by_length",
-                    "stages")
-_RECIPE_OPTIONAL = ("name", "description")
-
-
-def _lora(check: _Checker, value: Any, key: str) -> LoraSettings:
-    data = check.mapping(value, key, _LORA_REQUIRED, _LORA_OPTIONAL)
-    targets: Any = data.get("targets", FAMILY_TARGETS)
-    if isinstance(targets, list | tuple):
-        if not targets:
-            check.fail(f"{key}.targets", "is an empty list", f"List module names, or write `targets: {FAMILY_TARGETS}`")
-        for target in targets:
-            if not isinstance(target, str) or not _MODULE_NAME.fullmatch(target):
-                check.fail(f"{key}.targets", f"must list plain module names such as q_proj, not {_show(target)}")
-        targets = tuple(targets)
-    elif targets != FAMILY_TARGETS:
-        check.fail(f"{key}.targets", f"must be {FAMILY_TARGETS!r} or a list of module names, not {_show(targets)}",
-                   f"`targets: {FAMILY_TARGETS}` uses the new LLM family's registry; or write a list: [q_proj, v_proj]")
-    return LoraSettings(
-        r=check.integer(data["r"], f"{key}.r", 1),
-        alpha=check.integer(data["alpha"], f"{key}.alpha", 1),
-        dropout=check.number(data["dropout"], f"{key}.dropout", below_one=True),
-        bias=check.choice(data.get("bias", "none"), f"{key}.bias", LORA_BIASES),
-        targets=targets,
-    )
-
-
-def _stage(check: _Checker, name: str, value: Any) -> Stage:
-    key = f"stages.{name}"
-    data = check.mapping(value, key, _STAGE_REQUIRED, _STAGE_OPTIONAL)
-    lora = data.get("lora")
-    stage = Stage(
-        name=name,
-        train_projector=check.boolean(data["train_projector"], f"{key}.train_projector"),
-        lora=None if lora is None else _lora(check, lora, f"{key}.lora"),
-        epochs=check.number(data["epochs"], f"{key}.epochs", positive=True),
-        max_steps=check.integer(data.get("max_steps"), f"{key}.max_steps", 1, nullable=True),
-        lr=check.number(data["lr"], f"{key}.lr", positive=True),
-        projector_lr=check.number(data.get("projector_lr"), f"{key}.projector_lr", positive=True, nullable=True),
-        global_batch=check.integer(data["global_batch"], f"{key}.global_batch", 1),
-        micro_batch=check.integer(data["micro_batch"], f"{key}.micro_batch", 1),
-        warmup_ratio=check.number(data["warmup_ratio"], f"{key}.warmup_ratio", below_one=True),
-        scheduler=check.choice(data["scheduler"], f"{key}.scheduler", SCHEDULERS),
-        weight_decay=check.number(data["weight_decay"], f"{key}.weight_decay"),
-        max_grad_norm=check.number(data.get("max_grad_norm"), f"{key}.max_grad_norm", positive=True, nullable=True),
-    )
-    if stage.global_batch % stage.micro_batch:
-        check.fail(f"{key}.global_batch",
-                   f"({stage.global_batch}) must be a multiple of {key}.micro_batch ({stage.micro_batch})",
-                   "Each optimizer step accumulates whole micro batches; change one of the two")
-    if not stage.train_projector and stage.lora is None:
-        check.fail(key, "trains nothing", f"Set {key}.train_projector: true or give {key}.lora settings")
-    return stage
+    @property
+    def stages(self) -> tuple[Stage, ...]:
+        """The stages in training order (stage 1 aligns, stage 2 tunes), whatever the file's order."""
+        return self.stages_by_name.in_order()
 
 
 def recipe_from_dict(data: Mapping[str, Any], source: str) -> Recipe:
@@ -286,29 +199,9 @@ def recipe_from_dict(data: Mapping[str, Any], source: str) -> Recipe:
     Every key is checked, unknown ones included; the first problem raises a ``BackboneSwapError`` naming
     its dotted key. ``name`` defaults to the source's file stem and ``description`` to "".
     """
-    check = _Checker(source)
-    top = check.mapping(data, "", _RECIPE_REQUIRED, _RECIPE_OPTIONAL)
-    stages_data = check.mapping(top["stages"], "stages", (), STAGE_NAMES)
-    if not stages_data:
-        check.fail("stages", "has no stage", f"Give one or both of {', '.join(STAGE_NAMES)}")
-    # Canonical order, whatever the file's order: stage 1 (alignment) always runs before stage 2.
-    stages = tuple(_stage(check, name, stages_data[name]) for name in STAGE_NAMES if name in stages_data)
-    adapters = {stage.lora for stage in stages if stage.lora is not None}
-    if len(adapters) > 1:
-        # One adapter is created and carried from stage to stage; two settings would mean one is ignored.
-        check.fail(f"stages.{stages[-1].name}.lora", f"must equal stages.{stages[0].name}.lora",
-                   "Both stages train the same LoRA adapter; give them the same settings or drop one")
-    return Recipe(
-        name=check.text(top.get("name", Path(source).stem), "name", allow_empty=False),
-        description=check.text(top.get("description", ""), "description"),
-        seed=check.integer(top["seed"], "seed", 0),
-        max_length=check.integer(top["max_length"], "max_length", 1),
-        precision=check.choice(top["precision"], "precision", PRECISIONS),
-        gradient_checkpointing=check.boolean(top["gradient_checkpointing"], "gradient_checkpointing"),
-        image_aspect=check.choice(top["image_aspect"], "image_aspect", IMAGE_ASPECTS),
-        group_by_length=check.boolean(top["group_by_length"], "group_by_length"),
-        stages=stages,
-    )
+    if isinstance(data, Mapping):
+        data = {"name": Path(source).stem, **data}
+    return schemas.validate(Recipe, data, f"recipe {source}", VOICE)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -317,17 +210,9 @@ def recipe_from_dict(data: Mapping[str, Any], source: str) -> Recipe:
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
     """The recipe as plain YAML/JSON data, every key present; ``recipe_from_dict`` gives it back equal."""
-    out = {f.name: getattr(recipe, f.name) for f in dataclasses.fields(recipe) if f.name != "stages"}
-    stages: dict[str, Any] = {}
-    for stage in recipe.stages:
-        entry = {f.name: getattr(stage, f.name) for f in dataclasses.fields(stage) if f.name != "name"}
-        if stage.lora is not None:
-            lora = dataclasses.asdict(stage.lora)
-            lora["targets"] = stage.lora.targets if isinstance(stage.lora.targets, str) else list(stage.lora.targets)
-            entry["lora"] = lora
-        stages[stage.name] = entry
-    out["stages"] = stages
-    return out
+    data = recipe.model_dump(mode="json", exclude={"stages_by_name"})
+    data["stages"] = {stage.name: stage.model_dump(mode="json") for stage in recipe.stages}
+    return data
 
 
 def recipe_hash(recipe: Recipe) -> str:
@@ -351,38 +236,6 @@ def shipped_recipes() -> list[str]:
     folder = resources.files(SHIPPED_PACKAGE)
     return sorted(entry.name[: -len(".yaml")] for entry in folder.iterdir()
                   if entry.name.endswith(".yaml") and entry.is_file())
-
-
-def _check_unique_keys(text: str, source: str) -> None:
-    """Reject a key written twice in one mapping: YAML keeps the last silently, which hides edits."""
-    node = yaml.compose(text, Loader=yaml.SafeLoader)
-    pending = [(node, "")]
-    while pending:
-        current, key = pending.pop()
-        if isinstance(current, yaml.MappingNode):
-            seen: set[str] = set()
-            for key_node, value_node in current.value:
-                name = str(key_node.value)
-                dotted = _join(key, name)
-                if name in seen:
-                    raise BackboneSwapError(f"recipe {source}: {dotted} is given twice",
-                                            f"Keep one {dotted} (line {key_node.start_mark.line + 1})")
-                seen.add(name)
-                pending.append((value_node, dotted))
-        elif isinstance(current, yaml.SequenceNode):
-            pending.extend((item, key) for item in current.value)
-
-
-def _parse_yaml(text: str, source: str) -> Any:
-    try:
-        _check_unique_keys(text, source)
-        return yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(error, "problem", None) or "cannot be parsed"
-        raise BackboneSwapError(f"recipe {source} is not valid YAML{where}: {problem}",
-                                "Check the indentation and the `key: value` syntax there") from None
 
 
 def load_recipe(ref: str | Path) -> Recipe:
@@ -410,11 +263,11 @@ def load_recipe(ref: str | Path) -> Recipe:
                                     f"Shipped recipes: {', '.join(shipped)}; or give the path to a YAML file")
         source = f"{name}.yaml"
         text = resources.files(SHIPPED_PACKAGE).joinpath(source).read_text(encoding="utf-8")
-    data = _parse_yaml(text, source)
+    data = schemas.parse_yaml(text, f"recipe {source}")
     if data is None:
         raise BackboneSwapError(f"recipe {source} is empty", "Start from a shipped recipe, e.g. llava15-lora")
     if not isinstance(data, Mapping):
-        raise BackboneSwapError(f"recipe {source} must be a mapping of settings, not {_show(data)}",
+        raise BackboneSwapError(f"recipe {source} must be a mapping of settings, not {schemas.show(data)}",
                                 "Write it as `key: value` lines, as in the shipped recipes")
     return recipe_from_dict(data, source)
 
@@ -435,7 +288,6 @@ def apply_overrides(recipe: Recipe, assignments: list[str]) -> Recipe:
     """
     data = recipe_to_dict(recipe)
     source = f"{recipe.name} with --set"
-    schema_stage = {"lora": _LORA_REQUIRED + _LORA_OPTIONAL}
     for assignment in assignments:
         key, sep, text = assignment.partition("=")
         key = key.strip()
@@ -448,14 +300,13 @@ def apply_overrides(recipe: Recipe, assignments: list[str]) -> Recipe:
             raise BackboneSwapError(f"--set {key}: the value {text!r} is not valid YAML",
                                     "Quote strings with spaces or colons") from None
         parts = _override_path(key)
-        # The keys that may exist at each depth: the schema, not just what this recipe happens to hold.
-        known: tuple[str, ...] = _RECIPE_REQUIRED + _RECIPE_OPTIONAL
         parent: dict[str, Any] = data
         for depth, part in enumerate(parts):
             here = ".".join(parts[: depth + 1])
+            # The keys that may exist here: the schema's, not just what this recipe happens to hold.
+            known = schemas.known_keys(Recipe, tuple(parts[:depth]))
             if part not in known:
-                close = difflib.get_close_matches(part, known, n=1)
-                guess = f"Did you mean {'.'.join([*parts[:depth], close[0]])}? " if close else ""
+                guess = schemas.did_you_mean(part, known, ".".join(parts[:depth]))
                 raise BackboneSwapError(f"--set {key}: unknown recipe key {here}",
                                         f"{guess}Known keys here: {', '.join(known)}")
             if depth == len(parts) - 1:
@@ -463,14 +314,8 @@ def apply_overrides(recipe: Recipe, assignments: list[str]) -> Recipe:
                 break
             child = parent.get(part)
             if not isinstance(child, dict):
-                state = "not in this recipe" if child is None else f"{_show(child)}, not a mapping"
+                state = "not in this recipe" if child is None else f"{schemas.show(child)}, not a mapping"
                 raise BackboneSwapError(f"--set {key}: {here} is {state}",
                                         f"Set {here} as a whole, e.g. --set '{here}={{...}}'")
             parent = child
-            if depth == 0:
-                known = STAGE_NAMES if part == "stages" else ()
-            elif depth == 1 and parts[0] == "stages":
-                known = _STAGE_REQUIRED + _STAGE_OPTIONAL
-            else:
-                known = schema_stage.get(part, ())
     return recipe_from_dict(data, source)

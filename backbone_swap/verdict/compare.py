@@ -2,23 +2,30 @@
 
 Both models are evaluated (or their finished evaluations reused), the per-item results are paired by
 id, and each task gets the statistics of ``stats`` (paired bootstrap, McNemar, overlap, calibration,
-stability) before ``recommend`` turns them into a verdict and ``report`` writes it down.
+stability) before ``decision`` turns them into a verdict and ``report`` writes it down.
+
+Other tools' outputs take the same path from the answer lines on: ``compare_logs`` reads two lmms-eval
+``--log_samples`` folders, ``compare_answers`` two answer files of LLaVA's evaluation scripts (``harness_logs``
+reads both); ``paired_statistics`` and ``conclude`` are shared, so every input gets the same numbers and report.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from backbone_swap.errors import BackboneSwapError
+from backbone_swap.evaluate.benchmarks import BENCHMARKS
 from backbone_swap.evaluate.runner import read_answers
 from backbone_swap.evaluate.suite import Suite, Task, read_items
-from backbone_swap.evaluate.tasks import TYPES
+from backbone_swap.evaluate.tasks import TYPES, TaskType, full_credit_rule, reference_text
 from backbone_swap.runs import COMPARISON, RunFolder
 from backbone_swap.verdict import stats
 
@@ -66,14 +73,137 @@ def _rescore(lines: dict[str, dict[str, Any]], items: dict[str, dict[str, Any]],
     return rescored, moved
 
 
-def task_statistics(task: Task, eval_a: Path, eval_b: Path, *, n_resamples: int, seed: int) -> dict[str, Any]:
+def _one_per_group(items: dict[str, dict[str, Any]], *sides: dict[str, dict[str, Any]]):
+    """CircularEval: items that share a ``group`` are one question asked several ways (MMBench's rotations of its
+    options), so they become one item, right only if every one of them is right, scored as its worst, its confidence
+    the mean of theirs. The paired statistics then count questions, not askings; a task without groups is as it was.
+
+    Returns the items and each side's lines, keyed by group (or by id for items in no group)."""
+    groups: dict[str, list[str]] = {}
+    for key, item in items.items():
+        groups.setdefault(str(item.get("group", key)), []).append(key)
+    if all(len(members) == 1 and members[0] == group for group, members in groups.items()):
+        return (items, *sides)
+    merged_items = {group: items[members[0]] | {"id": group} for group, members in groups.items()}
+    merged = tuple({group: {"id": group, "members": members,
+                            "correct": all(bool(lines[m]["correct"]) for m in members),
+                            "score": min(float(lines[m]["score"]) for m in members),
+                            "confidence": float(np.mean([float(lines[m]["confidence"]) for m in members]))}
+                    for group, members in groups.items()} for lines in sides)
+    return (merged_items, *merged)
+
+
+def _image_key(item: dict[str, Any]) -> str:
+    """Which image an item asks about: questions on one image are one cluster of the bootstrap."""
+    if item.get("image"):
+        return str(item["image"])
+    if item.get("image_data"):  # an image shipped inside the benchmark file (MMBench's base64)
+        return hashlib.sha256(str(item["image_data"]).encode()).hexdigest()
+    return str(item["id"])
+
+
+# example questions per kind of outcome shown under each task of the report, and the longest text shown of each
+EXAMPLES_PER_KIND = 2
+_EXAMPLE_CHARS = 200
+
+
+def examples(kind: TaskType, ids: list[str], a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]], *,
+             questions: dict[str, Any] | None, seed: int) -> list[dict[str, Any]]:
+    """A few questions only A solves, only B solves, and neither, drawn from ``seed``: what the numbers are made
+    of, for a reader to judge (an answer marked wrong that reads right says more about the scoring than a score)."""
+    import random
+
+    groups: dict[str, list[str]] = {"A": [], "B": [], "neither": []}
+    for i in ids:
+        solved_a, solved_b = kind.solved(a[i]), kind.solved(b[i])
+        who = "A" if solved_a and not solved_b else "B" if solved_b and not solved_a else None
+        groups.setdefault(who or ("neither" if not solved_a else "both"), []).append(i)
+    rng, chosen = random.Random(seed), []
+
+    def text(value: Any) -> str | None:
+        if value is None:
+            return None
+        shown = reference_text({"answer": value}) if isinstance(value, list) else str(value)
+        return shown if len(shown) <= _EXAMPLE_CHARS else shown[: _EXAMPLE_CHARS - 1] + "\u2026"
+
+    for who in ("A", "B", "neither"):
+        for i in sorted(rng.sample(groups[who], min(EXAMPLES_PER_KIND, len(groups[who])))):
+            chosen.append({"id": i, "solved_by": who, "question": text((questions or {}).get(i)),
+                           "a": text(a[i].get("prediction")), "b": text(b[i].get("prediction")),
+                           "reference": text(a[i].get("reference"))})
+    return chosen
+
+
+def paired_statistics(kind: TaskType, ids: list[str], a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]], *,
+                      n_resamples: int, seed: int, clusters: np.ndarray | None = None,
+                      confidences: bool = True) -> dict[str, Any]:
+    """The numbers every comparison shows for one task, from the two sides' answer lines (dicts by item id, both
+    holding every id of ``ids``), whatever wrote them: our evaluation, lmms-eval's logs, LLaVA's answer files.
+
+    Accuracy, its difference and calibration use each answer's credit (``kind.credit``): a short answer's VQA
+    accuracy gives partial credit (2 of 10 annotators: 0.6), as published VQAv2 numbers do. Which questions each
+    model solves needs a yes or no (``kind.solved``, one rule for partial credit): the overlap, McNemar, phi, kappa,
+    Jaccard, the oracle and complementarity all count solved questions, so they describe the same questions.
+    ``clusters`` (an image per item) makes the bootstrap resample images; without ``confidences`` (logs of other
+    tools) the calibration numbers are None.
+    """
+    correct_a, correct_b = (np.array([kind.solved(lines[i]) for i in ids], dtype=bool) for lines in (a, b))
+    score_a, score_b = (np.array([kind.credit(lines[i]) for i in ids]) for lines in (a, b))
+    table = stats.paired_table(correct_a, correct_b)
+    several_per_image = clusters is not None and len(set(clusters.tolist())) < len(ids)
+    diff = stats.paired_bootstrap_diff(score_a, score_b, n_resamples=n_resamples, seed=seed,
+                                       clusters=clusters if several_per_image else None)
+    calibration: dict[str, Any] = {}
+    for side, lines, credit in (("a", a, score_a), ("b", b, score_b)):
+        if not confidences:
+            calibration.update({f"ece_{side}": None, f"ece_{side}_ci": None, f"brier_{side}": None,
+                                f"reliability_{side}": []})
+            continue
+        conf = np.clip(np.array([float(lines[i]["confidence"]) for i in ids]), 0.0, 1.0)
+        result = stats.ece(conf, credit)
+        interval = stats.ece_interval(conf, credit, n_resamples=min(n_resamples, 2000), seed=seed)
+        calibration.update({f"ece_{side}": result.ece, f"ece_{side}_ci": [interval.low, interval.high],
+                            f"brier_{side}": stats.brier(conf, credit), f"reliability_{side}": result.bins})
+    structured = {f"{key}_{side}": value for side, lines in (("a", a), ("b", b))
+                  for key, value in kind.summary([lines[i] for i in ids]).items()}
+    return {
+        "n": table.n, "accuracy_a": float(np.mean(score_a)), "accuracy_b": float(np.mean(score_b)),
+        "diff": diff.estimate, "diff_ci": [diff.low, diff.high], "diff_ci_method": diff.method,
+        "mcnemar_p": stats.mcnemar_exact(table),
+        "overlap": {"both": table.both, "only_a": table.only_a, "only_b": table.only_b, "neither": table.neither},
+        "phi": stats.phi(table), "kappa": stats.cohen_kappa(table), "oracle": stats.oracle_accuracy(table),
+        "jaccard": stats.jaccard(table), "complementarity": stats.complementarity(table),
+        **calibration,
+        **structured,
+    }
+
+
+def official_metrics(task: Task, items: list[dict[str, Any]], lines_a: list[dict[str, Any]],
+                     lines_b: list[dict[str, Any]]) -> dict[str, Any]:
+    """``{"official": {metric: {"a", "b"}}}``: a benchmark task's own metrics, as its evaluation code computes them
+    (empty for tasks of other data). The lines are aligned with ``items``."""
+    if task.benchmark is None:
+        return {}
+    benchmark = BENCHMARKS[task.benchmark]
+    found = {"a": benchmark.official(items, lines_a), "b": benchmark.official(items, lines_b)}
+    return {"official": {metric: {"a": found["a"].get(metric), "b": found["b"].get(metric)}
+                         for metric in {**found["a"], **found["b"]}}}
+
+
+def task_items(task: Task, on_bad_sample: str = "fail") -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """The task's items as the suite holds them now, by id, and the image each asks about (bootstrap clusters)."""
+    items = {str(item["id"]): item for item in read_items(task, on_bad_sample)}
+    return items, {i: _image_key(item) for i, item in items.items()}
+
+
+def task_statistics(task: Task, eval_a: Path, eval_b: Path, *, n_resamples: int, seed: int,
+                    on_bad_sample: str = "fail") -> dict[str, Any]:
     """Every number the report shows for one task, from the two per-item files."""
     kind = TYPES[task.type]
     a, b = _lines(eval_a / f"{task.name}.jsonl"), _lines(eval_b / f"{task.name}.jsonl")
     # The task's items as the suite holds them now: answers to items since removed from its data (left in a
     # reused evaluation folder) are no part of the comparison.
-    items = {str(item["id"]): item for item in read_items(task)}
-    images = {i: str(item.get("image")) for i, item in items.items()}
+    items, images = task_items(task, on_bad_sample)
     for side, lines in (("A", a), ("B", b)):
         missing = sorted(set(images) - set(lines))
         if missing:
@@ -86,40 +216,18 @@ def task_statistics(task: Task, eval_a: Path, eval_b: Path, *, n_resamples: int,
     rescored = {}
     (a, rescored["a"]), (b, rescored["b"]) = (_rescore(lines, items, task, folder / f"{task.name}.jsonl")
                                               for lines, folder in ((a, eval_a), (b, eval_b)))
-    clusters = np.array([images[i] for i in ids])
-    correct_a = np.array([bool(a[i]["correct"]) for i in ids])
-    correct_b = np.array([bool(b[i]["correct"]) for i in ids])
-    # Accuracy, its difference and calibration use each answer's score: a short answer's VQA accuracy
-    # gives partial credit (2 of 10 annotators: 0.6), as the published VQAv2 numbers do. Which questions each
-    # model solves (overlap, McNemar, oracle) needs a yes or no: full credit.
-    score_a, score_b = (np.array([kind.credit(lines[i]) for i in ids]) for lines in (a, b))
-    conf_a = np.clip(np.array([float(a[i]["confidence"]) for i in ids]), 0.0, 1.0)
-    conf_b = np.clip(np.array([float(b[i]["confidence"]) for i in ids]), 0.0, 1.0)
-    table = stats.paired_table(correct_a, correct_b)
-    several_per_image = len(set(clusters.tolist())) < len(ids)
-    diff = stats.paired_bootstrap_diff(score_a, score_b, n_resamples=n_resamples, seed=seed,
-                                       clusters=clusters if several_per_image else None)
-    oracle = float(np.mean(np.maximum(score_a, score_b)))
-    calibration = {}
-    for side, conf, correct in (("a", conf_a, score_a), ("b", conf_b, score_b)):
-        result = stats.ece(conf, correct)
-        interval = stats.ece_interval(conf, correct, n_resamples=min(n_resamples, 2000), seed=seed)
-        calibration.update({f"ece_{side}": result.ece, f"ece_{side}_ci": [interval.low, interval.high],
-                            f"brier_{side}": stats.brier(conf, correct), f"reliability_{side}": result.bins})
-    structured = {f"{key}_{side}": value for side, lines in (("a", a), ("b", b))
-                  for key, value in kind.summary([lines[i] for i in ids]).items()}
+    items, a, b = _one_per_group(items, a, b)  # CircularEval: one question per group of rotations
+    ids, images = sorted(items), {i: _image_key(item) for i, item in items.items()}
+    numbers = paired_statistics(kind, ids, a, b, n_resamples=n_resamples, seed=seed,
+                                clusters=np.array([images[i] for i in ids]))
+    listed = [items[i] for i in ids]
     return {
-        "name": task.name, "type": task.type, "needs": task.needs, "n": table.n,
-        "accuracy_a": float(np.mean(score_a)), "accuracy_b": float(np.mean(score_b)), "diff": diff.estimate,
-        "diff_ci": [diff.low, diff.high], "diff_ci_method": diff.method,
-        "mcnemar_p": stats.mcnemar_exact(table),
-        "overlap": {"both": table.both, "only_a": table.only_a, "only_b": table.only_b, "neither": table.neither},
-        # the oracle picks the better answer of each question (the better credit, with partial credit)
-        "phi": stats.phi(table), "kappa": stats.cohen_kappa(table), "oracle": oracle,
-        "jaccard": stats.jaccard(table), "complementarity": oracle - max(np.mean(score_a), np.mean(score_b)),
-        **calibration,
+        "name": task.name, "type": task.type, "needs": task.needs, "solved_when": kind.solved_when(task),
+        **numbers,
+        "examples": examples(kind, ids, a, b, questions={i: items[i].get("question") for i in ids}, seed=seed),
+        "files": {"a": str(eval_a / f"{task.name}.jsonl"), "b": str(eval_b / f"{task.name}.jsonl")},
         "cka_a": _stability(eval_a, task), "cka_b": _stability(eval_b, task),
-        **structured,
+        **official_metrics(task, listed, [a[i] for i in ids], [b[i] for i in ids]),
         "rescored": rescored,
     }
 
@@ -131,6 +239,19 @@ def _manifest(folder: Path, step: str) -> dict[str, Any]:
     except json.JSONDecodeError:
         return {}
     return data if data.get("step") == step else {}
+
+
+def same_weights(model_a: Path, model_b: Path) -> bool:
+    """Whether two model folders hold the same weights, byte for byte (a model compared with a copy of itself, or
+    a path given twice). The files are hashed only when their tensors' names and shapes already agree."""
+    from backbone_swap.checkpoints.folder import open_checkpoint
+
+    a, b = open_checkpoint(model_a).weights, open_checkpoint(model_b).weights
+    if sorted((n, a.shape(n), a.dtype(n)) for n in a.names()) != sorted((n, b.shape(n), b.dtype(n)) for n in b.names()):
+        return False
+    if sorted(f.stat().st_size for f in a.files) != sorted(f.stat().st_size for f in b.files):
+        return False
+    return sorted(open_checkpoint(model_a).sha256().values()) == sorted(open_checkpoint(model_b).sha256().values())
 
 
 def lineage(model_dir: Path) -> dict[str, Any]:
@@ -148,7 +269,30 @@ def lineage(model_dir: Path) -> dict[str, Any]:
     transplant = _manifest(model_dir, "transplant")
     if transplant:
         found.update(llm_kind=transplant.get("llm", {}).get("kind"))
+        inputs = transplant.get("inputs", {})
+        found.update(vlm=(inputs.get("vlm") or {}).get("path"), llm=(inputs.get("llm") or {}).get("path"))
+    found["trained"] = bool(train)
     return found
+
+
+def training_loss(model_dir: Path) -> list[dict[str, Any]] | None:
+    """The loss per optimizer step of the training run that made ``model_dir`` here (None: not trained here)."""
+    model_dir = Path(model_dir)
+    # the export's own manifest names the run without its history; the run folder's (two levels up) holds it
+    history = next((m["history"] for m in (_manifest(f, "train") for f in [model_dir, *list(model_dir.parents)[:3]])
+                    if m.get("history")), None)
+    return [{"stage": h["stage"], "step": h["step"], "loss": h["loss"]} for h in history] if history else None
+
+
+def model_name(model_dir: Path) -> str:
+    """What a model is, for a report's title: the LLM and the VLM it was built from when backbone-swap made it
+    ("Llama-3-8B on llava-1.5-7b's vision side, trained here"), else its folder's name; the paths stay in the
+    report's settings."""
+    made = lineage(model_dir)
+    if made.get("llm") and made.get("vlm"):
+        how = "trained here" if made["trained"] else "untrained transplant"
+        return f"{Path(made['llm']).name} on {Path(made['vlm']).name}'s vision side, {how}"
+    return Path(model_dir).resolve().name
 
 
 def _decay(lineage_: dict[str, Any]) -> str:
@@ -201,6 +345,37 @@ def confounds(model_a: Path, model_b: Path, eval_dirs: tuple[Path, Path] | None 
     return warnings
 
 
+def conclude(tasks: list[dict[str, Any]], meta: dict[str, Any], warnings: list[str], *, alpha: float,
+             min_gain: float, weights: dict[str, float] | None, n_resamples: int, seed: int,
+             expected: dict[str, str | None] | None = None) -> dict[str, Any]:
+    """The comparison's verdicts (per task, in ``tasks`` in place, and overall) around the task statistics, as
+    ``report.write_report`` takes it: the same for every kind of input (model folders, logs, answer files)."""
+    from backbone_swap.verdict.decision import (
+        Thresholds,
+        both_poor,
+        capabilities,
+        check_expectation,
+        overall_verdict,
+        task_verdict,
+    )
+
+    thresholds = Thresholds(alpha=alpha, min_gain=min_gain)
+    for record in tasks:
+        record["verdict"], record["reasons"] = task_verdict(record, thresholds)
+        record["both_poor"] = both_poor(record, thresholds)
+    expected = expected or {}
+    return {
+        "meta": {**meta, "alpha": alpha, "min_gain": min_gain, "n_resamples": n_resamples, "seed": seed,
+                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": None},
+        "tasks": tasks,
+        "overall": overall_verdict(tasks, weights),
+        "capabilities": capabilities(tasks),
+        "warnings": warnings,
+        "expectations": [check_expectation(record, expected[record["name"]], thresholds)
+                         for record in tasks if expected.get(record["name"])],
+    }
+
+
 def compare(
     model_a: str | Path,
     model_b: str | Path,
@@ -218,6 +393,8 @@ def compare(
     extra_warnings: list[str] | None = None,
     dtype: str | None = None,
     show_progress: bool = True,
+    on_bad_sample: str = "fail",
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate (or reuse) A and B on ``suite``, compare task by task, and write the report to ``output``.
 
@@ -225,13 +402,6 @@ def compare(
     others return an empty dict."""
     from backbone_swap.evaluate.runner import evaluate
     from backbone_swap.training.schemes import launch_state
-    from backbone_swap.verdict.decision import (
-        Thresholds,
-        capabilities,
-        check_expectation,
-        overall_verdict,
-        task_verdict,
-    )
     from backbone_swap.verdict.report import write_report
 
     started = time.time()
@@ -244,33 +414,154 @@ def compare(
         if unknown:
             raise BackboneSwapError(f"--weights names task {unknown[0]!r}, which suite {suite.name} does not have",
                                     f"Its tasks: {suite.names()}")
+    identical = []
+    if same_weights(model_a, model_b):  # said before hours of evaluation, and in the report
+        identical = [f"A and B hold the same weights (identical weight files): {model_a} and {model_b} are one model, "
+                     "so every difference below is noise"]
+        if show_progress:
+            from backbone_swap.progress import console
+
+            console.print(f"warning: {identical[0]}", highlight=False, markup=False)
     state = launch_state()
     with folder.hold(state):
         for model, evaluations in ((model_a, eval_a), (model_b, eval_b)):
             evaluate(model, suite, evaluations, batch_size=batch_size, seed=seed, dtype=dtype,
-                     show_progress=show_progress)
+                     show_progress=show_progress, on_bad_sample=on_bad_sample, device=device)
         if not state.is_main_process:  # under a multi-process launch the main process writes the report
             return {}
-        thresholds = Thresholds(alpha=alpha, min_gain=min_gain)
-        tasks = []
-        for task in suite.tasks:
-            record = task_statistics(task, eval_a, eval_b, n_resamples=n_resamples, seed=seed)
-            record["verdict"], record["reasons"] = task_verdict(record, thresholds)
-            tasks.append(record)
-        comparison = {
-            "meta": {"model_a": str(model_a), "model_b": str(model_b), "suite": suite.name, "baseline": baseline,
-                     "alpha": alpha, "min_gain": min_gain, "n_resamples": n_resamples, "seed": seed,
-                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": None},
-            "tasks": tasks,
-            "overall": overall_verdict(tasks, weights),
-            "capabilities": capabilities(tasks),
-            "warnings": confounds(model_a, model_b, (eval_a, eval_b)) + list(extra_warnings or []) + [
-                f"task {t['name']}: {n} of {side.upper()}'s {t['n']} answers score differently now than when they "
-                "were evaluated (the task's references or scoring rules changed); the report uses the current scores"
-                for t in tasks for side, n in t["rescored"].items() if n],
-            "expectations": [check_expectation(record, task.expect, thresholds)
-                             for record, task in zip(tasks, suite.tasks, strict=True) if task.expect],
-        }
+        tasks = [task_statistics(task, eval_a, eval_b, n_resamples=n_resamples, seed=seed,
+                                 on_bad_sample=on_bad_sample) for task in suite.tasks]
+        meta = {"model_a": str(model_a), "model_b": str(model_b), "name_a": model_name(model_a),
+                "name_b": model_name(model_b), "suite": suite.name, "baseline": baseline,
+                "source": "models"}
+        warnings = identical + confounds(model_a, model_b, (eval_a, eval_b)) + list(extra_warnings or []) + [
+            f"task {t['name']}: {n} of {side.upper()}'s {t['n']} answers score differently now than when they "
+            "were evaluated (the task's references or scoring rules changed); the report uses the current scores"
+            for t in tasks for side, n in t["rescored"].items() if n]
+        comparison = conclude(tasks, meta, warnings, alpha=alpha, min_gain=min_gain, weights=weights,
+                              n_resamples=n_resamples, seed=seed, expected={t.name: t.expect for t in suite.tasks})
+        losses = {side: curve for side, curve in (("a", training_loss(model_a)), ("b", training_loss(model_b)))
+                  if curve}
+        if losses:
+            comparison["training_loss"] = losses
         comparison["meta"]["seconds"] = round(time.time() - started, 3)
         write_report(output, comparison)
     return comparison
+
+
+# --------------------------------------------------------------------------------------------------
+# Other tools' outputs: lmms-eval's logs, LLaVA's answer files
+# --------------------------------------------------------------------------------------------------
+
+NO_CONFIDENCES = {"calibration": "the logs hold no confidences", "stability": "the logs hold no hidden states"}
+
+
+def _check_weights(weights: dict[str, float] | None, names: list[str], where: str) -> None:
+    unknown = sorted(set(weights or {}) - set(names))
+    if unknown:
+        raise BackboneSwapError(f"--weights names task {unknown[0]!r}, which {where} does not have",
+                                f"Its tasks: {', '.join(names)}")
+
+
+def _write_other(output: Path, inputs: tuple[Path, Path], label: str,
+                 build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Hold ``output`` (refused if it holds other files or overlaps an input), build the comparison, write it."""
+    from backbone_swap.verdict.report import write_report
+
+    started = time.time()
+    folder = RunFolder(output, COMPARISON, inputs=[(label, path) for path in inputs])
+    folder.previous()  # the report's files and plots would overwrite files of the same names
+    with folder.hold():
+        comparison = build()
+        comparison["meta"]["seconds"] = round(time.time() - started, 3)
+        write_report(output, comparison)
+    return comparison
+
+
+def compare_logs(logs_a: str | Path, logs_b: str | Path, output: str | Path, *,
+                 metrics: dict[str, str] | None = None, min_gain: float = 0.02, alpha: float = 0.05,
+                 weights: dict[str, float] | None = None, n_resamples: int = 10000, seed: int = 0) -> dict[str, Any]:
+    """Compare two lmms-eval runs from their ``--log_samples`` folders: every task both logged, paired by
+    ``doc_id``, correct by the task's own per-sample score (``harness_logs``), the report as ``compare`` writes it.
+
+    ``metrics`` names the per-sample score of tasks where the choice is not automatic (``{"mme": "..."}``). The
+    logs hold no confidences and no hidden states, so calibration and stability are null, with the reason.
+    """
+    from backbone_swap.verdict import harness_logs as hl
+
+    logs_a, logs_b, output = Path(logs_a).expanduser(), Path(logs_b).expanduser(), Path(output)
+    found_a, found_b = hl.find_logs(logs_a, "A"), hl.find_logs(logs_b, "B")
+
+    def build() -> dict[str, Any]:
+        paired, warnings = hl.pair_logs(found_a, found_b, metrics or {})
+        _check_weights(weights, [task.name for task in paired], "the logs' common tasks")
+        kind = TYPES["short_answer"]  # a generated answer, credited by a score in [0, 1]
+        tasks = []
+        for task in paired:
+            ids = sorted(task.lines["a"], key=lambda doc: (len(doc), doc))  # doc_ids are numbers: 2 before 10
+            numbers = paired_statistics(kind, ids, task.lines["a"], task.lines["b"], n_resamples=n_resamples,
+                                        seed=seed, confidences=False)
+            tasks.append({"name": task.name, "type": kind.name, "needs": hl.needs_of(task.name),
+                          "solved_when": full_credit_rule(f"lmms-eval's per-sample {task.metric}"), **numbers,
+                          "examples": examples(kind, ids, task.lines["a"], task.lines["b"], questions=None, seed=seed),
+                          "cka_a": None, "cka_b": None, "unavailable": dict(NO_CONFIDENCES),
+                          "metric": task.metric, "scored_by": "lmms-eval",
+                          "files": {side: str(path) for side, path in task.files.items()},
+                          **({"official": task.official} if task.official else {})})
+        meta = {"model_a": str(found_a.folder), "model_b": str(found_b.folder), "suite": "lmms-eval logs",
+                "baseline": "as-is", "source": "lmms-eval"}
+        return conclude(tasks, meta, warnings, alpha=alpha, min_gain=min_gain, weights=weights,
+                        n_resamples=n_resamples, seed=seed)
+
+    return _write_other(output, (logs_a, logs_b), "log folder", build)
+
+
+def compare_answers(answers_a: str | Path, answers_b: str | Path, suite: Suite, output: str | Path, *,
+                    task_name: str | None = None, min_gain: float = 0.02, alpha: float = 0.05,
+                    weights: dict[str, float] | None = None, n_resamples: int = 10000, seed: int = 0,
+                    on_bad_sample: str = "fail") -> dict[str, Any]:
+    """Compare two answer files of LLaVA's evaluation scripts on one task of ``suite``: the answers are paired
+    with the task's items by ``question_id`` and scored by the task's type, as our own evaluation's answers are
+    (a multiple-choice answer may be the option's letter). No confidences: calibration and stability are null.
+    """
+    from backbone_swap.verdict import harness_logs as hl
+
+    answers_a, answers_b, output = Path(answers_a).expanduser(), Path(answers_b).expanduser(), Path(output)
+    if task_name is None and len(suite.tasks) > 1:
+        raise BackboneSwapError(f"LLaVA's answer files answer one task, and suite {suite.name} has "
+                                f"{len(suite.tasks)}", f"Name it with --task, one of {suite.names()}")
+    task = suite.task(task_name) if task_name is not None else suite.tasks[0]
+    kind = TYPES[task.type]
+
+    def build() -> dict[str, Any]:
+        _check_weights(weights, [task.name], f"the comparison of task {task.name}")
+        items, images = task_items(task, on_bad_sample)
+        ids = sorted(items)
+        lines = {}
+        for side, path in (("a", answers_a), ("b", answers_b)):
+            answers = hl.read_llava_answers(path)
+            missing = [i for i in ids if i not in answers]
+            if missing:
+                raise BackboneSwapError(
+                    f"{path} has no answer for {len(missing)} of task {task.name}'s {len(ids)} items (e.g. "
+                    f"question_id {', '.join(missing[:3])})",
+                    "Answer the same questions with both models; their question_id must be the items' ids")
+            chosen = {i: hl.option_answer(items[i], answers[i]) if kind.answered_by == "options" else answers[i]
+                      for i in ids}
+            lines[side] = {i: {**kind.score(task, items[i], chosen[i], None), "raw": answers[i]} for i in ids}
+        numbers = paired_statistics(kind, ids, lines["a"], lines["b"], n_resamples=n_resamples, seed=seed,
+                                    clusters=np.array([images[i] for i in ids]), confidences=False)
+        listed = [items[i] for i in ids]
+        record = {"name": task.name, "type": task.type, "needs": task.needs, "solved_when": kind.solved_when(task),
+                  **numbers, "cka_a": None, "cka_b": None,
+                  "examples": examples(kind, ids, lines["a"], lines["b"],
+                                       questions={i: items[i].get("question") for i in ids}, seed=seed),
+                  "unavailable": {"calibration": "the answer files hold no confidences",
+                                  "stability": "the answer files hold no hidden states"},
+                  **official_metrics(task, listed, [lines["a"][i] for i in ids], [lines["b"][i] for i in ids])}
+        meta = {"model_a": str(answers_a), "model_b": str(answers_b), "suite": suite.name, "baseline": "as-is",
+                "source": "llava-answers"}
+        return conclude([record], meta, [], alpha=alpha, min_gain=min_gain, weights=weights,
+                        n_resamples=n_resamples, seed=seed, expected={task.name: task.expect})
+
+    return _write_other(output, (answers_a, answers_b), "answer file", build)

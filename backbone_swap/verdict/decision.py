@@ -15,7 +15,9 @@ produce some output formats at all. So the verdict is made task by task, in this
    ``complementary_jaccard``), the verdict is "complementary": route per task. Else "no clear difference".
 
 Calibration (ECE, Brier) and stability (CKA) are reported as reasons: they are evidence for the reader, and
-do not change the verdict. Everything here is pure: dicts in, dicts and strings out.
+do not change the verdict; where the inputs cannot give them (logs of other tools hold no confidences and no
+hidden states), the task's ``unavailable`` says why and the reasons say so. Everything here is pure: dicts in,
+dicts and strings out.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from backbone_swap.errors import BackboneSwapError
+from backbone_swap.verdict.formatting import as_interval, fmt_num, fmt_p_clause, fmt_pct, fmt_points, is_number
 
 VERDICTS = ("upgrade", "keep", "no clear difference", "complementary")
 OVERALL_VERDICTS = ("upgrade", "keep", "mixed: route per task", "no clear difference")
@@ -47,6 +50,7 @@ class Thresholds:
     capable: float = 0.2  # ... provided the other model reaches at least this
     complementary_gain: float = 0.05  # oracle-router accuracy minus the better single model, at least
     complementary_jaccard: float = 0.6  # overlap of the two solved sets, below
+    poor: float = 0.5  # a task where more than this share of questions is solved by neither model: both are poor
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -65,60 +69,6 @@ class Thresholds:
                 f"threshold near_zero ({self.near_zero}) must be below capable ({self.capable})",
                 "A model cannot both fail and succeed at a task",
             )
-
-
-# --------------------------------------------------------------------------------------------------
-# Formatting helpers (shared with report.py)
-# --------------------------------------------------------------------------------------------------
-
-
-def is_number(value: Any) -> bool:
-    """A finite real number (not a bool, not None, not NaN)."""
-    if isinstance(value, bool) or value is None:
-        return False
-    try:
-        return math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False
-
-
-def fmt_pct(value: Any) -> str:
-    """A rate as a percentage with one decimal: 0.6425 -> '64.3%'."""
-    return f"{100.0 * float(value):.1f}%" if is_number(value) else "n/a"
-
-
-def fmt_points(value: Any, *, sign: bool = True) -> str:
-    """An accuracy difference in percentage points: 0.125 -> '+12.5'."""
-    if not is_number(value):
-        return "n/a"
-    return f"{100.0 * float(value):+.1f}" if sign else f"{100.0 * float(value):.1f}"
-
-
-def fmt_p(value: Any) -> str:
-    """A p-value with at most 3 significant digits, or '<0.001'."""
-    if not is_number(value):
-        return "n/a"
-    p = float(value)
-    return "<0.001" if p < 0.001 else f"{p:.3g}"
-
-
-def fmt_p_clause(value: Any) -> str:
-    """'p = 0.0123' or 'p < 0.001', for sentences."""
-    text = fmt_p(value)
-    return f"p {text[0]} {text[1:]}" if text.startswith("<") else f"p = {text}"
-
-
-def fmt_num(value: Any, digits: int = 3) -> str:
-    return f"{float(value):.{digits}f}" if is_number(value) else "n/a"
-
-
-def _interval(value: Any) -> tuple[float, float] | None:
-    """A [low, high] pair of finite numbers, else None."""
-    if isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2:
-        low, high = value
-        if is_number(low) and is_number(high):
-            return float(low), float(high)
-    return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -212,7 +162,7 @@ def count_shown(expectations: Iterable[Mapping[str, Any]]) -> int:
 
 
 def _diff_sentence(task: Mapping[str, Any]) -> str:
-    diff, ci = task["diff"], _interval(task["diff_ci"])
+    diff, ci = task["diff"], as_interval(task["diff_ci"])
     acc = f"{fmt_pct(task['accuracy_b'])} vs {fmt_pct(task['accuracy_a'])}"
     ci_text = f"95% CI {fmt_points(ci[0], sign=False)} to {fmt_points(ci[1], sign=False)}" if ci else "95% CI n/a"
     p_text = f"McNemar {fmt_p_clause(task['mcnemar_p'])}"
@@ -248,31 +198,54 @@ def _overlap_sentence(task: Mapping[str, Any]) -> str | None:
         parts.append(f"the solved sets overlap by {fmt_num(task['jaccard'], 2)} (Jaccard)")
     if is_number(task.get("complementarity")):
         parts.append(f"routing each question to the right model would add {fmt_points(task['complementarity'])} "
-                     "points over the better model")
+                     "points of questions solved over the better model")
+    if "kappa" in task:  # undefined (null) when both models are right on every question, or both wrong on every one
+        kappa = task["kappa"]
+        parts.append(f"agreement beyond chance (Cohen's kappa) {fmt_num(kappa, 2)}" if is_number(kappa) else
+                     "agreement beyond chance (Cohen's kappa) n/a: both models give the same result on every question")
     return "; ".join(parts) + "."
 
 
+def _unavailable(task: Mapping[str, Any], what: str) -> str | None:
+    """'Calibration: not available: the logs hold no confidences.' where the inputs cannot give ``what``."""
+    reason = (task.get("unavailable") or {}).get(what)
+    return f"{what.capitalize()}: not available: {reason}." if reason else None
+
+
+# A difference in ECE or CKA that shows only in the third decimal names no winner.
+_NOISE = 0.01
+
+
 def _calibration_sentence(task: Mapping[str, Any]) -> str | None:
+    """Which model is better calibrated, said only where the evidence does: the ECE gap outside both models'
+    intervals (and above the third decimal), and ECE and Brier agreeing on the same model."""
     ece_a, ece_b = task.get("ece_a"), task.get("ece_b")
     if not (is_number(ece_a) and is_number(ece_b)):
-        return None
+        return _unavailable(task, "calibration")
     ece_a, ece_b = float(ece_a), float(ece_b)
+    brier = (float(task["brier_a"]), float(task["brier_b"])) \
+        if is_number(task.get("brier_a")) and is_number(task.get("brier_b")) else None
+    brier_text = f"; Brier A {fmt_num(brier[0])}, B {fmt_num(brier[1])}" if brier else ""
     if ece_a == ece_b:
-        text = f"A and B are equally calibrated (ECE {fmt_num(ece_a)} each)"
-    else:
-        better, worse = ("B", "A") if ece_b < ece_a else ("A", "B")
-        low, high = (ece_b, ece_a) if better == "B" else (ece_a, ece_b)
-        text = f"{better} is better calibrated: ECE {fmt_num(low)} vs {fmt_num(high)} for {worse}"
-    ci_a, ci_b = _interval(task.get("ece_a_ci")), _interval(task.get("ece_b_ci"))
-    if ci_a and ci_b and ece_a != ece_b:
+        return f"A and B are equally calibrated (ECE {fmt_num(ece_a)} each){brier_text}."
+    ci_a, ci_b = as_interval(task.get("ece_a_ci")), as_interval(task.get("ece_b_ci"))
+    intervals = ""
+    overlap = False
+    if ci_a and ci_b:
         overlap = ci_a[0] <= ci_b[1] and ci_b[0] <= ci_a[1]
-        intervals = (f"95% intervals A {fmt_num(ci_a[0])}-{fmt_num(ci_a[1])}, "
-                     f"B {fmt_num(ci_b[0])}-{fmt_num(ci_b[1])}")
-        text += (f" ({intervals}: they overlap, so the gap may be noise)" if overlap
-                 else f" ({intervals}: they do not overlap)")
-    if is_number(task.get("brier_a")) and is_number(task.get("brier_b")):
-        text += f"; Brier A {fmt_num(task['brier_a'])}, B {fmt_num(task['brier_b'])}"
-    return text + "."
+        intervals = (f" (95% intervals A {fmt_num(ci_a[0])}-{fmt_num(ci_a[1])}, B {fmt_num(ci_b[0])}-"
+                     f"{fmt_num(ci_b[1])}: {'they overlap' if overlap else 'they do not overlap'})")
+    if overlap or abs(ece_a - ece_b) < _NOISE:
+        why = "the gap is within their intervals" if overlap else "the gap shows only in the third decimal"
+        return (f"No clear difference in calibration: ECE A {fmt_num(ece_a)}, B {fmt_num(ece_b)}; {why}"
+                f"{intervals}{brier_text}.")
+    better, worse = ("B", "A") if ece_b < ece_a else ("A", "B")
+    low, high = sorted((ece_a, ece_b))
+    if brier and brier[0] != brier[1] and ("B" if brier[1] < brier[0] else "A") != better:
+        return (f"ECE and Brier disagree on which model is better calibrated: ECE favours {better} "
+                f"({fmt_num(low)} vs {fmt_num(high)} for {worse}){intervals}, Brier favours {worse} (A "
+                f"{fmt_num(brier[0])}, B {fmt_num(brier[1])}).")
+    return f"{better} is better calibrated: ECE {fmt_num(low)} vs {fmt_num(high)} for {worse}{intervals}{brier_text}."
 
 
 def _stability_sentence(task: Mapping[str, Any]) -> str | None:
@@ -281,6 +254,9 @@ def _stability_sentence(task: Mapping[str, Any]) -> str | None:
         cka_a, cka_b = float(cka_a), float(cka_b)
         if cka_a == cka_b:
             return f"A and B are equally stable under perturbed inputs (CKA {fmt_num(cka_a)} each)."
+        if abs(cka_a - cka_b) < _NOISE:
+            return (f"No clear difference in stability under perturbed inputs: CKA A {fmt_num(cka_a)}, B "
+                    f"{fmt_num(cka_b)}; the gap shows only in the third decimal.")
         better, worse = ("B", "A") if cka_b > cka_a else ("A", "B")
         high, low = max(cka_a, cka_b), min(cka_a, cka_b)
         return (f"{better}'s hidden states are more stable under perturbed inputs: CKA {fmt_num(high)} vs "
@@ -288,7 +264,7 @@ def _stability_sentence(task: Mapping[str, Any]) -> str | None:
     if is_number(cka_a) or is_number(cka_b):
         side, value = ("A", cka_a) if is_number(cka_a) else ("B", cka_b)
         return f"Stability was measured for {side} only (CKA {fmt_num(value)})."
-    return None
+    return _unavailable(task, "stability")
 
 
 def _format_sentences(task: Mapping[str, Any]) -> list[str]:
@@ -302,6 +278,12 @@ def _format_sentences(task: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def both_poor(task: Mapping[str, Any], t: Thresholds | None = None) -> bool:
+    """Whether most of the task's questions are solved by neither model: a verdict there compares two failures."""
+    overlap, n = task.get("overlap") or {}, task.get("n") or 0
+    return bool(n) and is_number(overlap.get("neither")) and overlap["neither"] / n > (t or Thresholds()).poor
+
+
 def task_verdict(task: Mapping[str, Any], t: Thresholds | None = None) -> tuple[str, list[str]]:
     """The verdict on one task and the reasons for it, as plain sentences with the numbers.
 
@@ -313,7 +295,7 @@ def task_verdict(task: Mapping[str, Any], t: Thresholds | None = None) -> tuple[
     _check_task(task)
     reasons: list[str] = []
     diff = float(task["diff"]) if is_number(task["diff"]) else math.nan
-    ci = _interval(task["diff_ci"])
+    ci = as_interval(task["diff_ci"])
     p = float(task["mcnemar_p"]) if is_number(task["mcnemar_p"]) else math.nan
     p_ok = p < t.alpha
     ci_ok = ci is not None and (ci[0] > 0.0 or ci[1] < 0.0)
@@ -355,13 +337,15 @@ def task_verdict(task: Mapping[str, Any], t: Thresholds | None = None) -> tuple[
                 and float(jac) < t.complementary_jaccard):
             verdict = "complementary"
             only_a, only_b = _overlap_counts(task)
-            best = _best(task)
+            # the oracle and complementarity count solved questions (partial credit binarised), so the better
+            # model's share solved is oracle - complementarity, not its accuracy with partial credit
             oracle = task.get("oracle")
+            best = float(oracle) - float(gain) if is_number(oracle) else _best(task)
             if not is_number(oracle) and best is not None:
                 oracle = best + float(gain)
             reasons.append(
                 f"They solve different questions rather than more: only A {only_a}, only B {only_b} (solved-set "
-                f"overlap {fmt_num(jac, 2)}); picking the right model per question would reach {fmt_pct(oracle)} vs "
+                f"overlap {fmt_num(jac, 2)}); picking the right model per question would solve {fmt_pct(oracle)} vs "
                 f"{fmt_pct(best)} for the better one alone: route per task."
             )
             overlap_said = True
@@ -372,6 +356,11 @@ def task_verdict(task: Mapping[str, Any], t: Thresholds | None = None) -> tuple[
         sentence = _overlap_sentence(task)
         if sentence:
             reasons.append(sentence)
+    if both_poor(task, t):
+        overlap = task["overlap"]
+        reasons.insert(1, f"Both models are poor here: {overlap['neither']} of {task['n']} questions "
+                          f"({fmt_pct(overlap['neither'] / task['n'])}) are solved by neither, whatever the verdict "
+                          "says about the difference between them.")
     reasons.extend(_format_sentences(task))
     for sentence in (_calibration_sentence(task), _stability_sentence(task)):
         if sentence:

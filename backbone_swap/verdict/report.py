@@ -25,6 +25,7 @@ import dataclasses
 import datetime as _dt
 import json
 import math
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path, PurePath
@@ -33,279 +34,11 @@ from typing import Any
 import jinja2
 import numpy as np
 
-from backbone_swap.evaluate.suite import NEEDS
-from backbone_swap.evaluate.tasks import TASK_TYPES
 from backbone_swap.runs import write_bytes
-from backbone_swap.verdict.decision import (
-    EXPECTATIONS,
-    OVERALL_VERDICTS,
-    VERDICTS,
-    count_shown,
-    fmt_num,
-    fmt_p,
-    fmt_pct,
-    fmt_points,
-    is_number,
-)
-from backbone_swap.verdict.plots import plot_accuracy, plot_overlap, plot_reliability
-
-# --------------------------------------------------------------------------------------------------
-# Schema
-# --------------------------------------------------------------------------------------------------
-
-# The type language: "string", "integer", "number" (int or float, never bool), "boolean", "null",
-# "datetime" (an ISO 8601 string), "interval" ([low, high], each number or null, low <= high),
-# "enum:NAME" (one of REPORT_SCHEMA["enums"][NAME]), "list[T]", "map[T]" (an object with string keys and
-# values of type T), a record name (a key of REPORT_SCHEMA other than "enums", e.g. "task"), and unions
-# "A|B". Records list their required keys; extra keys are allowed everywhere, so that later versions
-# can add fields without breaking readers.
-REPORT_SCHEMA: dict[str, Any] = {
-    "report": {
-        "meta": "meta",
-        "tasks": "list[task]",
-        "overall": "overall",
-        "capabilities": "list[capability]",
-        "warnings": "list[string]",
-        "expectations": "list[expectation]",
-    },
-    "meta": {
-        "model_a": "string",
-        "model_b": "string",
-        "suite": "string",
-        "baseline": "enum:baseline",
-        "alpha": "number",
-        "min_gain": "number",
-        "n_resamples": "integer",
-        "seed": "integer",
-        "created": "datetime",
-    },
-    "task": {
-        "name": "string",
-        "type": "enum:type",
-        "needs": "enum:needs",
-        "n": "integer",
-        "accuracy_a": "number|null",
-        "accuracy_b": "number|null",
-        "diff": "number|null",
-        "diff_ci": "interval",
-        "mcnemar_p": "number|null",
-        "overlap": "overlap",
-        "phi": "number|null",
-        "kappa": "number|null",
-        "oracle": "number|null",
-        "jaccard": "number|null",
-        "complementarity": "number|null",
-        "ece_a": "number|null",
-        "ece_b": "number|null",
-        "ece_a_ci": "interval|null",
-        "ece_b_ci": "interval|null",
-        "brier_a": "number|null",
-        "brier_b": "number|null",
-        "reliability_a": "list[bin]",
-        "reliability_b": "list[bin]",
-        "cka_a": "number|null",
-        "cka_b": "number|null",
-        "valid_rate_a": "number|null",
-        "valid_rate_b": "number|null",
-        "mean_error_a": "number|null",
-        "mean_error_b": "number|null",
-        "verdict": "enum:verdict",
-        "reasons": "list[string]",
-    },
-    "overlap": {"both": "integer", "only_a": "integer", "only_b": "integer", "neither": "integer"},
-    "bin": {
-        "lower": "number",
-        "upper": "number",
-        "count": "integer",
-        "accuracy": "number|null",
-        "mean_confidence": "number|null",
-    },
-    "overall": {
-        "verdict": "enum:overall_verdict",
-        "score": "number",
-        "weights": "map[number]",
-        "counts": "map[integer]",
-        "reasons": "list[string]",
-    },
-    "capability": {
-        "name": "string",
-        "who": "enum:who",
-        "measure": "enum:measure",
-        "rate_a": "number",
-        "rate_b": "number",
-    },
-    "expectation": {
-        "task": "string",
-        "expected": "enum:expectation",
-        "observed": "string",
-        "shown": "boolean",
-    },
-    "enums": {
-        "baseline": ["as-is", "retrain"],
-        "type": list(TASK_TYPES),
-        "needs": list(NEEDS),
-        "verdict": list(VERDICTS),
-        "overall_verdict": list(OVERALL_VERDICTS),
-        "who": ["A", "B"],
-        "measure": ["valid outputs", "accuracy"],
-        "expectation": list(EXPECTATIONS),
-    },
-}
-
-# Task fields that are rates in [0, 1] when present.
-_RATES = ("accuracy_a", "accuracy_b", "mcnemar_p", "oracle", "jaccard", "ece_a", "ece_b", "valid_rate_a",
-          "valid_rate_b")
-
-
-def _split_union(spec: str) -> list[str]:
-    parts, depth, start = [], 0, 0
-    for i, ch in enumerate(spec):
-        depth += ch == "["
-        depth -= ch == "]"
-        if ch == "|" and depth == 0:
-            parts.append(spec[start:i])
-            start = i + 1
-    parts.append(spec[start:])
-    return parts
-
-
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    return {bool: "boolean", str: "string", int: "integer", float: "number", list: "list", dict: "object"}.get(
-        type(value), type(value).__name__
-    )
-
-
-def _parse_datetime(text: str) -> _dt.datetime:
-    """ISO 8601 as written by ``datetime.isoformat`` or ``strftime("%Y-%m-%dT%H:%M:%S%z")`` (+0000, Z).
-
-    Python 3.10's ``fromisoformat`` reads neither "Z" nor an offset without a colon, so both are
-    normalised first.
-    """
-    text = re.sub(r"(?:Z|([+-]\d{2}):?(\d{2}))$", lambda m: f"{m.group(1)}:{m.group(2)}" if m.group(1) else "+00:00",
-                  text.strip())
-    return _dt.datetime.fromisoformat(text)
-
-
-def _check(value: Any, spec: str, where: str, problems: list[str]) -> None:
-    """Append to ``problems`` what is wrong with ``value`` against ``spec``."""
-    options = _split_union(spec)
-    if len(options) > 1:
-        trial: list[list[str]] = []
-        for option in options:
-            found: list[str] = []
-            _check(value, option, where, found)
-            if not found:
-                return
-            trial.append(found)
-        # Report the option whose shape matched (its inner problems), else a plain type mismatch.
-        shaped = [found for found in trial if not found[0].endswith(f"got {_type_name(value)}")]
-        problems.extend(shaped[0] if shaped else [f"{where}: expected {spec}, got {_type_name(value)}"])
-        return
-    mismatch = f"{where}: expected {spec}, got {_type_name(value)}"
-    if spec == "null":
-        if value is not None:
-            problems.append(mismatch)
-    elif spec == "string":
-        if not isinstance(value, str):
-            problems.append(mismatch)
-    elif spec == "boolean":
-        if not isinstance(value, bool):
-            problems.append(mismatch)
-    elif spec == "integer":
-        if isinstance(value, bool) or not isinstance(value, int):
-            problems.append(mismatch)
-    elif spec == "number":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            problems.append(mismatch)
-        elif not math.isfinite(value):
-            problems.append(f"{where}: {value} is not a finite number (JSON has no NaN)")
-    elif spec == "datetime":
-        if not isinstance(value, str):
-            problems.append(mismatch)
-        else:
-            try:
-                _parse_datetime(value)
-            except ValueError:
-                problems.append(f"{where}: {value!r} is not an ISO 8601 date and time")
-    elif spec == "interval":
-        if not isinstance(value, list) or len(value) != 2:
-            problems.append(f"{where}: expected interval [low, high], got {_type_name(value)}")
-            return
-        for i, item in enumerate(value):
-            _check(item, "number|null", f"{where}[{i}]", problems)
-        if all(is_number(v) for v in value) and value[0] > value[1]:
-            problems.append(f"{where}: low {value[0]} is above high {value[1]}")
-    elif spec.startswith("enum:"):
-        allowed = REPORT_SCHEMA["enums"][spec[5:]]
-        if value not in allowed:
-            problems.append(f"{where}: {value!r} is not one of {', '.join(map(repr, allowed))}")
-    elif spec.startswith("list[") and spec.endswith("]"):
-        if not isinstance(value, list):
-            problems.append(mismatch)
-            return
-        for i, item in enumerate(value):
-            _check(item, spec[5:-1], f"{where}[{i}]", problems)
-    elif spec.startswith("map[") and spec.endswith("]"):
-        if not isinstance(value, dict):
-            problems.append(mismatch)
-            return
-        for key, item in value.items():
-            if not isinstance(key, str):
-                problems.append(f"{where}: key {key!r} is not a string")
-            _check(item, spec[4:-1], f"{where}.{key}", problems)
-    elif spec in REPORT_SCHEMA and spec != "enums":
-        if not isinstance(value, dict):
-            problems.append(f"{where or 'report'}: expected object ({spec}), got {_type_name(value)}")
-            return
-        for key, sub in REPORT_SCHEMA[spec].items():
-            path = f"{where}.{key}" if where else key
-            if key not in value:
-                problems.append(f"{path}: missing")
-            else:
-                _check(value[key], sub, path, problems)
-    else:  # pragma: no cover - a typo in REPORT_SCHEMA itself
-        raise ValueError(f"unknown type {spec!r} in REPORT_SCHEMA")
-
-
-def validate_report(data: Any) -> list[str]:
-    """Problems of ``data`` (a loaded ``report.json``) against ``REPORT_SCHEMA``; empty when valid.
-
-    Besides the types: task names are unique, the overlap counts add up to ``n``, rates lie in [0, 1],
-    capabilities and weights name tasks of the report.
-    """
-    problems: list[str] = []
-    _check(data, "report", "", problems)
-    if problems or not isinstance(data, dict):
-        return problems
-    names = [task["name"] for task in data["tasks"]]
-    for i, task in enumerate(data["tasks"]):
-        where = f"tasks[{i}]"
-        if names.count(task["name"]) > 1:
-            problems.append(f"{where}.name: {task['name']!r} appears more than once")
-        if task["n"] < 1:
-            problems.append(f"{where}.n: must be at least 1, got {task['n']}")
-        elif sum(task["overlap"][key] for key in REPORT_SCHEMA["overlap"]) != task["n"]:
-            problems.append(f"{where}.overlap: both + only_a + only_b + neither must equal n ({task['n']})")
-        for key in _RATES:
-            value = task[key]
-            if is_number(value) and not 0.0 <= value <= 1.0:
-                problems.append(f"{where}.{key}: {value} is outside [0, 1]")
-    for i, entry in enumerate(data["expectations"]):
-        if entry["task"] not in names:
-            problems.append(f"expectations[{i}].task: {entry['task']!r} is not a task of this report")
-    for i, entry in enumerate(data["capabilities"]):
-        if entry["name"] not in names:
-            problems.append(f"capabilities[{i}].name: {entry['name']!r} is not a task of this report")
-    for key in data["overall"]["weights"]:
-        if key not in names:
-            problems.append(f"overall.weights.{key}: not a task of this report")
-    for key in data["overall"]["counts"]:
-        if key not in VERDICTS:
-            problems.append(f"overall.counts.{key}: not a task verdict")
-    return problems
-
+from backbone_swap.verdict.decision import count_shown
+from backbone_swap.verdict.formatting import fmt_num, fmt_p, fmt_pct, fmt_points, is_number
+from backbone_swap.verdict.plots import plot_accuracy, plot_overlap, plot_reliability, plot_training
+from backbone_swap.verdict.schema import validate_report
 
 # --------------------------------------------------------------------------------------------------
 # JSON
@@ -365,7 +98,7 @@ def task_row(task: Mapping[str, Any]) -> list[str]:
     overlap = task.get("overlap") or {}
     return [
         str(task["name"]),
-        str(task.get("needs", "")),
+        str(task.get("needs") or "-"),
         str(task.get("n", "")),
         fmt_pct(task.get("accuracy_a")),
         fmt_pct(task.get("accuracy_b")),
@@ -379,6 +112,22 @@ def task_row(task: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def official_rows(task: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """A benchmark's own metrics for one task as (metric, A, B) cells, in the order report.json lists them.
+
+    A metric whose values all lie in [0, 1] is a rate and is shown in percent, as papers print accuracies; any
+    other (MME's perception score, summed over its subtasks to at most 2000) is shown as points with one decimal.
+    """
+    rows = []
+    for metric, pair in (task.get("official") or {}).items():
+        values = [pair.get(side) for side in ("a", "b")]
+        numbers = [float(v) for v in values if is_number(v)]
+        rate = all(0.0 <= v <= 1.0 for v in numbers)
+        cells = [(fmt_pct(v) if rate else fmt_num(v, 1)) if is_number(v) else "n/a" for v in values]
+        rows.append((str(metric), cells[0], cells[1]))
+    return rows
+
+
 def _capability_line(entry: Mapping[str, Any]) -> str:
     return (f"{entry['name']}: only {entry['who']} can do it ({entry['measure']} A {fmt_pct(entry['rate_a'])}, "
             f"B {fmt_pct(entry['rate_b'])})")
@@ -387,6 +136,15 @@ def _capability_line(entry: Mapping[str, Any]) -> str:
 def expectation_line(entry: Mapping[str, Any]) -> str:
     mark = "shown" if entry["shown"] else "NOT shown"
     return f"{entry['task']}: expected {entry['expected']}, observed {entry['observed']}: {mark}"
+
+
+def _scored_by(task: Mapping[str, Any]) -> str:
+    """Where the answers of a task compared from another tool's output were scored, and from which files."""
+    if not task.get("metric"):
+        return ""
+    files = task.get("files") or {}
+    shown = f" (A {files.get('a')}, B {files.get('b')})" if files else ""
+    return f"{task.get('scored_by') or 'the logs'}: per-sample {task['metric']}{shown}"
 
 
 def _baseline_note(baseline: str) -> str:
@@ -414,7 +172,13 @@ PLOTS = {
     "accuracy": "Accuracy per task (A old, B new) and the difference B - A with its 95% interval",
     "overlap": "Which questions each model solves: both, only A, only B, neither",
     "reliability": "Reliability diagrams: accuracy against confidence per bin (diagonal = perfectly calibrated)",
+    "training": "Training loss of each side trained here, per optimizer step (faint) and smoothed",
 }
+
+
+def _plots(comparison: Mapping[str, Any]) -> dict[str, str]:
+    """The report's plots: the training curves only where a side was trained here."""
+    return {key: caption for key, caption in PLOTS.items() if key != "training" or comparison.get("training_loss")}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -452,13 +216,26 @@ _TEMPLATES = jinja2.Environment(
 _TEMPLATES.filters["md"] = md_escape
 
 
-def _context(comparison: Mapping[str, Any]) -> dict[str, Any]:
+def _answer_links(task: Mapping[str, Any], folder: Path | None) -> list[tuple[str, str]]:
+    """(side, path) of a task's per-item answer files, relative to the report's folder when it is known."""
+    files = task.get("files") or {}
+    if task.get("metric") or not files:  # files of another tool's logs are named with the metric that scored them
+        return []
+    links = []
+    for side in ("a", "b"):
+        if side in files:
+            path = Path(files[side])
+            links.append((side.upper(), os.path.relpath(path, folder) if folder is not None else str(path)))
+    return links
+
+
+def _context(comparison: Mapping[str, Any], folder: Path | None = None) -> dict[str, Any]:
     """What both documents show, worded and formatted here once so that the markdown and the HTML agree."""
     meta, overall = comparison["meta"], comparison["overall"]
     expectations = comparison.get("expectations") or []
     return {
-        "model_a": str(meta.get("model_a", "A")),
-        "model_b": str(meta.get("model_b", "B")),
+        "model_a": str(meta.get("name_a") or meta.get("model_a", "A")),
+        "model_b": str(meta.get("name_b") or meta.get("model_b", "B")),
         "suite": str(meta.get("suite", "?")),
         "verdict": str(overall["verdict"]),
         "verdict_css": _css(overall["verdict"]),
@@ -469,22 +246,27 @@ def _context(comparison: Mapping[str, Any]) -> dict[str, Any]:
         "shown": count_shown(expectations),
         "columns": COLUMNS,
         "tasks": [{"name": str(task["name"]), "verdict": str(task.get("verdict", "")), "css": _css(task.get("verdict")),
-                   "cells": task_row(task), "reasons": task.get("reasons", [])} for task in comparison["tasks"]],
-        "plots": PLOTS,
+                   "cells": task_row(task), "reasons": task.get("reasons", []),
+                   "solved_when": str(task.get("solved_when") or ""), "scored_by": _scored_by(task),
+                   "official": official_rows(task), "poor": " (both models poor)" if task.get("both_poor") else "",
+                   "examples": task.get("examples") or [], "answers": _answer_links(task, folder)}
+                  for task in comparison["tasks"]],
+        "plots": _plots(comparison),
         "capabilities": [_capability_line(entry) for entry in comparison.get("capabilities") or []],
         "settings": _settings(meta),
     }
 
 
-def render_markdown(comparison: Mapping[str, Any]) -> str:
-    return _TEMPLATES.get_template("report.md.j2").render(_context(comparison))
+def render_markdown(comparison: Mapping[str, Any], folder: Path | None = None) -> str:
+    """The markdown report; with ``folder`` (where it is written) its links to answer files are relative."""
+    return _TEMPLATES.get_template("report.md.j2").render(_context(comparison, folder))
 
 
-def render_html(comparison: Mapping[str, Any], images: Mapping[str, bytes]) -> str:
+def render_html(comparison: Mapping[str, Any], images: Mapping[str, bytes], folder: Path | None = None) -> str:
     """One self-contained page, the plots inlined as data URLs; every value from the data is escaped."""
     figures = [{"data": base64.b64encode(images[key]).decode("ascii"), "caption": caption}
                for key, caption in PLOTS.items() if key in images]
-    return _TEMPLATES.get_template("report.html.j2").render(_context(comparison), images=figures)
+    return _TEMPLATES.get_template("report.html.j2").render(_context(comparison, folder), images=figures)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -510,14 +292,16 @@ def write_report(folder: Path, comparison: Mapping[str, Any]) -> dict[str, Path]
         "overlap": plot_overlap(data),
         "reliability": plot_reliability(data),
     }
+    if data.get("training_loss"):
+        images["training"] = plot_training({side.upper(): curve for side, curve in data["training_loss"].items()})
     paths: dict[str, Path] = {}
     for key, png in images.items():
         paths[key] = folder / f"{key}.png"
         write_bytes(paths[key], png)
     paths["markdown"] = folder / "report.md"
-    write_bytes(paths["markdown"], render_markdown(data).encode("utf-8"))
+    write_bytes(paths["markdown"], render_markdown(data, folder).encode("utf-8"))
     paths["html"] = folder / "report.html"
-    write_bytes(paths["html"], render_html(data, images).encode("utf-8"))
+    write_bytes(paths["html"], render_html(data, images, folder).encode("utf-8"))
     paths["json"] = folder / "report.json"
     text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     write_bytes(paths["json"], text.encode("utf-8"))
@@ -539,7 +323,8 @@ def terminal_table(comparison: Mapping[str, Any]) -> Any:
 
     meta, overall = comparison["meta"], comparison["overall"]
     verdict = str(overall.get("verdict", ""))
-    title = Text(f"{meta.get('model_a', 'A')} -> {meta.get('model_b', 'B')}: ")
+    name_a, name_b = (meta.get(f"name_{side}") or meta.get(f"model_{side}", side.upper()) for side in "ab")
+    title = Text(f"{name_a} -> {name_b}: ")
     title.append(verdict, style=_RICH_STYLE.get(verdict, "bold"))
     table = Table(title=title, title_justify="left")
     table.add_column("task")

@@ -3,8 +3,8 @@
 Both models answer the same questions, so every comparison here is *paired*: the question is the unit,
 and what matters is where the two models disagree, not the two accuracies taken apart. The functions
 are pure numpy/scipy on plain arrays (no torch), so they can be tested against independent computations
-and reused on saved per-sample results long after the models are gone. Definitions follow
-``shared/EVAL-NOTES.md``.
+and reused on saved per-sample results long after the models are gone. ``docs/metrics.md`` defines each
+number the report shows and names the test that checks it against an independent computation.
 
 Inputs that break a function's contract raise ``ValueError``: by the time numbers reach this module the
 caller has matched the two models' answers question by question, so a mismatch here is a bug upstream,
@@ -132,13 +132,17 @@ def cohen_kappa(table: PairedTable) -> float:
     """Agreement of the two models beyond what their accuracies alone would produce by chance.
 
     Raw agreement is inflated when both models are accurate; kappa discounts that. When chance agreement
-    is 1 (both models constant and identical) kappa is 0/0 and is reported as 0.0, matching ``phi``.
+    is 1 (both models constant and the same: both right on every question, or both wrong on every one)
+    kappa is 0/0: NaN, which the report writes as null ("n/a"). 0 would read as "agreement at chance level",
+    a claim the data cannot support (scikit-learn's ``cohen_kappa_score`` gives NaN there too).
     """
     a, b, c, d, n = table.both, table.only_a, table.only_b, table.neither, table.n
     observed = (a + d) / n
-    expected = ((a + b) * (a + c) + (c + d) * (b + d)) / (n * n)
-    if expected >= 1.0:
-        return 0.0
+    # in integers, so that "expected agreement is exactly 1" is an exact test
+    chance = (a + b) * (a + c) + (c + d) * (b + d)
+    if chance == n * n:
+        return math.nan
+    expected = chance / (n * n)
     return float((observed - expected) / (1.0 - expected))
 
 
