@@ -80,9 +80,10 @@ def hf_trainer(model_dir: Path, data: Path, images: Path, root: Path, steps: int
     from transformers import AutoProcessor, LlavaForConditionalGeneration, Trainer, TrainerCallback, TrainingArguments
 
     from backbone_swap.checkpoints.templates import end_of_turn
+    from backbone_swap.training.batching import pad_batch
     from backbone_swap.training.data import build_dataset
     from backbone_swap.training.features import preprocess
-    from backbone_swap.training.train import lora_target_regex, pad_batch
+    from backbone_swap.training.model import lora_target_regex
 
     processor = AutoProcessor.from_pretrained(model_dir)
     tok = processor.tokenizer

@@ -8,8 +8,8 @@ import torch
 from transformers import AutoTokenizer
 
 from backbone_swap.checkpoints.templates import end_of_turn
+from backbone_swap.training.batching import collate
 from backbone_swap.training.data import IGNORE, Sample
-from backbone_swap.training.train import collate
 
 
 def test_pads_are_masked_from_loss_and_attention(transplanted):
@@ -28,7 +28,7 @@ def test_pads_are_masked_from_loss_and_attention(transplanted):
 
 
 def test_every_process_gets_as_many_micro_batches():
-    from backbone_swap.training.train import split_for_processes
+    from backbone_swap.training.batching import split_for_processes
 
     full = list(range(16))
     assert split_for_processes(full, 4, 2) == [full[0:4], full[4:8], full[8:12], full[12:16]]

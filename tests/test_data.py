@@ -11,7 +11,8 @@ from transformers import AutoTokenizer
 
 from backbone_swap.checkpoints.templates import end_of_turn
 from backbone_swap.errors import BackboneSwapError
-from backbone_swap.training.data import IGNORE, build_dataset, length_grouped_batches, padding_fraction
+from backbone_swap.training.batching import length_grouped_batches, padding_fraction
+from backbone_swap.training.data import IGNORE, build_dataset
 
 TWO_TURNS = [
     {"from": "human", "value": "<image>\nwhat colour is the shape?"},

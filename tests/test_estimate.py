@@ -27,7 +27,7 @@ def test_the_flops_of_one_sample_are_what_torch_counts(kit, transplanted, lora, 
     from peft import LoraConfig, get_peft_model
     from transformers import LlavaForConditionalGeneration
 
-    from backbone_swap.training.train import CachedFeatureVLM, lora_target_regex
+    from backbone_swap.training.model import CachedFeatureVLM, lora_target_regex
 
     shapes, compat = _shapes(kit)
     vlm = LlavaForConditionalGeneration.from_pretrained(transplanted["mistral"], attn_implementation="eager")

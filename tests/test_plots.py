@@ -61,7 +61,7 @@ def test_writing_a_loss_curve_and_a_report_leaves_pyplot_unimported(tmp_path):
         from test_plots import history
         from test_report import build_comparison
 
-        from backbone_swap.training.train import write_loss_curve
+        from backbone_swap.training.export import write_loss_curve
         from backbone_swap.verdict.report import write_report
 
         out = Path(sys.argv[1])

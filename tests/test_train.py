@@ -244,7 +244,7 @@ def test_tower_on_every_batch_trains_to_the_weights_of_the_cache(transplanted, c
 
 def test_weight_decay_shrinks_the_projector_matrices_and_leaves_its_biases(kit):
     """One AdamW step with zero gradients: decoupled decay multiplies decayed weights by (1 - lr * decay)."""
-    from backbone_swap.training.train import decay_groups
+    from backbone_swap.training.model import decay_groups
 
     projector = LlavaForConditionalGeneration.from_pretrained(kit.vlm).model.multi_modal_projector
     before = {n: p.detach().clone() for n, p in projector.named_parameters()}

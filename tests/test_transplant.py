@@ -235,7 +235,7 @@ def test_other_llm_families_receive_the_tower(kit, tmp_path, family, end_of_turn
     inputs = processor(images=Image.new("RGB", (40, 40)), text=processor.apply_chat_template(
         messages, add_generation_prompt=True), add_special_tokens=False, return_tensors="pt")
     assert model.generate(**inputs, max_new_tokens=2, do_sample=False).shape[1] == inputs["input_ids"].shape[1] + 2
-    from backbone_swap.training.train import lora_target_regex
+    from backbone_swap.training.model import lora_target_regex
 
     pattern = lora_target_regex(model, "family")
     import re

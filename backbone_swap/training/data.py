@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import warnings
 from array import array
 from collections.abc import Iterator, Sequence
@@ -490,49 +489,3 @@ def build_dataset(
     if not samples:
         raise BackboneSwapError(f"{path} has no usable sample", "Check the data file and --image-root")
     return Dataset(samples, bad)
-
-
-def length_grouped_batches(lengths: Sequence[int], batch_size: int, *, seed: int, group: bool = True,
-                           megabatch: int = 8, modality: Sequence[bool] | None = None) -> list[list[int]]:
-    """Shuffled batches of indices in which samples of similar length sit together (less padding).
-
-    Samples are shuffled, cut into mega-batches of ``megabatch`` batches, sorted by length inside each,
-    then cut into batches, and the batches are shuffled: random order, little padding, and the same seed
-    always gives the same batches.
-
-    With ``modality`` (per sample: whether it has an image) and both kinds present, each batch holds one
-    kind, as LLaVA-1.5's trainer groups them (``group_by_modality_length``); the two kinds' last partial
-    batches are merged at the end.
-    """
-    rng = random.Random(seed)
-    if not group or modality is None or len(set(modality)) < 2:
-        return _grouped(list(range(len(lengths))), lengths, batch_size, rng, group, megabatch)
-    batches, rest = [], []
-    for kind in (True, False):
-        part = _grouped([i for i, m in enumerate(modality) if m == kind], lengths, batch_size, rng, group, megabatch)
-        partial = [b for b in part if len(b) < batch_size]
-        rest += [i for b in partial for i in b]
-        batches += [b for b in part if len(b) == batch_size]
-    rng.shuffle(batches)
-    return batches + [rest[i: i + batch_size] for i in range(0, len(rest), batch_size)]
-
-
-def _grouped(order: list[int], lengths: Sequence[int], batch_size: int, rng: random.Random, group: bool,
-             megabatch: int) -> list[list[int]]:
-    rng.shuffle(order)
-    if not group:
-        return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
-    size = batch_size * megabatch
-    batches = []
-    for i in range(0, len(order), size):
-        chunk = sorted(order[i: i + size], key=lambda k: -lengths[k])
-        batches += [chunk[j: j + batch_size] for j in range(0, len(chunk), batch_size)]
-    rng.shuffle(batches)
-    return batches
-
-
-def padding_fraction(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> float:
-    """Share of the tokens in padded batches that are padding."""
-    total = sum(max(lengths[i] for i in b) * len(b) for b in batches if b)
-    real = sum(lengths[i] for b in batches for i in b)
-    return 0.0 if total == 0 else 1 - real / total

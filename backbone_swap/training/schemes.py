@@ -1,17 +1,16 @@
-"""How a training run is spread over processes, and what the trainer does differently when each process
-holds only a shard of the weights.
+"""How a training run is spread over processes, and what differs when each process holds only a shard of
+the weights.
 
-``accelerate launch --config_file`` decides the scheme (DDP, FSDP, DeepSpeed ZeRO); the trainer stays one
-loop. Three things depend on the scheme, and they live here:
+``accelerate launch --config_file`` decides the scheme (one process or DDP, FSDP2, DeepSpeed ZeRO-2/3); the
+step loop stays one loop and asks the run's ``TrainingScheme`` for what depends on it: preparing the module
+and optimizer, where gradients are exchanged, backward, clipping, gathering the trained weights (LoRA +
+projector) onto the main process that writes them, the optimizer state of a checkpoint, and letting go of
+a stage's module. Sharding rewrites a module's parameters in place, so after a sharded stage the next stage
+starts from a fresh copy of the checkpoint plus what the earlier stages trained (see the stage loop).
 
-- building the accelerator: accelerate only shards on accelerators, while FSDP2 itself also runs on CPU
-  processes over gloo. When an FSDP configuration is launched on CPU processes, the run is set up as FSDP
-  anyway, so the same code path that shards a model over 8 GPUs is exercised on a laptop;
-- gathering the trainable weights (LoRA + projector) onto the main process, which writes them: under FSDP
-  and ZeRO-3 every process holds a slice of each tensor;
-- whether the module can be reused by the next stage: sharding rewrites a module's parameters in place,
-  so after a sharded stage the next stage starts from a fresh copy of the checkpoint plus what the earlier
-  stages trained (see ``Trainer``).
+Building the accelerator lives here too: accelerate only shards on accelerators, while FSDP2 and DeepSpeed
+also run on CPU processes over gloo. When such a configuration is launched on CPU processes, the run is set
+up with that scheme anyway, so the same code path that shards a model over 8 GPUs is exercised on a laptop.
 """
 
 from __future__ import annotations
@@ -161,121 +160,217 @@ def _deepspeed_on_cpu(accelerator) -> None:
     deepspeed.comm.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
 
 
-def scheme(accelerator) -> str:
-    """``single``, ``ddp``, ``fsdp``, ``zero2`` or ``zero3`` (recorded in the stage's state)."""
+class TrainingScheme:
+    """One process's part in training a stage's module; the step loop calls only these methods.
+
+    This class is a process that holds the whole module (alone, or beside others under DDP); FSDP2 and
+    DeepSpeed ZeRO change what differs for them.
+    """
+
+    name: str  # recorded in each stage's state as "sharding"
+    # whether preparing a module leaves it unfit for another stage or the export
+    consumes_module = False
+    # whether a stage can keep checkpoints between its steps (--save-every)
+    saves_inside_stage = True
+
+    def __init__(self, accelerator) -> None:
+        self.accelerator = accelerator
+
+    def prepare(self, module, optimizer, *, micro_batch: int, accumulation: int, max_grad_norm: float | None):
+        """The module and optimizer as this scheme trains them, for a stage of that batch geometry."""
+        return self.accelerator.prepare(module, optimizer)
+
+    @contextlib.contextmanager
+    def micro_step(self, model, last: bool) -> Iterator[None]:
+        """Where one micro-batch's forward and backward run; gradients are exchanged after the step's last one.
+
+        The loop accumulates itself (micro-batches per step vary with the last batch of an epoch), so it tells
+        accelerate where a step ends through its gradient state: accelerate's prepared optimizer, and a
+        DeepSpeed engine, step only at that boundary.
+        """
+        accelerator = self.accelerator
+        accelerator.gradient_state._set_sync_gradients(last)
+        exchange = contextlib.nullcontext() if last else accelerator.no_sync(model)
+        with exchange, accelerator.autocast():
+            yield
+
+    def backward(self, loss, parts: int) -> None:
+        """Gradients of one of this process's ``parts`` micro-batches in the step: its share of the step's loss."""
+        self.accelerator.backward(loss / parts)
+
+    def clip(self, model, max_norm: float | None) -> None:
+        if max_norm:
+            # all parameters, so that accelerate recognises the prepared module and takes its FSDP path;
+            # frozen ones have no gradient and do not count
+            self.accelerator.clip_grad_norm_(model.parameters(), max_norm)
+
+    def trainable_state(self, model) -> dict[str, Any]:
+        """The trainable tensors as whole CPU tensors, on the main process (empty elsewhere).
+
+        Every process must call it: where each holds a slice of a tensor, assembling it is a collective.
+        """
+        import torch
+
+        named = [(n, p) for n, p in self.accelerator.unwrap_model(model).named_parameters() if p.requires_grad]
+        out = {}
+        with self._gathered([p for _, p in named]), torch.no_grad():
+            for name, param in named:
+                whole = self._whole(param)
+                if self.accelerator.is_main_process:
+                    out[name] = whole.detach().to("cpu").clone().contiguous()
+        return out
+
+    def _gathered(self, params: list) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def _whole(self, param):
+        return param
+
+    def optimizer_state(self, model, optimizer) -> dict[str, Any] | None:
+        """The optimizer's whole state on the main process (None elsewhere); every process calls it."""
+        return optimizer.state_dict() if self.accelerator.is_main_process else None
+
+    def load_optimizer_state(self, model, optimizer, state: dict[str, Any] | None) -> None:
+        """Restore what ``optimizer_state`` returned."""
+        optimizer.load_state_dict(state)
+
+    def weights_held(self, model) -> float:
+        """The share of the module's weights this process holds: 1 unless sharded."""
+        held = total = 0
+        for param in self.accelerator.unwrap_model(model).parameters():
+            here, whole = self._held(param)
+            held, total = held + here, total + whole
+        return held / max(total, 1)
+
+    def _held(self, param) -> tuple[int, int]:
+        """Elements of ``param`` held by this process, and in all."""
+        return param.numel(), param.numel()
+
+    def release(self, model) -> None:
+        """Let go of a finished stage's prepared module before the next one is built (when it was consumed)."""
+
+
+class Replicated(TrainingScheme):
+    """Every process holds the whole module: one process, or DDP."""
+
+    def __init__(self, accelerator) -> None:
+        super().__init__(accelerator)
+        self.name = "ddp" if accelerator.num_processes > 1 else "single"
+
+
+class _Sharded(TrainingScheme):
+    """A scheme whose preparing leaves the module unfit for another stage or the export: FSDP2 and ZeRO-3
+    replace its parameters with per-process slices, and a DeepSpeed engine of either stage leaves its gradient
+    hooks on them, which would fire again under the next stage's engine. Each later stage and the export start
+    from a fresh copy of the checkpoint with the earlier stages' trained weights loaded."""
+
+    consumes_module = True
+
+    def release(self, model) -> None:
+        import gc
+
+        import torch
+
+        self.accelerator.free_memory()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+class FSDP2(_Sharded):
+    """FSDP2: every process holds a slice of each parameter (a DTensor), and of the optimizer state."""
+
+    name = "fsdp"
+
+    def _whole(self, param):
+        return param.full_tensor() if _is_dtensor(param) else param
+
+    def _held(self, param) -> tuple[int, int]:
+        return (param.to_local().numel(), param.numel()) if _is_dtensor(param) else super()._held(param)
+
+    def optimizer_state(self, model, optimizer) -> dict[str, Any] | None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        state = get_optimizer_state_dict(model, _inner(optimizer),
+                                         options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return state if self.accelerator.is_main_process else None
+
+    def load_optimizer_state(self, model, optimizer, state: dict[str, Any] | None) -> None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        # only the main process's copy counts: it is broadcast and sliced
+        full = (state or {}) if self.accelerator.is_main_process else {}
+        set_optimizer_state_dict(model, _inner(optimizer), optim_state_dict=full,
+                                 options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+
+
+class ZeRO(_Sharded):
+    """DeepSpeed ZeRO-2 (optimizer state and gradients sliced) or ZeRO-3 (the parameters too).
+
+    The engine steps the optimizer and clips inside that step; its optimizer state lives in the engine, which
+    is why ``train`` refuses --save-every here.
+    """
+
+    saves_inside_stage = False
+
+    def __init__(self, accelerator) -> None:
+        super().__init__(accelerator)
+        self.stage = accelerator.state.deepspeed_plugin.zero_stage
+        self.name = f"zero{self.stage}"
+
+    def prepare(self, module, optimizer, *, micro_batch: int, accumulation: int, max_grad_norm: float | None):
+        """The stage's batch geometry and clipping go into the DeepSpeed config before its engine is built:
+        DeepSpeed steps once every ``gradient_accumulation_steps`` backward passes and clips inside that step,
+        and both must match the recipe's stage, which may differ from the previous one."""
+        accelerator = self.accelerator
+        config = accelerator.state.deepspeed_plugin.deepspeed_config
+        config["train_micro_batch_size_per_gpu"] = micro_batch
+        config["gradient_accumulation_steps"] = accumulation
+        config["train_batch_size"] = micro_batch * accumulation * accelerator.num_processes
+        config["gradient_clipping"] = float(max_grad_norm or 0.0)
+        return accelerator.prepare(module, optimizer)
+
+    def backward(self, loss, parts: int) -> None:
+        # divided here, not by the engine: the number of parts varies with the last batch of an epoch
+        self.accelerator.backward(loss / parts, scale_wrt_gas=False)
+
+    def clip(self, model, max_norm: float | None) -> None:
+        """Nothing: the engine clips inside its step (see ``prepare``)."""
+
+    def _gathered(self, params: list) -> contextlib.AbstractContextManager:
+        if self.stage != 3:
+            return contextlib.nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+
+    def _held(self, param) -> tuple[int, int]:
+        if hasattr(param, "ds_numel"):  # ZeRO-3: an empty placeholder plus this process's slice
+            return param.ds_tensor.numel(), param.ds_numel
+        return super()._held(param)
+
+    def release(self, model) -> None:
+        if hasattr(model, "destroy"):
+            model.destroy()  # the DeepSpeed engine: removes its hooks, which would fire under the next engine
+        super().release(model)
+
+
+def training_scheme(accelerator) -> TrainingScheme:
+    """The scheme of the accelerator's launch configuration (recorded in each stage's state as ``sharding``)."""
     from accelerate.utils import DistributedType
 
     kind = accelerator.distributed_type
     if kind == DistributedType.FSDP:
-        return "fsdp"
+        return FSDP2(accelerator)
     if kind == DistributedType.DEEPSPEED:
-        return f"zero{accelerator.state.deepspeed_plugin.zero_stage}"
-    return "ddp" if accelerator.num_processes > 1 else "single"
-
-
-def consumes_module(accelerator) -> bool:
-    """Whether preparing a module leaves it unfit for another stage or the export.
-
-    FSDP and ZeRO-3 replace its parameters with per-process slices; a DeepSpeed engine of either stage
-    leaves its gradient hooks on the parameters, which would fire again under the next stage's engine.
-    """
-    return scheme(accelerator) in {"fsdp", "zero2", "zero3"}
-
-
-def release(accelerator, model) -> None:
-    """Let go of a finished stage's prepared module, engine and optimizer before the next one is built."""
-    import gc
-
-    import torch
-
-    if scheme(accelerator).startswith("zero") and hasattr(model, "destroy"):
-        model.destroy()  # the DeepSpeed engine: removes its hooks
-    accelerator.free_memory()
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def configure_deepspeed(accelerator, *, micro_batch: int, accumulation: int, max_grad_norm: float | None) -> None:
-    """Put a stage's batch geometry and clipping into the DeepSpeed config before its engine is built.
-
-    DeepSpeed steps the optimizer itself once every ``gradient_accumulation_steps`` backward passes and
-    clips inside that step; both have to match the recipe's stage, which may differ from the previous one.
-    """
-    plugin = accelerator.state.deepspeed_plugin
-    config = plugin.deepspeed_config
-    config["train_micro_batch_size_per_gpu"] = micro_batch
-    config["gradient_accumulation_steps"] = accumulation
-    config["train_batch_size"] = micro_batch * accumulation * accelerator.num_processes
-    config["gradient_clipping"] = float(max_grad_norm or 0.0)
-
-
-def trainable_state(accelerator, module) -> dict[str, Any]:
-    """The trainable tensors of ``module`` as whole CPU tensors, on the main process (empty elsewhere).
-
-    Every process must call it: under FSDP and ZeRO-3 assembling a tensor is a collective operation.
-    """
-    import torch
-
-    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
-    gather = contextlib.nullcontext()
-    if scheme(accelerator) == "zero3":
-        import deepspeed
-
-        gather = deepspeed.zero.GatheredParameters([p for _, p in named], modifier_rank=None)
-    out = {}
-    with gather, torch.no_grad():
-        for name, param in named:
-            full = param.full_tensor() if _is_dtensor(param) else param
-            if accelerator.is_main_process:
-                out[name] = full.detach().to("cpu").clone().contiguous()
-    return out
-
-
-def local_fraction(module) -> float:
-    """The share of the module's weights this process holds: 1 unless sharded (1/processes under FSDP)."""
-    held = total = 0
-    for param in module.parameters():
-        if hasattr(param, "ds_numel"):  # DeepSpeed ZeRO-3: an empty placeholder plus this process's slice
-            held, total = held + param.ds_tensor.numel(), total + param.ds_numel
-        elif _is_dtensor(param):
-            held, total = held + param.to_local().numel(), total + param.numel()
-        else:
-            held, total = held + param.numel(), total + param.numel()
-    return held / max(total, 1)
+        return ZeRO(accelerator)
+    return Replicated(accelerator)
 
 
 def _is_dtensor(tensor) -> bool:
     from torch.distributed.tensor import DTensor
 
     return isinstance(tensor, DTensor)
-
-
-def optimizer_state(accelerator, model, optimizer) -> dict[str, Any] | None:
-    """The optimizer's whole state on the main process (None elsewhere); every process calls it.
-
-    Not for DeepSpeed, whose optimizer state lives in its engine: ``train`` refuses --save-every there.
-    """
-    if scheme(accelerator) == "fsdp":
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-        state = get_optimizer_state_dict(model, _inner(optimizer),
-                                         options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return state if accelerator.is_main_process else None
-    return optimizer.state_dict() if accelerator.is_main_process else None
-
-
-def load_optimizer_state(accelerator, model, optimizer, state: dict[str, Any] | None) -> None:
-    """Restore what ``optimizer_state`` returned; under FSDP the main process's copy is sharded out."""
-    if scheme(accelerator) == "fsdp":
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-        # only the main process's copy counts: it is broadcast and sliced
-        full = (state or {}) if accelerator.is_main_process else {}
-        set_optimizer_state_dict(model, _inner(optimizer), optim_state_dict=full,
-                                 options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
-        return
-    optimizer.load_state_dict(state)
 
 
 def _inner(optimizer):
