@@ -24,7 +24,15 @@ from backbone_swap.choices import DTYPES, check
 from backbone_swap.errors import BackboneSwapError
 from backbone_swap.evaluate.suite import Suite, Task, load_items, read_items, without_image
 from backbone_swap.evaluate.tasks import TYPES, reference_text
-from backbone_swap.runs import EVALUATION, RunFolder, step_record, write_bytes, write_lines, write_safetensors
+from backbone_swap.runs import (
+    EVALUATION,
+    RunFolder,
+    resolved,
+    step_record,
+    write_bytes,
+    write_lines,
+    write_safetensors,
+)
 
 
 @dataclass
@@ -465,7 +473,7 @@ def evaluate(
                     write_safetensors(target, {k: v.contiguous() for k, v in states.items()})
         manifest = step_record(
             "eval",
-            model=str(model_dir),
+            model=resolved(model_dir),
             suite=suite.name,
             suite_source=suite.source,
             tasks={t.name: len(items[t.name]) for t in suite.tasks},
