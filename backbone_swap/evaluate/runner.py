@@ -177,14 +177,13 @@ class Evaluator:
             answers.append((text, min(max(confidence, 0.0), 1.0)))
         return answers
 
-    def _prompt_and_reply(self, image, question: str, reply: str, task: Task):
-        """Model inputs for the prompt and the reply's token ids exactly as training tokenises a reply:
-        through the chat template, with the end-of-turn token, so no option is scored on tokens (or a
-        missing leading space) the model never learned."""
+    def _prompt_and_reply(self, with_image: bool, question: str, reply: str, task: Task) -> tuple[str, list[int]]:
+        """The prompt's text and the reply's token ids exactly as training tokenises a reply: through the chat
+        template, with the end-of-turn token, so no option is scored on tokens (or a missing leading space)
+        the model never learned."""
         from backbone_swap.training.data import _Bad, supervised_spans
 
-        messages = _messages(question, task.instruction, image is not None) + [{"role": "assistant",
-                                                                                 "content": reply}]
+        messages = _messages(question, task.instruction, with_image) + [{"role": "assistant", "content": reply}]
         try:
             text, spans = supervised_spans(self.tokenizer, messages, self.end_of_turn)
         except _Bad as e:
@@ -194,13 +193,14 @@ class Evaluator:
         reply_ids = [
             t for t, (b, _) in zip(encoded["input_ids"], encoded["offset_mapping"], strict=True) if start <= b < end
         ]
-        return self._inputs([image], [text[:start]]), reply_ids or [self.tokenizer.eos_token_id]
+        return text[:start], reply_ids or [self.tokenizer.eos_token_id]
 
     def option_logprobs(self, image, question: str, choices: list[str], task: Task) -> list[float]:
         """Summed log-probability of each option's reply tokens after the prompt, in one forward pass."""
         import torch
 
-        pieces = [self._prompt_and_reply(image, question, choice, task) for choice in choices]
+        pieces = [(self._inputs([image], [prompt]), reply) for prompt, reply in
+                  (self._prompt_and_reply(image is not None, question, choice, task) for choice in choices)]
         rows = []
         for base, reply in pieces:
             prompt_ids = base["input_ids"][0][base["attention_mask"][0].bool()].tolist()
@@ -225,19 +225,41 @@ class Evaluator:
             totals.append(float(sum(logprobs[row, p, t] for p, t in zip(positions, reply, strict=True))))
         return totals
 
-    def answer_states(self, image, question: str, answer: str, task: Task):
-        """Last-layer hidden states averaged over the reference answer's reply tokens (teacher-forced)."""
+    def answer_states(self, images, questions: list[str], answers: list[str], task: Task):
+        """Last-layer hidden states averaged over each reference answer's reply tokens (teacher-forced), one row
+        per question, in batches. Only the language model's last hidden states are asked for: vocabulary logits
+        and every layer's states were computed for each item, one at a time, and all but one layer thrown away.
+        Rows are padded on the right, so every prompt keeps the positions it has alone."""
         import torch
 
-        base, reply = self._prompt_and_reply(image, question, answer, task)
-        ids = torch.cat([base["input_ids"], torch.tensor([reply], device=self.device)], dim=1)
-        mask = torch.ones_like(ids)
-        with torch.no_grad():
-            out = self.model(
-                input_ids=ids, attention_mask=mask, pixel_values=base.get("pixel_values"), output_hidden_states=True,
-                **_image_sizes([base]),
-            )
-        return out.hidden_states[-1][0, -len(reply) :].float().mean(dim=0).cpu()
+        states = []
+        start = 0
+        while start < len(images):  # batches of questions all with an image or all without
+            end = start + 1
+            while (end < len(images) and end - start < self.batch_size
+                   and (images[end] is None) == (images[start] is None)):
+                end += 1
+            pieces = [self._prompt_and_reply(image is not None, question, answer, task)
+                      for image, question, answer in zip(images[start:end], questions[start:end], answers[start:end],
+                                                         strict=True)]
+            inputs = self._inputs(images[start:end], [prompt for prompt, _ in pieces])
+            rows = [ids[keep.bool()].tolist() for ids, keep in zip(inputs["input_ids"], inputs["attention_mask"],
+                                                                     strict=True)]
+            width = max(len(prompt) + len(reply) for prompt, (_, reply) in zip(rows, pieces, strict=True))
+            ids = torch.full((len(rows), width), self.tokenizer.pad_token_id or 0, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for row, (prompt, (_, reply)) in enumerate(zip(rows, pieces, strict=True)):
+                ids[row, : len(prompt) + len(reply)] = torch.tensor(prompt + reply)
+                mask[row, : len(prompt) + len(reply)] = 1
+            with torch.no_grad():
+                hidden = self.model.model(
+                    input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                    pixel_values=inputs.get("pixel_values"), **_image_sizes([inputs]), use_cache=False,
+                ).last_hidden_state
+            for row, (prompt, (_, reply)) in enumerate(zip(rows, pieces, strict=True)):
+                states.append(hidden[row, len(prompt) : len(prompt) + len(reply)].float().mean(dim=0).cpu())
+            start = end
+        return torch.stack(states)
 
 
 def answer_text(decoded: str, prefix: str) -> str:
@@ -368,19 +390,16 @@ def probe_states(evaluator: Evaluator, task: Task, count: int, seed: int,
                  items: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Hidden states of the first ``count`` items (by id; those with an image first) on clean, noisy-image and
     reworded inputs. A question asked without an image has no image to perturb: its noisy input is the clean one."""
-    import torch
-
     items = sorted(read_items(task) if items is None else items,
                    key=lambda it: (without_image(it), str(it["id"])))[:count]
-    clean, noise, reworded = [], [], []
-    for k, item in enumerate(items):
-        image = _load_image(task, item)
-        answer = reference_text(item)
-        clean.append(evaluator.answer_states(image, item["question"], answer, task))
-        noisy = image if image is None else add_noise(image, seed + k)
-        noise.append(evaluator.answer_states(noisy, item["question"], answer, task))
-        reworded.append(evaluator.answer_states(image, paraphrase(item["question"]), answer, task))
-    return {"clean": torch.stack(clean), "noise": torch.stack(noise), "paraphrase": torch.stack(reworded)}
+    images = [_load_image(task, item) for item in items]
+    noisy = [image if image is None else add_noise(image, seed + k) for k, image in enumerate(images)]
+    questions = [item["question"] for item in items]
+    answers = [reference_text(item) for item in items]
+    reworded = [paraphrase(question) for question in questions]
+    states = evaluator.answer_states(images + noisy + images, questions + questions + reworded, answers * 3, task)
+    n = len(items)
+    return {"clean": states[:n], "noise": states[n : 2 * n], "paraphrase": states[2 * n :]}
 
 
 def evaluate(
