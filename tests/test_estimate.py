@@ -138,6 +138,6 @@ def test_max_steps_caps_the_compute_of_a_stage(kit, colour_data):
     quarter = 32 // recipe.stages[1].global_batch
     capped = estimate.training_flops(shapes, data, apply_overrides(recipe, [f"stage2.max_steps={quarter}"]))
     stage2 = (estimate.sample_flops(shapes, data.tokens, data.tokens_squared, lora=True,
-                                    checkpointing=recipe.gradient_checkpointing)
+                                    checkpointing=recipe.gradient_checkpointing, supervised=data.supervised)
               + estimate.projector_flops(shapes) * data.images)
     assert whole - capped == pytest.approx(stage2 * 0.75)
