@@ -197,7 +197,8 @@ def eval_phase(model_dir: Path, items_file: Path, *, batch_sizes: list[int], dev
     """Batched Evaluator.generate against one-at-a-time transformers generate on the same items."""
     import torch
 
-    from backbone_swap.evaluate.runner import Evaluator, _load_image
+    from backbone_swap.evaluate.evaluator import Evaluator
+    from backbone_swap.evaluate.runner import _load_image
     from backbone_swap.evaluate.suite import Task, read_items
 
     task = Task(name="colour", type="short_answer", needs="perception", data=items_file,
