@@ -159,7 +159,7 @@ def estimate_row(threads: int) -> None:
             layer_linear=int(layers * per_layer), head_linear=vocab * hidden, layers=layers, attention_width=hidden,
             hidden=hidden, vocab=vocab, vision_params=r["vision_params"], vision_layers=24, vision_width=1024,
             vision_tokens=577, image_tokens=image, projector_in=1024, projector_out=hidden, lora_params=0,
-            llm_params=r["llm_params"])
+            llm_params=r["llm_params"], intermediate=spec["intermediate"])
         data = estimate.DataSize(records=micro, images=micro, tokens=micro * length,
                                  tokens_squared=micro * length ** 2, longest=length, supervised=micro * reply,
                                  most_supervised=reply)
