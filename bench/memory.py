@@ -1,7 +1,7 @@
 """Peak memory of one training step at real widths on CPU: the loss on the supervised positions against the
 logits of every position, and the plan's memory estimate against the measured peak.
 
-    python bench/memory.py [--rows logits,estimate,tower] [--threads 2] [--workdir DIR]
+    python bench/memory.py [--rows logits,estimate,tower] [--logits-hidden 1024,2048] [--threads 2] [--workdir DIR]
 
 Each measurement runs in a fresh process (VmHWM, the peak resident memory, starts afresh at exec) that builds
 a LLaVA model from its config (random weights, float32, no file read), with LoRA on every Linear of the
@@ -233,6 +233,7 @@ def tower_row(workdir: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="logits,estimate,tower")
+    parser.add_argument("--logits-hidden", default="1024,2048", help="widths of the logits row, comma-separated")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "backbone-swap-bench")
     args = parser.parse_args()
@@ -240,7 +241,7 @@ def main() -> None:
     if "tower" in rows:
         tower_row(args.workdir)
     if "logits" in rows:
-        for hidden in (1024, 2048):  # the logits' share of the peak falls as the model widens
+        for hidden in map(int, args.logits_hidden.split(",")):  # the logits' share falls as the model widens
             logits_row(args.threads, hidden)
     if "estimate" in rows:
         estimate_row(args.threads)
