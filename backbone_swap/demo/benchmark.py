@@ -64,7 +64,7 @@ QUICK = Size(pretrain_steps_old=400, pretrain_steps_new=500, train_images=128, t
 
 GENERATIONS = {
     # the newer generation is larger, reads more text for longer, and reads kinds of text the older did not
-    "old": dict(hidden_size=64, layers=2, intermediate_size=128, vocab_size=300),
+    "old": dict(hidden_size=64, layers=2, intermediate_size=128, vocab_size=340),
     "new": dict(hidden_size=96, layers=3, intermediate_size=192, vocab_size=360),
 }
 
