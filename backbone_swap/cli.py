@@ -31,6 +31,15 @@ app = typer.Typer(
 _state = {"debug": False}
 
 
+def _usage_name(argument) -> str:
+    """A required argument as usage lines write it by convention (``MODEL``); Typer's own writes ``{MODEL}``."""
+    return argument.display_name_raw if argument.required else f"[{argument.display_name_raw}]"
+
+
+if hasattr(typer.core, "TyperArgument") and hasattr(typer.core.TyperArgument, "_usage_display_name"):
+    typer.core.TyperArgument._usage_display_name = _usage_name  # every argument here takes one value
+
+
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks for errors.")] = False,
@@ -86,7 +95,10 @@ CacheFeatures = Annotated[
     bool, typer.Option(help="Keep vision features on disk (off: run the tower every batch, for data sets whose "
                        "features do not fit).")
 ]
-SaveEvery = Annotated[int | None, typer.Option(help="Checkpoint training every N optimizer steps.")]
+SaveEvery = Annotated[int | None, typer.Option(
+    help="Checkpoint training every N optimizer steps, to resume from after a stop; 0: only at the end of each "
+         "stage. Default: 50 (under DeepSpeed, which cannot checkpoint inside a stage: 0).", min=0, metavar="N",
+    show_default=False)]
 BadSample = Annotated[OnBadSample, typer.Option(help="Stop at a record that cannot be used (training data or a "
                                                 "task's items), or skip it (counted in the manifest).")]
 SuiteOption = Annotated[str, typer.Option(help=f"A suite YAML file or a shipped suite ({_shipped('suites')}).")]
@@ -114,7 +126,7 @@ ChatTemplate = Annotated[
 
 @app.command(epilog="Example: backbone-swap inspect llava-1.5-7b-hf --llm Meta-Llama-3-8B-Instruct")
 def inspect(
-    path: Annotated[Path, typer.Argument(help="A local VLM or LLM checkpoint folder.")],
+    path: Annotated[Path, typer.Argument(metavar="PATH", help="A local VLM or LLM checkpoint folder.")],
     llm: Annotated[
         Path | None, typer.Option("--llm", help="A newer LLM: say whether it can receive PATH's vision tower.")
     ] = None,
@@ -187,7 +199,8 @@ def transplant(
 @app.command("train", epilog=("Example: backbone-swap train llava-llama3 --recipe llava15-lora --data "
                               "llava_v1_5_mix665k.json --image-root data/"))
 def train_command(
-    model: Annotated[Path, typer.Argument(help="A transplanted VLM folder (or any LLaVA checkpoint).")],
+    model: Annotated[Path, typer.Argument(metavar="MODEL",
+                                          help="A transplanted VLM folder (or any LLaVA checkpoint).")],
     recipe: RecipeOption,
     data: Data,
     image_root: ImageRoot = None,
@@ -219,7 +232,7 @@ def train_command(
 
 @app.command("eval", epilog="Example: backbone-swap eval llava-llama3-trained/final/merged --suite shapes -o ev/")
 def eval_command(
-    model: Annotated[Path, typer.Argument(help="A LLaVA checkpoint folder.")],
+    model: Annotated[Path, typer.Argument(metavar="MODEL", help="A LLaVA checkpoint folder.")],
     suite: SuiteOption,
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for <task>.jsonl files (resumable).")],
     batch_size: BatchSize = 16,
@@ -246,7 +259,7 @@ app.add_typer(suite_app, name="suite")
 
 @suite_app.command("show", epilog="Example: backbone-swap suite show shapes")
 def suite_show(
-    suite: Annotated[str, typer.Argument(help="A suite YAML file or a shipped suite name.")],
+    suite: Annotated[str, typer.Argument(metavar="SUITE", help="A suite YAML file or a shipped suite name.")],
     as_json: AsJson = False,
 ) -> None:
     """Each task: its benchmark or data file, type, needs, usable items, images found and missing, bad items."""
@@ -286,8 +299,8 @@ def _print_verdict(comparison: dict[str, Any], report: Path) -> None:
 
     console = Console()
     console.print(terminal_table(comparison))
-    console.print(verdict_line(comparison))
-    console.print(f"report: {report}", highlight=False, markup=False)
+    console.print(verdict_line(comparison), soft_wrap=True)
+    console.print(f"report: {report}", highlight=False, markup=False, soft_wrap=True)
 
 
 def parse_metrics(values: list[str] | None) -> dict[str, str]:
@@ -307,9 +320,9 @@ def parse_metrics(values: list[str] | None) -> dict[str, str]:
 @app.command("compare", epilog=("Example: backbone-swap compare llava-1.5-7b-hf "
                                 "llava-llama3-trained/final/merged --suite shapes -o cmp/"))
 def compare_command(
-    model_a: Annotated[Path, typer.Argument(help="A, usually the old VLM: a model folder, an lmms-eval log folder "
-                                            "(--log_samples) or a LLaVA answer file (.jsonl).")],
-    model_b: Annotated[Path, typer.Argument(help="B, usually the new VLM: the same kind of input as A.")],
+    model_a: Annotated[Path, typer.Argument(metavar="A", help="A, usually the old VLM: a model folder, an lmms-eval "
+                                            "log folder (--log_samples) or a LLaVA answer file (.jsonl).")],
+    model_b: Annotated[Path, typer.Argument(metavar="B", help="B, usually the new VLM: the same kind of input as A.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for evaluations and the report.")],
     suite: Annotated[str | None, typer.Option(help="A suite YAML file or a shipped suite name (model folders and "
                                               "LLaVA answer files; lmms-eval logs name their own tasks).")] = None,
@@ -396,7 +409,7 @@ def upgrade_command(
     dtype: EvalDtype = None,
     feature_cache: FeatureCache = None,
     cache_features: CacheFeatures = True,
-    save_every: SaveEvery = 50,
+    save_every: SaveEvery = None,
     on_bad_sample: BadSample = OnBadSample["fail"],
     llm_kind: KindOption = LlmKind["unknown"],
     old_llm_kind: Annotated[LlmKind, typer.Option(help="The same for the LLM of the old VLM (or --old-llm).")]
@@ -432,7 +445,7 @@ def upgrade_command(
     def show(plan) -> None:
         console.print("[bold]plan[/bold]")
         for line in plan.lines:
-            console.print(f"  {line}", highlight=False, markup=False)
+            console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)  # a path is never cut
 
     result = upgrade(options, restart=_value(restart), dry_run=dry_run, on_plan=show)
     if dry_run or not result:  # not result: another process of a multi-process launch than the main one
@@ -457,11 +470,11 @@ def demo_command(
     console = Console()
 
     def say(text: str) -> None:
-        console.print(text, highlight=False, markup=False)
+        console.print(text, highlight=False, markup=False, soft_wrap=True)
 
     comparison = run_demo(output, quick=quick, seed=seed, say=say)
     console.print(terminal_table(comparison))
-    console.print(verdict_line(comparison))
+    console.print(verdict_line(comparison), soft_wrap=True)
     expectations = comparison["expectations"]
     shown = count_shown(expectations)
     say(f"findings of the controlled study shown by this run: {shown} of {len(expectations)}")

@@ -121,12 +121,28 @@ def plan(options: UpgradeOptions) -> Plan:
         + ", ".join(f"{k.replace('_', ' ')} {fmt_bytes(v)}" for k, v in memory_parts.items()) + "), "
         f"{fmt_flop(flops)} of training compute "
         f"({_about(fmt_duration(flops / (0.4 * 312e12)))} on one A100 at 40% of its bf16 peak)",
+        *_speed_lines(recipe.precision, flops),
         *disk_lines,
     ]
     figures = {"memory_bytes": int(memory), "memory": memory_parts, "train_flops": float(flops),
                "records": records, "tokens": tokens, "longest_tokens": data.longest,
                "trainable_parameters": int(trainable), "disk": disk}
     return Plan(steps, lines, figures)
+
+
+def _speed_lines(precision: str, flops: float) -> list[str]:
+    """The training time at this machine's measured matrix speed in the recipe's precision (a lower bound: it
+    takes every operation at the speed of a large matrix product), and the warning of a CPU slow at it."""
+    import torch
+
+    from backbone_swap.training.speed import check_precision
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rate, warning = check_precision(precision, device)
+    where = torch.cuda.get_device_name() if device == "cuda" else "this machine's CPU"
+    line = (f"on {where}: {fmt_flop(rate)}/s measured in {precision}, so at least "
+            f"{fmt_duration(flops / rate)} on one device")
+    return [line] + ([warning] if warning else [])
 
 
 def _check_data(options: UpgradeOptions, vlm, tower, vlm_anatomy, llm, llm_anatomy, compat, template: Path | None,

@@ -30,7 +30,7 @@ from rich.progress import (
 
 from backbone_swap.units import fmt_bytes, fmt_duration
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # a log line is never cut at 80 columns (paths stay whole)
 
 _label: contextvars.ContextVar[str] = contextvars.ContextVar("progress_label", default="")
 _open: list[Ticker] = []

@@ -143,6 +143,12 @@ def versions() -> dict[str, str]:
     return found
 
 
+def resolved(path: str | Path | None) -> str | None:
+    """A path as a manifest records it: absolute, with ``~`` expanded and links followed, so the record means
+    the same folder wherever it is read from (a path as typed is relative to wherever the command ran)."""
+    return None if path is None else str(Path(path).expanduser().resolve())
+
+
 def step_record(step: str, **fields: Any) -> dict[str, Any]:
     """A manifest: what ran, with which versions, and the fields the step adds (inputs, hashes, timings)."""
     return {"step": step, "versions": versions(), **fields}

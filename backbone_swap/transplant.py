@@ -28,7 +28,7 @@ from backbone_swap.checkpoints.templates import end_of_turn, processor_template
 from backbone_swap.choices import DTYPES, LLM_KINDS, PROJECTORS, check
 from backbone_swap.errors import BackboneSwapError
 from backbone_swap.progress import progress_bar
-from backbone_swap.runs import TRANSPLANT, RunFolder, staged_dir, step_record, write_json
+from backbone_swap.runs import TRANSPLANT, RunFolder, resolved, staged_dir, step_record, write_json
 from backbone_swap.units import fmt_bytes
 
 
@@ -126,11 +126,11 @@ def transplant(
     planned = plan_tensors(sources, tokens, config, projector=projector, seed=seed, dtype=dtype)
 
     inputs = {
-        "vlm": {"path": str(old.path), "weights": _hashes(old) if hash_inputs else {}},
-        "llm": {"path": str(new.path), "weights": _hashes(new) if hash_inputs else {}},
+        "vlm": {"path": resolved(old.path), "weights": _hashes(old) if hash_inputs else {}},
+        "llm": {"path": resolved(new.path), "weights": _hashes(new) if hash_inputs else {}},
     }
     if tower is not None:
-        inputs["vision_tower"] = {"path": str(tower.path), "weights": _hashes(tower) if hash_inputs else {}}
+        inputs["vision_tower"] = {"path": resolved(tower.path), "weights": _hashes(tower) if hash_inputs else {}}
     total = sum(t.nbytes for t in planned)
     try:
         with staged_dir(output) as stage:
@@ -140,7 +140,7 @@ def transplant(
             manifest = step_record(
                 "transplant",
                 inputs=inputs,
-                output={"path": str(output), "weight_files": files, "tensors": len(planned), "bytes": total},
+                output={"path": resolved(output), "weight_files": files, "tensors": len(planned), "bytes": total},
                 changes=describe_changes(sources, tokens, projector=projector, seed=seed, dtype=dtype),
                 llm={"family": new_anatomy.family, "kind": llm_kind,
                      "max_position_embeddings": config.text_config.max_position_embeddings},

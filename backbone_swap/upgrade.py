@@ -19,7 +19,7 @@ from backbone_swap.choices import BASELINES, LLM_KINDS, UPGRADE_STEPS, check
 from backbone_swap.errors import BackboneSwapError
 from backbone_swap.plan import Plan, plan
 from backbone_swap.progress import labelled, say
-from backbone_swap.runs import UPGRADE, RunFolder, versions
+from backbone_swap.runs import UPGRADE, RunFolder, resolved, versions
 from backbone_swap.training.recipe import Recipe, recipe_hash, recipe_to_dict
 
 
@@ -88,11 +88,14 @@ class _Run:
             folder.refuse_changed(previous.get("identity", {}), identity,
                                   "Choose another --output, or pass --restart transplant to redo it all")
         self.data = previous or {}
-        self.data.update(command="upgrade", identity=identity, recipe=recipe_to_dict(options.recipe),
+        inputs = {key: resolved(getattr(options, key)) for key in (
+            "vlm", "llm", "old_llm", "vision_tower", "data", "image_root", "chat_template", "old_chat_template",
+            "feature_cache", "output")}
+        self.data.update(command="upgrade", identity=identity, inputs=inputs, recipe=recipe_to_dict(options.recipe),
                          plan=plan_.to_dict(), versions=versions())
         self.data.setdefault("steps", {})
         if restart is not None:
-            paths = _run_paths(options.output)
+            paths = _run_paths(Path(resolved(options.output)))
             for step in UPGRADE_STEPS[UPGRADE_STEPS.index(restart):]:
                 self.data["steps"].pop(step, None)
                 for key, path in paths.items():
@@ -140,7 +143,7 @@ def upgrade(options: UpgradeOptions, *, restart: str | None = None, dry_run: boo
     folder.previous()  # never a folder of other files, in which the run would overwrite or delete what is there
     with folder.hold(state):
         run = _Run(folder, options, the_plan, restart, main=main)
-        paths = _run_paths(options.output)
+        paths = _run_paths(Path(resolved(options.output)))
         common = dict(recipe=options.recipe, data=options.data, image_root=options.image_root,
                       feature_cache=options.feature_cache, cache_features=options.cache_features,
                       on_bad_sample=options.on_bad_sample,

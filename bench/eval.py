@@ -16,6 +16,18 @@ batched / loop (goal >= 4 at batch 16 on CPU), how many predictions are identica
 load average before and after.
 All questions of the drawn set have the same wording, hence the same prompt length, so batches need no
 padding; --mixed-questions rewords them in four ways of different lengths, so left padding is exercised.
+
+Then the shared-prefix row (--only-shared-prefix runs it alone): a second checkpoint whose image prefix dominates
+the prompt, a CLIP tower at 336 px / 14 px patches (576 image tokens, 64 wide, 2 layers) before a 4-layer,
+512-wide Llama, and --prefix-images drawn images with --questions-per-image questions each (POPE's six
+"Is there a <object> in the image?", of different lengths), ordered image by image as ``evaluate_task`` orders
+them. On the same items, in batches of --prefix-batch:
+  alone    Evaluator(share_prefixes=False).generate: every prompt whole, its image's tokens in every row
+  shared   Evaluator.generate: the conversation up to and including the image run once per image, the
+           questions continuing from its cache
+Prints both paths' wall-clock and CPU seconds (the process's, all threads: on a shared machine they move less than
+the wall clock), samples/s, the ratio alone / shared (goal >= 3 at 576 image tokens and 6 questions per image),
+and how many answers are identical with confidences within 1e-4.
 """
 
 from __future__ import annotations
@@ -78,6 +90,91 @@ def batched_answers(evaluator, images, questions, task, batch: int) -> list[str]
     return answers
 
 
+PREFIX_WORDINGS = (  # POPE's form: six questions about each image, of slightly different lengths
+    "Is there a dog in the image?",
+    "Is there a red shape in the image?",
+    "Is there a traffic light in the image?",
+    "Is there a person in the image?",
+    "Is there a circle in the image?",
+    "Is there a dining table in the image?",
+)
+
+
+def build_prefix_inputs(root: Path, images: int, per_image: int, seed: int) -> tuple[Path, Path]:
+    """A checkpoint whose prompts are mostly image (576 image tokens before a tiny LLM) and a JSONL of
+    ``per_image`` questions about each of ``images`` drawn images, image by image (kept between runs)."""
+    from backbone_swap.demo import scenes
+    from backbone_swap.demo import tiny_models as tm
+
+    model_dir = root / "vlm-576-512"
+    data = root / "data" / f"colour-{images}x{per_image}-{seed}.jsonl"
+    if not (model_dir / "done").exists():
+        llm = tm.LLMSpec(family="llama", hidden_size=512, layers=4, heads=8, kv_heads=8, intermediate_size=1408,
+                         max_positions=2048, tokenizer=tm.TokenizerSpec(chat_template=tm.LLAVA_TEMPLATE, pad="<pad>"))
+        vision = tm.VisionSpec(hidden_size=64, layers=2, heads=2, image_size=336, patch_size=14)
+        tm.build_llava(model_dir, llm, vision)
+        (model_dir / "done").write_text("")
+    if not data.exists():
+        items = [{**item, "id": f"{item['id']}-{k}", "question": PREFIX_WORDINGS[k % len(PREFIX_WORDINGS)]}
+                 for item in scenes.colour_items(data.parent / "images", images, seed=seed) for k in range(per_image)]
+        scenes.write_jsonl(items, data)
+    return model_dir, data
+
+
+def shared_prefix_row(args: argparse.Namespace) -> None:
+    """Questions about one image answered from its shared prefix, against every prompt run whole."""
+    from backbone_swap.evaluate.runner import Evaluator, _load_image
+    from backbone_swap.evaluate.suite import Task, read_items
+
+    model_dir, data = build_prefix_inputs(args.workdir, args.prefix_images, args.questions_per_image, args.seed)
+    task = Task(name="colour", type="short_answer", needs="perception", data=data, image_root=data.parent / "images",
+                max_new_tokens=args.max_new_tokens)
+    items = read_items(task)
+    loaded: dict[str, object] = {}
+    images = [loaded.setdefault(item["image"], _load_image(task, item)) for item in items]  # one object per image
+    questions = [item["question"] for item in items]
+    n, batch = len(items), args.prefix_batch
+    evaluators = {"alone (every prompt whole)": Evaluator(model_dir, device="cpu", share_prefixes=False),
+                  "shared image prefix": Evaluator(model_dir, device="cpu")}
+    first = next(iter(evaluators.values()))
+    model = first.model
+    params = sum(p.numel() for p in model.parameters())
+    lengths = [len(first._inputs([images[0]], [prompt_of(first.processor, q, task.instruction)])["input_ids"][0])
+               for q in PREFIX_WORDINGS]
+    print()
+    print(f"shared prefix: {params / 1e6:.1f}M parameters, {model.config.image_seq_length} image tokens, prompts "
+          f"{min(lengths)}-{max(lengths)} tokens; {len(loaded)} images x {args.questions_per_image} questions, "
+          f"batch {batch}, max_new_tokens {task.max_new_tokens}, greedy; fastest of {args.repeats} passes")
+    print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+
+    def run(evaluator) -> list[tuple[str, float]]:
+        evaluator._last_prefix = None  # each pass starts cold, as a task does
+        answers = []
+        for i in range(0, n, batch):
+            answers += evaluator.generate(images[i : i + batch], questions[i : i + batch], task)
+        return answers
+
+    for evaluator in evaluators.values():  # warm-up
+        evaluator.generate(images[:batch], questions[:batch], task)
+    seconds, cpu, answers = dict.fromkeys(evaluators, float("inf")), dict.fromkeys(evaluators, float("inf")), {}
+    for _ in range(args.repeats):  # interleaved, as above
+        for name, evaluator in evaluators.items():
+            t, c = time.perf_counter(), time.process_time()
+            answers[name] = run(evaluator)
+            seconds[name] = min(seconds[name], time.perf_counter() - t)
+            cpu[name] = min(cpu[name], time.process_time() - c)
+    names = list(evaluators)
+    reference = answers[names[0]]
+    # CPU seconds too: on a machine other work shares, they move less than the wall clock
+    print(f"{'path':<30}{'seconds':>10}{'samples/s':>12}{'x alone':>9}{'CPU s':>9}{'x alone':>9}{'identical':>12}")
+    for name in names:
+        same = sum(a == r and abs(c - rc) <= 1e-4 * max(rc, 1e-6)
+                   for (a, c), (r, rc) in zip(answers[name], reference, strict=True))
+        print(f"{name:<30}{seconds[name]:>10.2f}{n / seconds[name]:>12.2f}{seconds[names[0]] / seconds[name]:>9.2f}"
+              f"{cpu[name]:>9.2f}{cpu[names[0]] / cpu[name]:>9.2f}{f'{same}/{n}':>12}")
+    print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "backbone-swap-bench-eval")
@@ -88,15 +185,28 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument("--mixed-questions", action="store_true")
+    parser.add_argument("--prefix-images", type=int, default=8)
+    parser.add_argument("--questions-per-image", type=int, default=6)
+    parser.add_argument("--prefix-batch", type=int, default=16)
+    parser.add_argument("--only-shared-prefix", action="store_true")
     args = parser.parse_args()
 
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if not args.only_shared_prefix:
+        batched_rows(args)
+    shared_prefix_row(args)
+
+
+def batched_rows(args: argparse.Namespace) -> None:
+    """Batched generation against plain transformers one sample at a time."""
     import torch
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     from backbone_swap.evaluate.runner import Evaluator, _load_image
     from backbone_swap.evaluate.suite import Task, read_items
 
-    torch.set_num_threads(args.threads)
     model_dir, data = build_inputs(args.workdir, args.items, args.seed)
     task = Task(name="colour", type="short_answer", needs="perception", data=data, image_root=data.parent / "images",
                 max_new_tokens=args.max_new_tokens)

@@ -268,6 +268,44 @@ def eval_phase(model_dir: Path, items_file: Path, *, batch_sizes: list[int], dev
 # ------------------------------------------------------------------------------------------------ main
 
 
+def plan_memory(model: Path, data: Path, batch: int, smoke: bool) -> dict[str, int]:
+    """The memory the plan of ``upgrade`` gives for this training (``estimate.peak_memory``, by part), from the
+    checkpoint's tensor shapes and the data as the plan measures them."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from backbone_swap.checkpoints.families import lora_targets
+    from backbone_swap.checkpoints.folder import open_checkpoint
+    from backbone_swap.training import estimate
+    from backbone_swap.training.recipe import apply_overrides, load_recipe
+
+    overrides = [f"stage1.micro_batch={batch}", f"stage2.micro_batch={batch}", "max_length=1024"]
+    recipe = apply_overrides(load_recipe("llava15-lora"), overrides + (["precision=fp32"] if smoke else []))
+    weights, config = open_checkpoint(model).weights, AutoConfig.from_pretrained(model)
+    names = weights.names()
+    language = [n for n in names if "language_model" in n]
+
+    class LanguageModel:  # the LLM's tensors of the VLM, as the plan reads an LLM checkpoint
+        def names(self) -> list[str]:
+            return language
+
+        def shape(self, name: str) -> tuple[int, ...]:
+            return weights.shape(name)
+
+    text, vision = config.text_config, config.vision_config
+    lora = recipe.stages[-1].lora
+    targets = lora_targets(text.model_type, language) if isinstance(lora.targets, str) else tuple(lora.targets)
+    patches = (vision.image_size // vision.patch_size) ** 2
+    shapes = estimate.Shapes(
+        **estimate.llm_shapes(text.to_dict(), LanguageModel(), targets, lora.r),
+        vision_params=sum(math.prod(weights.shape(n)) for n in names if "vision_tower" in n),
+        vision_layers=vision.num_hidden_layers, vision_width=vision.hidden_size, vision_tokens=patches + 1,
+        image_tokens=patches, projector_in=vision.hidden_size, projector_out=text.hidden_size,
+        llm_params=sum(math.prod(weights.shape(n)) for n in names if "vision_tower" not in n
+                       and "multi_modal_projector" not in n))
+    size = estimate.measure_data(data, AutoTokenizer.from_pretrained(model), patches)
+    return estimate.peak_memory(shapes, size, recipe, trainable=shapes.projector_params + shapes.lora_params)
+
+
 def _fmt_gib(value: float | None) -> str:
     return "n/a (CPU)" if value is None else f"{value:.1f} GiB"
 
@@ -323,6 +361,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cached, live = results["train_cached"], results["train_live"]
         print(f"(mean sample length {cached['mean_length']:.0f} tokens, image tokens included; "
               f"cached / live: {cached['samples_per_s'] / live['samples_per_s']:.2f})")
+        parts = plan_memory(model, data, args.batch, smoke)
+        planned = sum(parts.values()) / 2**30
+        measured = cached["peak_gib"]
+        against = f"{measured:.2f} GiB measured (cached features), {measured / planned:.2f} x the plan" \
+            if measured is not None else "no GPU memory to measure on CPU"
+        print(f"memory: the plan's estimate {planned:.2f} GiB ("
+              + ", ".join(f"{k.replace('_', ' ')} {v / 2**30:.2f}" for k, v in parts.items()) + f"); {against}")
+        results["plan_memory"] = {"parts": parts, "planned_gib": planned, "measured_gib": measured}
 
     if "eval" not in args.skip:
         ev = eval_phase(model, items, batch_sizes=args.eval_batch_sizes, device=device,

@@ -64,6 +64,15 @@ def test_cpu_smoke_run_prints_every_figure(gpu_bench, tmp_path, capsys):
     for header in ("samples/s", "tokens/s", "peak memory", "MFU", "cached tower features", "tower on every batch"):
         assert header in out
     assert "peak assumed 989 TFLOP/s" in out
+    # the plan's memory for the same training: its weights part is every weight but the projector's, in fp32
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "inputs" / "vlm" / "model.safetensors", "pt") as f:
+        frozen = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys()  # noqa: SIM118 - a safetensors handle
+                     if "multi_modal_projector" not in k)
+    planned = results["plan_memory"]
+    assert planned["parts"]["weights"] == 4 * frozen and planned["measured_gib"] is None
+    assert "memory: the plan's estimate" in out and "no GPU memory to measure on CPU" in out
 
 
 def test_gpu_script_is_valid_bash_and_capped_under_eight_minutes():

@@ -231,6 +231,27 @@ def test_every_command_help_ends_with_an_example(cli, command):
     assert example >= len(lines) - 3 and f"backbone-swap {command}" in " ".join(lines[example:]), lines[-4:]
 
 
+@pytest.mark.parametrize(("command", "usage"), [
+    (["inspect"], " inspect [OPTIONS] PATH"),
+    (["train"], " train [OPTIONS] MODEL"),
+    (["eval"], " eval [OPTIONS] MODEL"),
+    (["compare"], " compare [OPTIONS] A B"),
+    (["suite", "show"], " suite show [OPTIONS] SUITE"),
+])
+def test_usage_lines_name_the_arguments_as_usage_lines_do(cli, command, usage):
+    line = cli(*command, "--help").out.splitlines()[0]
+    assert line.startswith("Usage: ") and line.endswith(usage), line  # the program's name as it was run
+
+
+def test_save_every_has_one_default_and_takes_no_negative_number(cli, transplanted, tmp_path):
+    helps = [" ".join(cli(command, "--help").out.split()) for command in ("train", "upgrade")]
+    described = "only at the end of each stage. Default: 50 (under DeepSpeed"
+    assert all("--save-every N Checkpoint training every N optimizer steps" in h and described in h for h in helps)
+    result = cli("train", transplanted["mistral"], "--recipe", "tiny-cpu", "--data", tmp_path / "d.jsonl",
+                 "-o", tmp_path / "run", "--save-every", "-1")
+    assert result.code == 1 and "--save-every" in result.err and not (tmp_path / "run").exists()
+
+
 def test_help_lists_the_shipped_recipes_and_suites_and_the_upgrade_takes_its_steps_options(cli):
     from backbone_swap.evaluate.suite import shipped_suites
     from backbone_swap.training.recipe import shipped_recipes

@@ -27,7 +27,7 @@ def test_the_flops_of_one_sample_are_what_torch_counts(kit, transplanted, lora, 
     from peft import LoraConfig, get_peft_model
     from transformers import LlavaForConditionalGeneration
 
-    from backbone_swap.training.model import CachedFeatureVLM, lora_target_regex
+    from backbone_swap.training.model import CachedFeatureVLM, enable_checkpointing, lora_target_regex
 
     shapes, compat = _shapes(kit)
     vlm = LlavaForConditionalGeneration.from_pretrained(transplanted["mistral"], attn_implementation="eager")
@@ -35,8 +35,7 @@ def test_the_flops_of_one_sample_are_what_torch_counts(kit, transplanted, lora, 
     for p in vlm.parameters():
         p.requires_grad_(False)
     if checkpointing:
-        vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        vlm.enable_input_require_grads()
+        enable_checkpointing(vlm)
     if lora:
         vlm = get_peft_model(vlm, LoraConfig(r=8, target_modules=lora_target_regex(vlm, "family"))).get_base_model()
     for p in vlm.model.multi_modal_projector.parameters():
@@ -47,9 +46,13 @@ def test_the_flops_of_one_sample_are_what_torch_counts(kit, transplanted, lora, 
     ids[ids == image] = 1
     ids[0, 4:4 + shapes.image_tokens] = image
     features = torch.randn(1, shapes.image_tokens, compat.projector_in)
+    labels = ids.clone()
+    labels[0, :80] = -100  # the image and the prompt: the reply is the last 16 tokens
     with FlopCounterMode(display=False) as counter:
-        CachedFeatureVLM.make(vlm)(ids, torch.ones_like(ids), ids.clone(), features).loss.backward()
-    expected = (estimate.sample_flops(shapes, length, length ** 2, lora=lora, checkpointing=checkpointing)
+        CachedFeatureVLM.make(vlm)(ids, torch.ones_like(ids), labels, features).loss.backward()
+    # the output layer runs on the 16 positions whose next token is supervised
+    expected = (estimate.sample_flops(shapes, length, length ** 2, lora=lora, checkpointing=checkpointing,
+                                      supervised=16)
                 + estimate.projector_flops(shapes))
     # checkpointing: torch does not recompute each layer's last product (the MLP's output), which the
     # estimate counts
@@ -91,6 +94,9 @@ def test_the_measured_tokens_are_those_training_counts(kit, colour_data, tmp_pat
     assert measured.records == len(lengths) == 128 and measured.images == 128
     assert measured.tokens == pytest.approx(sum(lengths), rel=0.1)
     assert measured.longest == pytest.approx(max(lengths), rel=0.15)
+    supervised = [s.supervised for s in built.samples]
+    assert measured.supervised == pytest.approx(sum(supervised), rel=0.15)
+    assert measured.most_supervised == pytest.approx(max(supervised), abs=2)
 
 
 def test_memory_parts_follow_the_recipe(kit, colour_data):
@@ -111,7 +117,9 @@ def test_memory_parts_follow_the_recipe(kit, colour_data):
     assert estimate.peak_memory(shapes, data, fp32, trainable=1000)["weights"] == 4 * weights
     assert parts["trainable_state"] == 16_000
     micro = max(s.micro_batch for s in bf16.stages)
-    assert parts["logits"] == micro * data.longest * shapes.vocab * 10
+    # only the positions the loss reads reach the output layer: the longest reply's, micro-batch times
+    assert 0 < data.most_supervised < data.longest
+    assert parts["logits"] == micro * data.most_supervised * shapes.vocab * 10
     assert estimate.peak_memory(shapes, data, plain, trainable=1000)["activations"] > parts["activations"]
     json.dumps(parts)  # the plan records them
 
@@ -130,6 +138,6 @@ def test_max_steps_caps_the_compute_of_a_stage(kit, colour_data):
     quarter = 32 // recipe.stages[1].global_batch
     capped = estimate.training_flops(shapes, data, apply_overrides(recipe, [f"stage2.max_steps={quarter}"]))
     stage2 = (estimate.sample_flops(shapes, data.tokens, data.tokens_squared, lora=True,
-                                    checkpointing=recipe.gradient_checkpointing)
+                                    checkpointing=recipe.gradient_checkpointing, supervised=data.supervised)
               + estimate.projector_flops(shapes) * data.images)
     assert whole - capped == pytest.approx(stage2 * 0.75)

@@ -134,3 +134,39 @@ def test_a_cache_from_before_the_key_named_the_dtype_is_taken_over_when_its_dtyp
     again = FeatureCache(tmp_path / "cache", model_dir, processor.image_processor, **options)
     assert again.folder == cache.folder and not legacy.exists()
     assert again.fill(model.model.vision_tower, images, batch_size=3, device="cpu") == 0  # nothing computed again
+
+
+@pytest.mark.parametrize("layout", ["transformers 5", "earlier transformers"])
+def test_the_tower_is_loaded_alone_with_the_weights_of_the_whole_model(transplanted, tmp_path, layout):
+    import shutil
+
+    from accelerate import Accelerator
+    from safetensors.torch import load_file, save_file
+
+    from backbone_swap.training.model import load_vision_tower
+
+    model_dir = transplanted["mistral"]
+    if layout == "earlier transformers":  # the key names of llava-hf's releases (transformers 4)
+        earlier = tmp_path / "earlier"
+        shutil.copytree(model_dir, earlier)
+        renames = (("model.vision_tower.", "vision_tower."), ("model.multi_modal_projector.", "multi_modal_projector."),
+                   ("model.language_model.", "language_model.model."), ("lm_head.", "language_model.lm_head."))
+        tensors = load_file(model_dir / "model.safetensors")
+        renamed = {}
+        for name, tensor in tensors.items():
+            for old, new in renames:
+                if name.startswith(old):
+                    name = new + name[len(old):]
+                    break
+            renamed[name] = tensor
+        assert set(renamed) != set(tensors)
+        save_file(renamed, earlier / "model.safetensors", metadata={"format": "pt"})
+        model_dir = earlier
+    tower = load_vision_tower(model_dir, "bf16", Accelerator(cpu=True))
+    whole = LlavaForConditionalGeneration.from_pretrained(transplanted["mistral"], dtype=torch.bfloat16)
+    expected = whole.model.vision_tower.state_dict()
+    loaded = tower.state_dict()
+    assert type(tower) is type(whole.model.vision_tower) and loaded.keys() == expected.keys()
+    for name, value in expected.items():
+        assert torch.equal(loaded[name], value), name
+    assert all(p.dtype == torch.bfloat16 for p in tower.parameters()) and not tower.training

@@ -172,3 +172,40 @@ def test_the_llava_hf_next_key_layout_is_read(next_kit, kit, tmp_path):
     assert tensor_sha(new["model.image_newline"]) == tensor_sha(renamed["image_newline"])
     _, info = LlavaNextForConditionalGeneration.from_pretrained(out, output_loading_info=True)
     assert not any(info.values())
+
+
+def test_next_answers_with_shared_prefixes_equal_whole_prompts(next_kit, suite_file):
+    """Images of different shapes are tiled differently, so their prefixes differ in length: each question's
+    answer, confidence, option scores and probe state as when its prompt runs whole and alone."""
+    from backbone_swap.evaluate.runner import Evaluator, _image_sizes
+    from backbone_swap.evaluate.suite import load_suite
+
+    suite = load_suite(str(suite_file))
+    short, choice = suite.task("colour"), suite.task("choice")
+    images = [Image.new("RGB", size, colour) for size, colour in (((64, 32), "red"), ((32, 64), "blue"),
+                                                                   ((64, 64), "green"))]
+    questions = ["what colour is the shape?", "colour?", "name the colour of the shape in the picture, please"]
+    asked = [(image, question) for image in images for question in questions]
+    shared = Evaluator(next_kit["new"], batch_size=4, device="cpu")
+    alone = Evaluator(next_kit["new"], batch_size=4, device="cpu", share_prefixes=False)
+    got = shared.generate([image for image, _ in asked], [question for _, question in asked], short)
+    assert shared._last_prefix is not None, "the questions were answered from their image's prefix"
+    for (image, question), (text, confidence) in zip(asked, got, strict=True):
+        [(expected, expected_confidence)] = alone.generate([image], [question], short)
+        assert text == expected
+        assert confidence == pytest.approx(expected_confidence, rel=1e-4, abs=1e-6)
+    options = ["red", "green", "blue", "yellow"]
+    for image, question in asked:
+        assert shared.option_logprobs(image, question, options, choice) == pytest.approx(
+            alone.option_logprobs(image, question, options, choice), rel=1e-4, abs=1e-4)
+    states = shared.answer_states([image for image, _ in asked], [question for _, question in asked],
+                                  ["red"] * len(asked), short)
+    for row, (image, question) in enumerate(asked):
+        prompt, reply = alone._prompt_and_reply(True, question, "red", short)
+        base = alone._inputs([image], [prompt])
+        ids = torch.cat([base["input_ids"], torch.tensor([reply])], dim=1)
+        with torch.no_grad():
+            out = alone.model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=base["pixel_values"],
+                              output_hidden_states=True, **_image_sizes([base]))
+        expected = out.hidden_states[-1][0, -len(reply):].float().mean(dim=0)
+        assert torch.allclose(states[row], expected, rtol=1e-4, atol=1e-5)

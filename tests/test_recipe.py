@@ -460,3 +460,25 @@ def test_types_are_frozen():
         recipe.seed = 1  # type: ignore[misc]
     with pytest.raises(AttributeError):
         recipe.stages[0].lr = 1.0  # type: ignore[misc]
+
+
+def test_a_cpu_slow_at_the_recipes_precision_is_named_with_the_option_that_helps():
+    from backbone_swap.training.speed import slow_precision_warning
+
+    # the rates seen on a server CPU without bfloat16 matrix units: 0.4 GFLOP/s against 110 in float32
+    warning = slow_precision_warning("bf16", 0.4e9, 110e9)
+    assert warning == ("warning: this CPU multiplies bfloat16 matrices at 400 MFLOP/s against 110 GFLOP/s in "
+                       "float32, so the recipe's bf16 would train about 275 times slower here; pass --set "
+                       "precision=fp32 to train in float32")
+    assert slow_precision_warning("bf16", 25e9, 110e9) is not None  # 4.4 times slower
+    assert slow_precision_warning("bf16", 30e9, 110e9) is None  # 3.7: within the factor of 4 that fp32's bytes cost
+    assert slow_precision_warning("fp32", 0.4e9, 110e9) is None
+
+
+def test_the_measured_matrix_speed_counts_the_products_it_times():
+    """fp32 products on a CPU measured between 10 MFLOP/s (a loaded 2-core machine is above it) and 10 TFLOP/s
+    (above any CPU): a count off by a factor of the matrix size would leave that range."""
+    from backbone_swap.training.speed import matmul_rate
+
+    rate = matmul_rate("fp32", "cpu")
+    assert 1e7 < rate < 1e13

@@ -181,6 +181,23 @@ def test_interrupted_run_resumes_to_the_same_weights(transplanted, colour_data, 
     shutil.rmtree(tmp_path / "cache")
 
 
+def test_a_stage_is_checkpointed_every_50_steps_unless_told_otherwise(transplanted, colour_data, tmp_path):
+    recipe = apply_overrides(load_recipe("tiny-cpu"), ["stage1.max_steps=1", "stage2.max_steps=53"])
+    common = dict(recipe=recipe, data=colour_data["train"], image_root=colour_data["root"],
+                  feature_cache=tmp_path / "cache", show_progress=False)
+
+    def stop(info):
+        if info.stage == "stage2" and info.step == 52:
+            raise KeyboardInterrupt
+
+    for save_every, output, saved_at in ((None, "default", 50), (0, "never", None)):
+        with pytest.raises(KeyboardInterrupt):
+            train(transplanted["mistral"], output=tmp_path / output, save_every=save_every, callbacks=[stop],
+                  **common)
+        state = tmp_path / output / "stage2" / "checkpoint" / "state.json"
+        assert (json.loads(state.read_text())["step"] if state.exists() else None) == saved_at
+
+
 def test_trained_model_stops_by_itself_with_the_end_of_turn(trained, colour_data):
     result, _, _ = trained
     folder = result.output / "final" / "merged"

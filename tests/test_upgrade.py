@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import sys
 
@@ -38,6 +39,10 @@ def test_dry_run_prints_the_plan_and_writes_nothing(cli, kit, colour_data, suite
     assert re.search(r"about [1-9][\d.]* (KB|MB) of accelerator memory", text), text
     assert re.search(r"[1-9][\d.]* (MFLOP|GFLOP|TFLOP) of training compute \((under a second|about [\d.]+ "
                      r"seconds) on one A100", text), text
+    # the time at this machine's measured speed in the recipe's precision (tiny-cpu: fp32, which warns of nothing)
+    assert re.search(r"on this machine's CPU: [1-9][\d.]* (MFLOP|GFLOP|TFLOP)/s measured in fp32, so at least "
+                     r"(under a second|[\d.]+ (seconds|minutes)) on one device", text), text
+    assert "warning: this CPU" not in text
     assert "0.0 GB" not in text and "e-0" not in text
     assert not (tmp_path / "run").exists()
 
@@ -72,7 +77,7 @@ def finished(kit, colour_data, suite_file, tmp_path_factory):
     return root, args
 
 
-def test_the_run_folder_holds_every_step(finished):
+def test_the_run_folder_holds_every_step(finished, kit):
     root, _ = finished
     run = root / "run"
     manifest = json.loads((run / "manifest.json").read_text())
@@ -85,6 +90,24 @@ def test_the_run_folder_holds_every_step(finished):
     report = json.loads((run / "compare" / "report.json").read_text())
     assert report["meta"]["baseline"] == "as-is"
     assert any("not trained here" in w for w in report["warnings"])
+    # every path it used, absolute, whatever was typed
+    inputs = manifest["inputs"]
+    assert inputs["vlm"] == str(kit.vlm.resolve()) and inputs["output"] == str(run.resolve())
+    assert inputs["old_llm"] is None and inputs["image_root"].startswith("/")
+    assert manifest["steps"]["train"]["output"] == str(run.resolve() / "train" / "final" / "merged")
+
+
+def test_a_run_of_relative_paths_records_them_resolved(cli, kit, tmp_path, monkeypatch):
+    import shutil
+
+    shutil.copytree(kit.vlm, tmp_path / "old")
+    shutil.copytree(kit.mistral, tmp_path / "new")
+    monkeypatch.chdir(tmp_path)
+    assert cli("transplant", "--vlm", "old", "--llm", "./new", "-o", "out/../made").code == 0
+    manifest = json.loads((tmp_path / "made" / "manifest.json").read_text())
+    assert manifest["inputs"]["vlm"]["path"] == str((tmp_path / "old").resolve())
+    assert manifest["inputs"]["llm"]["path"] == str((tmp_path / "new").resolve())
+    assert manifest["output"]["path"] == str((tmp_path / "made").resolve())
 
 
 def test_the_report_names_the_models_by_what_they_are(finished, kit):
@@ -143,9 +166,17 @@ def test_killed_during_training_finishes_with_the_same_report(finished, kit, col
     kill_once_written([sys.executable, "-m", "backbone_swap.cli", *args],
                       out / "train" / "stage2" / "checkpoint" / "state.json")
     assert not (out / "compare" / "report.json").exists()
-    resumed = run_whole([sys.executable, "-m", "backbone_swap.cli", *args])
+    every_step = {**os.environ, "BACKBONE_SWAP_PROGRESS_EVERY": "0"}  # a log file: a plain line per update
+    resumed = run_whole([sys.executable, "-m", "backbone_swap.cli", *args], env=every_step)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert _numbers(out / "compare" / "report.json") == _numbers(root / "run" / "compare" / "report.json")
+    # what the log of the second start says: which step, which side, what was reused, where training resumed
+    log = resumed.stderr
+    assert f"[new] transplant (step 1 of 5): done in an earlier start, reused from {out / 'transplant'}" in log
+    assert "[new] train (step 2 of 5)" in log and "[old] eval-old (step 3 of 5)" in log
+    assert "[new] stage2: resuming from step 2 of " in log
+    assert re.search(r"\[new\] stage2: 3/\d+ steps \(\d+%\), loss \d\.\d{4}, lr [\d.]+e-\d\d, [\d.]+ samples/s", log)
+    assert "\x1b[" not in log and "Loading weights" not in log
 
 
 def test_retrain_baseline_needs_the_old_llm(cli, kit, colour_data, suite_file, tmp_path):

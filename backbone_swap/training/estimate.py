@@ -56,6 +56,8 @@ class DataSize:
     tokens_squared: float  # sum of squared lengths (attention grows with the square)
     longest: int
     distinct_images: int = 0  # image paths named by the records (the cache also merges equal files)
+    supervised: float = 0.0  # sum of the tokens the loss reads (the replies and their end-of-turn tokens)
+    most_supervised: int = 0  # the most of one record
 
 
 def llm_shapes(config: dict[str, Any], weights, lora_targets: tuple[str, ...], lora_r: int,
@@ -98,7 +100,7 @@ def shapes_of(old, new, new_checkpoint, compat, lora_targets: tuple[str, ...], l
 
 
 def sample_flops(shapes: Shapes, length: float, length_squared: float, *, lora: bool,
-                 checkpointing: bool) -> float:
+                 checkpointing: bool, supervised: float | None = None) -> float:
     """Floating-point operations of the LLM for one training sample (forward and backward), the LLM frozen.
 
     ``length_squared`` is the square of the length (a sum of squares when ``length`` is a sum). A frozen
@@ -107,11 +109,12 @@ def sample_flops(shapes: Shapes, length: float, length_squared: float, *, lora: 
     Checkpointing runs the decoder layers' forward again (torch stops a layer's recomputation once the tensors
     its backward needs are rebuilt, so it skips the last product: the figure is a few percent high). A LoRA
     pair costs 2 x r x (in + out) per token forward, input gradient and weight gradient each, and its forward
-    is recomputed with the layer's.
+    is recomputed with the layer's. The output layer runs on the ``supervised`` positions only (all of them
+    when not given): the positions whose next token the loss reads.
     """
     attention = 4 * shapes.layers * shapes.attention_width * length_squared
     layer_forward = 2 * shapes.layer_linear * length + attention
-    head_forward = 2 * shapes.head_linear * length
+    head_forward = 2 * shapes.head_linear * (length if supervised is None else supervised)
     total = 2 * (layer_forward + head_forward) + attention
     if checkpointing:
         total += layer_forward
@@ -139,14 +142,16 @@ def measure_data(path: Path, tokenizer, image_tokens: int, *, seed: int = 0) -> 
 
     The sample is rendered with the tokenizer's chat template (plain text when it has none or refuses), so
     the template's own tokens per turn are counted."""
-    from backbone_swap.training.data import IMAGE_PLACEHOLDER, read_records
+    from backbone_swap.training.data import IMAGE_PLACEHOLDER, ROLES, read_records
 
-    chars, has_image, distinct = [], [], set()
+    chars, has_image, distinct, replies = [], [], set(), []
     for _, record in read_records(path):
         if not isinstance(record, dict):
             continue
         turns = [t for t in record.get("conversations", []) or [] if isinstance(t, dict)]
         chars.append(sum(len(str(t.get("value", "")).replace(IMAGE_PLACEHOLDER, "")) for t in turns))
+        answers = [t for t in turns if ROLES.get(t.get("from")) == "assistant"]
+        replies.append((sum(len(str(t.get("value", ""))) for t in answers), len(answers)))
         has_image.append(bool(record.get("image")))
         if record.get("image"):
             distinct.add(str(record["image"]))
@@ -159,15 +164,28 @@ def measure_data(path: Path, tokenizer, image_tokens: int, *, seed: int = 0) -> 
                 if position in wanted:
                     records[position] = record
                 position += 1
-    sample_tokens = sample_chars = 0
+    sample_tokens = sample_chars = reply_tokens = reply_chars = 0
     for index in indices:
         sample_tokens += _text_tokens(records[index], tokenizer)
         sample_chars += chars[index]
+        reply_tokens += _reply_tokens(records[index], tokenizer)
+        reply_chars += replies[index][0]
     per_char = sample_tokens / max(sample_chars, 1)
+    per_reply_char = reply_tokens / max(reply_chars, 1)  # the template's own tokens are not in the replies
     lengths = [c * per_char + (image_tokens if image else 0) for c, image in zip(chars, has_image, strict=True)]
+    supervised = [c * per_reply_char + n for c, n in replies]  # each reply's tokens and its end-of-turn token
     return DataSize(records=len(chars), images=sum(has_image), tokens=sum(lengths),
                     tokens_squared=sum(n * n for n in lengths), longest=round(max(lengths, default=0)),
-                    distinct_images=len(distinct))
+                    distinct_images=len(distinct), supervised=sum(supervised),
+                    most_supervised=round(max(supervised, default=0)))
+
+
+def _reply_tokens(record: dict[str, Any], tokenizer) -> int:
+    from backbone_swap.training.data import ROLES
+
+    turns = [t for t in record.get("conversations", []) or [] if isinstance(t, dict)]
+    return sum(len(tokenizer(str(t.get("value", "")).strip(), add_special_tokens=False)["input_ids"])
+               for t in turns if ROLES.get(t.get("from")) == "assistant")
 
 
 def _text_tokens(record: dict[str, Any], tokenizer) -> int:
@@ -190,7 +208,7 @@ def training_flops(shapes: Shapes, data: DataSize, recipe, *, cache_features: bo
     total = 0.0
     for stage in recipe.stages:
         per_epoch = sample_flops(shapes, data.tokens, data.tokens_squared, lora=stage.lora is not None,
-                                 checkpointing=recipe.gradient_checkpointing)
+                                 checkpointing=recipe.gradient_checkpointing, supervised=data.supervised)
         per_epoch += projector_flops(shapes) * data.images
         if not cache_features:
             per_epoch += tower_flops(shapes) * data.images
@@ -228,6 +246,8 @@ def run_bytes(model: int, trainable: int, stages: int) -> int:
 
 def peak_memory(shapes: Shapes, data: DataSize, recipe, *, trainable: int) -> dict[str, int]:
     """Bytes on one device at the longest batch, by part (no sharding, no offload)."""
+    from backbone_swap.training.model import LOSS_CHUNK_ROWS
+
     width = PRECISION_BYTES[recipe.precision]
     micro = max(s.micro_batch for s in recipe.stages)
     length = min(data.longest, recipe.max_length)
@@ -242,5 +262,7 @@ def peak_memory(shapes: Shapes, data: DataSize, recipe, *, trainable: int) -> di
         "weights": int(weights),
         "trainable_state": int(trainable * 16),  # fp32 weight, gradient and two Adam moments
         "activations": int(activations),
-        "logits": int(tokens * shapes.vocab * (width + 8)),  # the logits, their fp32 copy for the loss, its gradient
+        # the logits of the supervised positions, their fp32 copy for the loss and its gradient (training makes
+        # them LOSS_CHUNK_ROWS rows at a time beyond that many)
+        "logits": int(min(micro * min(data.most_supervised, length), LOSS_CHUNK_ROWS) * shapes.vocab * (width + 8)),
     }

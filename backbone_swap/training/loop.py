@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from backbone_swap.errors import BackboneSwapError
+from backbone_swap.progress import Ticker, fmt_rate, say
 from backbone_swap.runs import staged_dir, write_json, write_safetensors
 from backbone_swap.training.batching import MicroBatchSampler, micro_batches, steps_per_epoch
 from backbone_swap.training.data import Dataset
@@ -177,12 +178,16 @@ class Trainer:
         """The optimizer steps from where the stage stands to its last, each over this process's micro-batches."""
         accelerator, scheme, stage, model = self.accelerator, self.scheme, run.stage, run.model
         step = run.sampler.start
-        progress = _StageProgress(stage.name, run.total, self.show_progress and accelerator.is_main_process)
-        progress.advance_to(step)
+        show = self.show_progress and accelerator.is_main_process
+        if show and step:
+            say(f"{stage.name}: resuming from step {step:,} of {run.total:,}, from the checkpoint of an earlier start")
+        progress = Ticker(stage.name, run.total, unit="steps", show=show)
+        progress.resume_at(step)
         started, seen, loss_sum = time.perf_counter(), 0, 0.0
         model.train()
         pad_id = self.processor.tokenizer.pad_token_id
-        with contextlib.closing(micro_batches(self.dataset.samples, run.sampler, self.features, pad_id)) as batches:
+        with progress, contextlib.closing(micro_batches(self.dataset.samples, run.sampler, self.features,
+                                                         pad_id)) as batches:
             for micro in batches:
                 micro = micro.to(accelerator.device)
                 with scheme.micro_step(model, micro.last):
@@ -200,14 +205,13 @@ class Trainer:
                 lr = run.scheduler.get_last_lr()[-1]
                 rate = seen / max(time.perf_counter() - started, 1e-9)
                 run.history.append({"stage": stage.name, "step": step, "loss": loss_value, "lr": lr})
-                progress.update(step, loss_value, lr, rate)
+                progress.update(step, info=f"loss {loss_value:.4f}, lr {lr:.2e}, {fmt_rate(rate, 'samples')}")
                 if self.save_every and step % self.save_every == 0 and step < run.total:
                     self._save_checkpoint(run, step)
                 info = StepInfo(stage.name, step, run.total, loss_value, lr, rate, accelerator.unwrap_model(model).vlm)
                 for callback in self.callbacks:
                     callback(info)
                 model.train()
-        progress.close()
 
     def _finish_stage(self, run: _StageRun) -> None:
         """The stage's trained weights and record written (by the main process), its checkpoint removed."""
@@ -274,33 +278,3 @@ def _mean_across(accelerator, value: float) -> float:
 
     tensor = torch.tensor([value], device=accelerator.device)
     return float(accelerator.reduce(tensor, reduction="mean"))
-
-
-class _StageProgress:
-    """A rich bar with loss, learning rate and samples/s; silent when not shown."""
-
-    def __init__(self, name: str, total: int, show: bool) -> None:
-        self.bar = None
-        if show:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            from backbone_swap.progress import console
-
-            self.bar = Progress(TextColumn(f"{name}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("loss {task.fields[loss]:.4f} lr {task.fields[lr]:.2e} "
-                                           "{task.fields[rate]:.1f} samples/s"),
-                                TimeRemainingColumn(), console=console)
-            self.bar.start()
-            self.task = self.bar.add_task(name, total=total, loss=float("nan"), lr=0.0, rate=0.0)
-
-    def advance_to(self, step: int) -> None:
-        if self.bar:
-            self.bar.update(self.task, completed=step)
-
-    def update(self, step: int, loss: float, lr: float, rate: float) -> None:
-        if self.bar:
-            self.bar.update(self.task, completed=step, loss=loss, lr=lr, rate=rate)
-
-    def close(self) -> None:
-        if self.bar:
-            self.bar.stop()

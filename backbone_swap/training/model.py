@@ -35,20 +35,49 @@ def load_base_model(model_dir: Path, recipe: Recipe, accelerator):
     for p in model.parameters():
         p.requires_grad_(False)
     if recipe.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
+        enable_checkpointing(model)
     return model
 
 
+def enable_checkpointing(model) -> None:
+    """Recompute each layer's activations in the backward pass. transformers 5 renamed the switch
+    (``activation_checkpointing_enable``) and warns at the old name; its first releases have only the old one."""
+    switch = getattr(model, "activation_checkpointing_enable", None)
+    if switch is not None:
+        switch(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()  # the frozen embeddings' output must carry gradients to the LoRA layers
+
+
 def load_vision_tower(model_dir: Path, precision: str, accelerator):
-    """The checkpoint's vision tower alone, whole in every process (each runs it), on this process's device."""
-    from transformers import LlavaForConditionalGeneration
+    """The checkpoint's vision tower alone, whole in every process (each runs it), on this process's device.
+
+    Only the tower's tensors are read (the checkpoint's ``model.vision_tower.`` keys mapped onto the tower's own
+    model class): at 8B, loading the whole VLM to run its tower took ~16 GB of host memory before training loaded
+    the model again."""
+    from transformers import AutoConfig, AutoModel
+    from transformers.utils import logging
 
     from backbone_swap.training.schemes import loading_whole
 
-    with loading_whole(accelerator, every_process=True):
-        model = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=precision_dtype(precision))
-    return model.model.vision_tower.to(accelerator.device).eval()
+    config = AutoConfig.from_pretrained(model_dir)
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()  # the language model's tensors are left out on purpose: no report of them
+    try:
+        with loading_whole(accelerator, every_process=True):
+            # the tower's keys as transformers 5 writes them, or as earlier versions did (llava-hf's releases)
+            tower, info = AutoModel.from_pretrained(
+                model_dir, config=config.vision_config, dtype=precision_dtype(precision), output_loading_info=True,
+                key_mapping={r"^model\.vision_tower\.": "", r"^vision_tower\.": ""})
+            if info["missing_keys"]:  # a layout of its own: the whole model knows where its tower is
+                from transformers import LlavaForConditionalGeneration
+
+                whole = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=precision_dtype(precision))
+                tower = whole.model.vision_tower
+    finally:
+        logging.set_verbosity(verbosity)
+    return tower.to(accelerator.device).eval()
 
 
 def stage_trainables(model, stage: Stage) -> tuple[Any, Any, Any]:
@@ -106,6 +135,7 @@ class CachedFeatureVLM:
     @staticmethod
     def make(model):
         import torch
+        from transformers.modeling_outputs import CausalLMOutputWithPast
 
         class _Module(torch.nn.Module):
             def __init__(self, vlm):
@@ -131,7 +161,13 @@ class CachedFeatureVLM:
                     projected = projector(features.to(embeds.dtype))
                     mask = (input_ids == vlm.config.image_token_id).unsqueeze(-1).expand_as(embeds)
                     embeds = embeds.masked_scatter(mask, projected.to(embeds.dtype))
-                out = vlm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, use_cache=False)
+                if _plain_output_layer(vlm.config):
+                    hidden = vlm.model(inputs_embeds=embeds, attention_mask=attention_mask,
+                                       use_cache=False).last_hidden_state
+                    loss = supervised_loss(vlm.get_output_embeddings(), hidden, labels)
+                else:  # an output layer with its own scaling or capping: the model's own loss
+                    loss = vlm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels,
+                               use_cache=False).loss
                 if features is None:
                     # a text-only batch never reaches the projector: keep its weights in the graph with a zero
                     # term, or a projector-only stage would have nothing to differentiate, and processes with
@@ -139,10 +175,56 @@ class CachedFeatureVLM:
                     # It runs here, inside the forward, where sharded weights are gathered.
                     width = _projector_input_width(projector)
                     probe = projector(embeds.new_zeros((1, 1, width)))
-                    out.loss = out.loss + 0.0 * probe.sum()
-                return out
+                    loss = loss + 0.0 * probe.sum()
+                return CausalLMOutputWithPast(loss=loss)
 
         return _Module(model)
+
+
+# rows of the output layer computed at once: 4,096 rows of a 128,256-token vocabulary are 2.1 GB of fp32 logits
+LOSS_CHUNK_ROWS = 4096
+
+
+def _plain_output_layer(config) -> bool:
+    """Whether the language model's logits are its output layer's product and nothing more (Llama, Mistral,
+    Qwen, Vicuna...): then only the supervised positions need it. Gemma 2's capping or Cohere's scale are
+    applied by the model's own forward, which is kept for them."""
+    text = config.text_config
+    return not any(getattr(text, key, None) not in (None, 1, 1.0)
+                   for key in ("final_logit_softcapping", "logit_scale", "logits_scaling"))
+
+
+def supervised_loss(head, hidden, labels):
+    """The causal LM loss over the supervised positions only: mean cross-entropy of each position's logits
+    against the next token, as transformers computes it, but with the output layer run on the positions whose
+    next token is supervised rather than on every position. In LLaVA data the image tokens and the prompt are
+    most positions, and at a 128K vocabulary the logits of all of them are gigabytes. Beyond
+    ``LOSS_CHUNK_ROWS`` rows the logits are made a chunk at a time and made again in the backward pass, so
+    their memory stays that of one chunk."""
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    from backbone_swap.training.data import IGNORE
+
+    targets = labels[:, 1:]
+    keep = targets != IGNORE
+    rows, wanted = hidden[:, :-1][keep], targets[keep]
+    count = wanted.numel()
+    if count == 0:  # nothing supervised (every reply cut by max_length): no loss, but a graph to step through
+        return hidden.sum() * 0.0
+    if count <= LOSS_CHUNK_ROWS:
+        return _summed_cross_entropy(head, rows, wanted) / count
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, count, LOSS_CHUNK_ROWS):
+        part, part_targets = rows[start:start + LOSS_CHUNK_ROWS], wanted[start:start + LOSS_CHUNK_ROWS]
+        total = total + checkpoint(_summed_cross_entropy, head, part, part_targets, use_reentrant=False)
+    return total / count
+
+
+def _summed_cross_entropy(head, rows, targets):
+    import torch.nn.functional as F
+
+    return F.cross_entropy(head(rows).float(), targets, reduction="sum")
 
 
 def _projector_input_width(projector) -> int:

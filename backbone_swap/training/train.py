@@ -22,7 +22,7 @@ from typing import Any
 
 from backbone_swap.checkpoints.streaming import TORCH_DTYPES, sha256_file
 from backbone_swap.errors import BackboneSwapError
-from backbone_swap.runs import TRAINING, RunFolder, free_bytes, step_record, write_json
+from backbone_swap.runs import TRAINING, RunFolder, free_bytes, resolved, step_record, write_json
 from backbone_swap.training.data import Dataset, build_dataset
 from backbone_swap.training.export import export, write_loss_curve
 from backbone_swap.training.loop import StepInfo, Trainer
@@ -59,6 +59,11 @@ def _stops_on_full_disk(function: Callable[..., TrainResult]) -> Callable[..., T
     return guarded
 
 
+# optimizer steps between two checkpoints inside a stage: minutes of work at LLaVA's scale, a few MB of
+# trainable state each time
+DEFAULT_SAVE_EVERY = 50
+
+
 @_stops_on_full_disk
 def train(
     model_dir: str | Path,
@@ -79,7 +84,8 @@ def train(
 
     With ``cache_features`` off, the vision tower runs on every batch instead of once per image (for data
     sets whose features would not fit on disk). With ``resume``, finished stages are kept and an
-    unfinished stage continues from its last checkpoint (every ``save_every`` optimizer steps), ending with
+    unfinished stage continues from its last checkpoint (every ``save_every`` optimizer steps: by default
+    ``DEFAULT_SAVE_EVERY``, or only at the end of each stage under DeepSpeed; 0 for only there), ending with
     the weights of an uninterrupted run.
     """
     from backbone_swap.checkpoints.anatomy import read_anatomy
@@ -104,6 +110,15 @@ def train(
     scheme = training_scheme(make_accelerator(recipe.precision))
     accelerator = scheme.accelerator
     _check_geometry(recipe, scheme, save_every)
+    if save_every is None:  # checkpoints inside a stage, where the scheme can keep them
+        save_every = DEFAULT_SAVE_EVERY if scheme.saves_inside_stage else 0
+    if accelerator.device.type == "cpu" and recipe.precision != "fp32" and accelerator.is_main_process:
+        from backbone_swap.progress import say
+        from backbone_swap.training.speed import check_precision
+
+        _, warning = check_precision(recipe.precision, "cpu")
+        if warning:
+            say(warning)
     # the data are read and checked before anything is written, so a mistake in them leaves no run behind
     processor = load_processor(model_dir)
     eot = _end_of_turn(processor.tokenizer, model_dir)
@@ -134,8 +149,8 @@ def train(
         model = trainer.run()
         manifest: dict[str, Any] = {}
         if accelerator.is_main_process:
-            record = {"inputs": {"model": identity["model"], "data": str(data), "data_sha256": data_sha,
-                                 "image_root": str(image_root) if image_root else None},
+            record = {"inputs": {"model": identity["model"], "data": resolved(data), "data_sha256": data_sha,
+                                 "image_root": resolved(image_root) if image_root else None},
                       "recipe": recipe_to_dict(recipe), "recipe_hash": recipe_hash(recipe),
                       "data": dataset.stats() | {"end_of_turn": eot, "max_length": max_length},
                       "features": feature_record}
@@ -168,25 +183,19 @@ def _check_geometry(recipe: Recipe, scheme: TrainingScheme, save_every: int | No
     """Refuse what these processes cannot train, before stage 1 spends hours."""
     if save_every and not scheme.saves_inside_stage:
         raise BackboneSwapError("checkpoints inside a stage (--save-every) are not supported under DeepSpeed",
-                                "Leave out --save-every (upgrade: pass --save-every 0): finished stages are "
-                                "still kept and resumed")
+                                "Leave out --save-every or pass --save-every 0: finished stages are still kept "
+                                "and resumed")
     for stage in recipe.stages:  # every stage's batch geometry on these devices
         stage.accumulation(scheme.accelerator.num_processes)
 
 
 def _end_of_turn(tokenizer, model_dir: Path) -> str:
     """The special token the chat template ends each reply with; refused without one, or without a pad token."""
-    from backbone_swap.checkpoints.templates import end_of_turn
+    from backbone_swap.checkpoints.templates import end_of_turn, no_end_of_turn
 
     eot = end_of_turn(tokenizer)
     if eot is None:
-        raise BackboneSwapError(
-            f"the chat template of {model_dir} writes no special end-of-turn token after a reply (a separator "
-            "written as text, such as '</s>' for a tokenizer without that token, is not one), so the trained model "
-            "would never learn to stop",
-            f"Transplant again with a --chat-template that ends each reply with the tokenizer's own end-of-turn "
-            f"or eos token ({tokenizer.eos_token!r})",
-        )
+        raise no_end_of_turn(model_dir, tokenizer.eos_token)
     if tokenizer.pad_token_id is None:
         raise BackboneSwapError(
             f"the tokenizer of {model_dir} has no pad token, so samples of different lengths cannot be batched",
@@ -277,4 +286,4 @@ def _cached_features(accelerator, model_dir: Path, processor, anatomy, recipe: R
         del tower
     accelerator.wait_for_everyone()  # the main process filled the cache; everyone reads it
     # read per batch: a data set's features need not fit in memory
-    return cache.load, {"cache": str(cache.folder), "computed": computed, "reused": len(images) - computed}
+    return cache.load, {"cache": resolved(cache.folder), "computed": computed, "reused": len(images) - computed}

@@ -26,7 +26,7 @@ from backbone_swap.evaluate.benchmarks import BENCHMARKS
 from backbone_swap.evaluate.runner import read_answers
 from backbone_swap.evaluate.suite import Suite, Task, read_items
 from backbone_swap.evaluate.tasks import TYPES, TaskType, full_credit_rule, reference_text
-from backbone_swap.runs import COMPARISON, RunFolder
+from backbone_swap.runs import COMPARISON, RunFolder, resolved
 from backbone_swap.verdict import stats
 
 
@@ -225,7 +225,7 @@ def task_statistics(task: Task, eval_a: Path, eval_b: Path, *, n_resamples: int,
         "name": task.name, "type": task.type, "needs": task.needs, "solved_when": kind.solved_when(task),
         **numbers,
         "examples": examples(kind, ids, a, b, questions={i: items[i].get("question") for i in ids}, seed=seed),
-        "files": {"a": str(eval_a / f"{task.name}.jsonl"), "b": str(eval_b / f"{task.name}.jsonl")},
+        "files": {"a": resolved(eval_a / f"{task.name}.jsonl"), "b": resolved(eval_b / f"{task.name}.jsonl")},
         "cka_a": _stability(eval_a, task), "cka_b": _stability(eval_b, task),
         **official_metrics(task, listed, [a[i] for i in ids], [b[i] for i in ids]),
         "rescored": rescored,
@@ -431,7 +431,7 @@ def compare(
             return {}
         tasks = [task_statistics(task, eval_a, eval_b, n_resamples=n_resamples, seed=seed,
                                  on_bad_sample=on_bad_sample) for task in suite.tasks]
-        meta = {"model_a": str(model_a), "model_b": str(model_b), "name_a": model_name(model_a),
+        meta = {"model_a": resolved(model_a), "model_b": resolved(model_b), "name_a": model_name(model_a),
                 "name_b": model_name(model_b), "suite": suite.name, "baseline": baseline,
                 "source": "models"}
         warnings = identical + confounds(model_a, model_b, (eval_a, eval_b)) + list(extra_warnings or []) + [
@@ -506,9 +506,9 @@ def compare_logs(logs_a: str | Path, logs_b: str | Path, output: str | Path, *,
                           "examples": examples(kind, ids, task.lines["a"], task.lines["b"], questions=None, seed=seed),
                           "cka_a": None, "cka_b": None, "unavailable": dict(NO_CONFIDENCES),
                           "metric": task.metric, "scored_by": "lmms-eval",
-                          "files": {side: str(path) for side, path in task.files.items()},
+                          "files": {side: resolved(path) for side, path in task.files.items()},
                           **({"official": task.official} if task.official else {})})
-        meta = {"model_a": str(found_a.folder), "model_b": str(found_b.folder), "suite": "lmms-eval logs",
+        meta = {"model_a": resolved(found_a.folder), "model_b": resolved(found_b.folder), "suite": "lmms-eval logs",
                 "baseline": "as-is", "source": "lmms-eval"}
         return conclude(tasks, meta, warnings, alpha=alpha, min_gain=min_gain, weights=weights,
                         n_resamples=n_resamples, seed=seed)
@@ -559,8 +559,8 @@ def compare_answers(answers_a: str | Path, answers_b: str | Path, suite: Suite, 
                   "unavailable": {"calibration": "the answer files hold no confidences",
                                   "stability": "the answer files hold no hidden states"},
                   **official_metrics(task, listed, [lines["a"][i] for i in ids], [lines["b"][i] for i in ids])}
-        meta = {"model_a": str(answers_a), "model_b": str(answers_b), "suite": suite.name, "baseline": "as-is",
-                "source": "llava-answers"}
+        meta = {"model_a": resolved(answers_a), "model_b": resolved(answers_b), "suite": suite.name,
+                "baseline": "as-is", "source": "llava-answers"}
         return conclude([record], meta, [], alpha=alpha, min_gain=min_gain, weights=weights,
                         n_resamples=n_resamples, seed=seed, expected={task.name: task.expect})
 
