@@ -39,6 +39,7 @@ GEMS = {"old": {"red": "ruby", "blue": "sapphire"}, "new": {"green": "emerald", 
 
 COLOUR_QUESTION = "what colour is the shape?"
 SHAPE_QUESTION = "what shape is it?"
+BOTH_QUESTION = "what colour and shape is it?"
 FRUIT_QUESTION = "which fruit has the colour of the shape?"
 GEM_QUESTION = "which gem has the colour of the shape?"
 JSON_QUESTION = "describe the shape as json"
@@ -74,8 +75,13 @@ def _chat(user: str, assistant: str) -> list[dict[str, str]]:
 
 
 def basic_question(rng: random.Random, shape: scenes.Shape) -> tuple[str, str]:
-    """A question both generations learned and the visual data teaches: the colour or the kind."""
-    return rng.choice([(COLOUR_QUESTION, shape.colour), (SHAPE_QUESTION, shape.kind)])
+    """A question both generations learned and the visual data teaches: the colour, the kind, or both.
+
+    The answers that go on after the colour keep visual training from teaching that an answer about an image
+    ends at its colour, which would cut off every answer that names the colour first and then a fact.
+    """
+    return rng.choice([(COLOUR_QUESTION, shape.colour), (SHAPE_QUESTION, shape.kind),
+                       (BOTH_QUESTION, f"{shape.colour} {shape.kind}")])
 
 
 def fruit_answer(shape: scenes.Shape) -> str:
@@ -257,7 +263,7 @@ def build_data(folder: Path, size: Size, seed: int) -> dict[str, Path]:
         "  - {name: colour, type: short_answer, needs: perception, data: colour.jsonl, image_root: images,"
         " max_new_tokens: 4, expect: no clear difference}\n"
         "  - {name: fruit, type: short_answer, needs: reasoning, data: fruit.jsonl, image_root: images,"
-        " max_new_tokens: 8, expect: upgrade}\n"
+        " max_new_tokens: 16, expect: upgrade}\n"
         "  - {name: json, type: structured, format: json, needs: format, data: json.jsonl, image_root: images,"
         " max_new_tokens: 24, expect: only B}\n"
         "  - {name: gem, type: short_answer, needs: reasoning, data: gem.jsonl, image_root: images,"
