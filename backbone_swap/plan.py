@@ -159,11 +159,9 @@ def _check_data(options: UpgradeOptions, vlm, tower, vlm_anatomy, llm, llm_anato
     tokens = plan_tokenizer(sources, text)
     if tokens.end_of_turn is None:
         raise no_end_of_turn(llm.path, tokens.tokenizer.eos_token, f"Pass {template_flag} FILE, a template")
-    positions = llm.config.get("max_position_embeddings")
-    max_length = min(options.recipe.max_length, positions) if isinstance(positions, int) and positions > 0 \
-        else options.recipe.max_length
     return build_dataset(options.data, tokens.tokenizer, image_root=options.image_root, image_token=sources.image_token,
-                         image_tokens=vlm_anatomy.vision.image_tokens, max_length=max_length,
+                         image_tokens=vlm_anatomy.vision.image_tokens,
+                         max_length=options.recipe.length_for(llm.config.get("max_position_embeddings")),
                          end_of_turn=tokens.end_of_turn, on_bad_sample=options.on_bad_sample)
 
 

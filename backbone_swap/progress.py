@@ -73,8 +73,8 @@ def fmt_rate(per_second: float, unit: str) -> str:
 class Ticker:
     """One piece of long work: ``update`` it as it goes, ``close`` it (or use it as a context manager).
 
-    ``unit`` names what is counted (``steps``, ``items``) and ``rate_unit`` what the rate counts when it differs
-    (training counts steps but reports samples/s through ``info``). ``clock`` is there for tests.
+    ``unit`` names what is counted (``steps``, ``items``); what else a step reports (training's loss, learning rate
+    and samples/s) goes in ``info``. ``terminal``, ``clock`` and ``out`` are there for tests.
     """
 
     def __init__(self, description: str, total: float, *, unit: str = "items", as_bytes: bool = False,

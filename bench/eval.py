@@ -123,7 +123,8 @@ def build_prefix_inputs(root: Path, images: int, per_image: int, seed: int) -> t
 
 def shared_prefix_row(args: argparse.Namespace) -> None:
     """Questions about one image answered from its shared prefix, against every prompt run whole."""
-    from backbone_swap.evaluate.runner import Evaluator, _load_image
+    from backbone_swap.evaluate.evaluator import Evaluator
+    from backbone_swap.evaluate.runner import _load_image
     from backbone_swap.evaluate.suite import Task, read_items
 
     model_dir, data = build_prefix_inputs(args.workdir, args.prefix_images, args.questions_per_image, args.seed)
@@ -204,7 +205,8 @@ def batched_rows(args: argparse.Namespace) -> None:
     import torch
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    from backbone_swap.evaluate.runner import Evaluator, _load_image
+    from backbone_swap.evaluate.evaluator import Evaluator
+    from backbone_swap.evaluate.runner import _load_image
     from backbone_swap.evaluate.suite import Task, read_items
 
     model_dir, data = build_inputs(args.workdir, args.items, args.seed)

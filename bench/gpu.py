@@ -197,7 +197,8 @@ def eval_phase(model_dir: Path, items_file: Path, *, batch_sizes: list[int], dev
     """Batched Evaluator.generate against one-at-a-time transformers generate on the same items."""
     import torch
 
-    from backbone_swap.evaluate.runner import Evaluator, _load_image
+    from backbone_swap.evaluate.evaluator import Evaluator
+    from backbone_swap.evaluate.runner import _load_image
     from backbone_swap.evaluate.suite import Task, read_items
 
     task = Task(name="colour", type="short_answer", needs="perception", data=items_file,
@@ -262,7 +263,35 @@ def eval_phase(model_dir: Path, items_file: Path, *, batch_sizes: list[int], dev
     for row in rows.values():
         row["samples_per_s"] = len(items) / row["seconds"]
         row["flops_per_s"] = flops / row["seconds"]  # the same answers' work, whichever path computed it
-    return {"rows": rows, "items": len(items), "prompt_tokens": sum(prompt_tokens), "loop_seconds": seconds}
+    return {"rows": rows, "items": len(items), "prompt_tokens": sum(prompt_tokens), "loop_seconds": seconds,
+            "shared_prefix": shared_prefix_rows(evaluator, images, questions, task, batch_sizes[-1], sync)}
+
+
+PER_IMAGE = 6  # POPE asks six questions of each image
+
+
+def shared_prefix_rows(evaluator, images: list, questions: list[str], task, size: int, sync) -> dict[str, Any]:
+    """Six questions about each image, as POPE asks them: every prompt run whole against the conversation up
+    to and including the image run once per image, its KV cache copied for each question."""
+    shown = [images[i // PER_IMAGE] for i in range(len(images))]
+    evaluator.batch_size = size
+    rows: dict[str, Any] = {}
+    for label, share in (("alone", False), ("shared", True)):
+        evaluator.share_prefixes = share
+        evaluator.generate(shown[:size], questions[:size], task)  # warm-up of this path's shapes
+        _peak_memory_reset(evaluator.device)
+        sync()
+        started = time.perf_counter()
+        answers = []
+        for i in range(0, len(shown), size):
+            answers += [text for text, _ in evaluator.generate(shown[i:i + size], questions[i:i + size], task)]
+        sync()
+        rows[label] = {"seconds": time.perf_counter() - started, "peak_gib": _peak_memory_gib(evaluator.device),
+                       "answers": answers}
+    evaluator.share_prefixes = True
+    same = sum(a == b for a, b in zip(rows["alone"]["answers"], rows["shared"]["answers"], strict=True))
+    return {"items": len(shown), "images": -(-len(shown) // PER_IMAGE), "batch": size, "identical": same,
+            **{label: {k: v for k, v in row.items() if k != "answers"} for label, row in rows.items()}}
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -385,6 +414,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f"{row['identical']:>5}/{ev['items']}", flush=True)
         print("(tokens/s: prompt tokens processed; 'same': answers identical to the loop's, which bf16 kernels "
               "chosen per batch shape may change on near-ties of random weights)")
+        sp = ev["shared_prefix"]
+        print(f"shared image prefix: {sp['items']} questions about {sp['images']} images ({PER_IMAGE} each), batch "
+              f"{sp['batch']}: every prompt whole {sp['alone']['seconds']:.2f} s, the image prefix once per image "
+              f"{sp['shared']['seconds']:.2f} s (x{sp['alone']['seconds'] / sp['shared']['seconds']:.2f}), peak "
+              f"{_fmt_gib(sp['alone']['peak_gib'])} / {_fmt_gib(sp['shared']['peak_gib'])}, same answers "
+              f"{sp['identical']}/{sp['items']}", flush=True)
         results["eval"] = ev
     seconds = time.perf_counter() - started
     print(f"\nwhole benchmark: {seconds:.0f} s", flush=True)

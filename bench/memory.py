@@ -146,7 +146,8 @@ def estimate_row(threads: int) -> None:
         "precision=fp32", f"stages.stage2.micro_batch={micro}", f"stages.stage1.micro_batch={micro}"])
     print(f"estimate: hidden 4,096, 2 decoder layers, CLIP-L/336 tower, micro batch {micro} x {length} tokens "
           f"({image} image tokens, a {reply}-token reply), float32, LoRA r 128 on every Linear")
-    print(f"{'vocabulary':<12}{'measured GB':>12}{'estimate GB':>12}{'estimate / measured':>21}   estimate's parts GB")
+    print(f"{'vocabulary':<12}{'measured GB':>12}{'estimate GB':>12}{'estimate / measured':>21}{'model GB':>10}"
+          f"{'step GB':>9}   estimate's parts GB")
     for vocab, kv in ((128256, 8), (32000, 32)):
         spec = {"hidden": 4096, "intermediate": 14336 if vocab > 100_000 else 11008, "layers": 2, "kv_heads": kv,
                 "vocab": vocab, "vision": CLIP_L_336, "micro": micro, "length": length, "image_tokens": image,
@@ -158,7 +159,7 @@ def estimate_row(threads: int) -> None:
             layer_linear=int(layers * per_layer), head_linear=vocab * hidden, layers=layers, attention_width=hidden,
             hidden=hidden, vocab=vocab, vision_params=r["vision_params"], vision_layers=24, vision_width=1024,
             vision_tokens=577, image_tokens=image, projector_in=1024, projector_out=hidden, lora_params=0,
-            llm_params=r["llm_params"])
+            llm_params=r["llm_params"], intermediate=spec["intermediate"])
         data = estimate.DataSize(records=micro, images=micro, tokens=micro * length,
                                  tokens_squared=micro * length ** 2, longest=length, supervised=micro * reply,
                                  most_supervised=reply)
@@ -166,7 +167,9 @@ def estimate_row(threads: int) -> None:
         measured = (r["peak_kb"] - r["base_kb"]) * 1024
         figure = sum(parts.values())
         shown = ", ".join(f"{k} {v / 1e9:.2f}" for k, v in parts.items())
-        print(f"{vocab:<12,}{measured / 1e9:>12.2f}{figure / 1e9:>12.2f}{figure / measured:>21.2f}   {shown}")
+        model = (r["built_kb"] - r["base_kb"]) * 1024  # the built model with its LoRA, before the step
+        print(f"{vocab:<12,}{measured / 1e9:>12.2f}{figure / 1e9:>12.2f}{figure / measured:>21.2f}"
+              f"{model / 1e9:>10.2f}{(measured - model) / 1e9:>9.2f}   {shown}")
         # the same estimate at the model's full depth (32 layers): the per-layer parts scale, the rest does not
         deep = dataclasses.replace(shapes, layers=32, layer_linear=int(32 * per_layer),
                                    llm_params=r["llm_params"] + int(30 * per_layer))

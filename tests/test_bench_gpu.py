@@ -61,7 +61,12 @@ def test_cpu_smoke_run_prints_every_figure(gpu_bench, tmp_path, capsys):
     rows = results["eval"]["rows"]
     assert set(rows) == {"loop", "batch 4"}
     assert rows["batch 4"]["identical"] == results["eval"]["items"] == 8  # float32: the same answers
-    for header in ("samples/s", "tokens/s", "peak memory", "MFU", "cached tower features", "tower on every batch"):
+    # six questions an image, the image prefix run once: the same answers as every prompt run whole (float32)
+    shared = results["eval"]["shared_prefix"]
+    assert (shared["items"], shared["images"], shared["identical"]) == (8, 2, 8)
+    assert shared["alone"]["seconds"] > 0 and shared["shared"]["seconds"] > 0
+    for header in ("samples/s", "tokens/s", "peak memory", "MFU", "cached tower features", "tower on every batch",
+                   "shared image prefix: 8 questions about 2 images (6 each)"):
         assert header in out
     assert "peak assumed 989 TFLOP/s" in out
     # the plan's memory for the same training: its weights part is every weight but the projector's, in fp32

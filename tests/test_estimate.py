@@ -115,13 +115,37 @@ def test_memory_parts_follow_the_recipe(kit, colour_data):
                + read_anatomy(open_checkpoint(kit.mistral)).parameters["language_model"])
     assert parts["weights"] == 2 * weights
     assert estimate.peak_memory(shapes, data, fp32, trainable=1000)["weights"] == 4 * weights
-    assert parts["trainable_state"] == 16_000
+    assert parts["trainable_state"] == 20_000
     micro = max(s.micro_batch for s in bf16.stages)
     # only the positions the loss reads reach the output layer: the longest reply's, micro-batch times
     assert 0 < data.most_supervised < data.longest
     assert parts["logits"] == micro * data.most_supervised * shapes.vocab * 10
     assert estimate.peak_memory(shapes, data, plain, trainable=1000)["activations"] > parts["activations"]
     json.dumps(parts)  # the plan records them
+
+
+def test_activations_count_a_gated_mlp_by_its_inner_width(kit):
+    """Llama 3 8B's widths, bf16, micro batch 16 x 2,048, gradient checkpointing, worked by hand: each of the
+    32 layers keeps its input (2 x 4,096 bytes a token); the layer in its backward keeps attention and norms
+    (15 x 4,096), the MLP's input (2 x 4,096) and its four inner tensors (8 x 14,336), and holds three
+    gradients of the inner width (3 x 2 x 14,336)."""
+    import dataclasses
+
+    from backbone_swap.training.recipe import apply_overrides, load_recipe
+
+    shapes, _ = _shapes(kit)
+    config = json.loads((kit.mistral / "config.json").read_text())
+    assert shapes.intermediate == config["intermediate_size"] > 0
+    llama3 = dataclasses.replace(shapes, layers=32, hidden=4096, intermediate=14336)
+    recipe = apply_overrides(load_recipe("llava15-lora"), ["stages.stage1.micro_batch=16",
+                                                           "stages.stage2.micro_batch=16", "max_length=2048"])
+    data = estimate.DataSize(records=1, images=1, tokens=2048, tokens_squared=2048 ** 2, longest=2048)
+    tokens = 16 * 2048
+    per_token = 32 * 2 * 4096 + 15 * 4096 + 2 * 4096 + 8 * 14336 + 3 * 2 * 14336
+    assert estimate.peak_memory(llama3, data, recipe, trainable=0)["activations"] == tokens * per_token
+    unknown = dataclasses.replace(llama3, intermediate=0)  # the width not known: GPT's 4h MLP, 34h in all
+    assert estimate.peak_memory(unknown, data, recipe, trainable=0)["activations"] == tokens * (
+        32 * 2 * 4096 + 34 * 4096 + 3 * 2 * 4 * 4096)
 
 
 def test_max_steps_caps_the_compute_of_a_stage(kit, colour_data):

@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from backbone_swap.demo import scenes
 from backbone_swap.errors import BackboneSwapError
-from backbone_swap.evaluate.runner import Evaluator, evaluate, evaluate_task
+from backbone_swap.evaluate.evaluator import Evaluator
+from backbone_swap.evaluate.runner import evaluate, evaluate_task
 from backbone_swap.evaluate.suite import load_suite
 
 
@@ -55,7 +56,8 @@ def test_confidence_is_the_mean_log_probability_of_the_answer(transplanted, suit
     suite = load_suite(suite_file)
     task = suite.task("colour")
     evaluator = Evaluator(transplanted["mistral"], batch_size=1)
-    from backbone_swap.evaluate.runner import _load_image, _messages
+    from backbone_swap.evaluate.evaluator import _messages
+    from backbone_swap.evaluate.runner import _load_image
     from backbone_swap.evaluate.suite import read_items
 
     item = read_items(task)[0]
@@ -158,7 +160,8 @@ def test_broken_logits_stop_eval_with_a_message(transplanted, suite_file, tmp_pa
 
 
 def test_prompts_carry_one_bos_as_in_training(transplanted, suite_file):
-    from backbone_swap.evaluate.runner import _load_image, _messages
+    from backbone_swap.evaluate.evaluator import _messages
+    from backbone_swap.evaluate.runner import _load_image
     from backbone_swap.evaluate.suite import read_items
 
     task = load_suite(suite_file).task("colour")

@@ -61,7 +61,8 @@ def test_samples_have_one_bos_a_fixed_date_and_the_end_of_turn_learned(llama3, c
 
 
 def test_train_and_eval_stop_at_the_end_of_turn(llama3, colour_data, suite_file, tmp_path):
-    from backbone_swap.evaluate.runner import Evaluator, evaluate
+    from backbone_swap.evaluate.evaluator import Evaluator
+    from backbone_swap.evaluate.runner import evaluate
     from backbone_swap.evaluate.suite import load_suite
     from backbone_swap.training.recipe import apply_overrides, load_recipe
     from backbone_swap.training.train import train

@@ -177,7 +177,7 @@ def test_the_llava_hf_next_key_layout_is_read(next_kit, kit, tmp_path):
 def test_next_answers_with_shared_prefixes_equal_whole_prompts(next_kit, suite_file):
     """Images of different shapes are tiled differently, so their prefixes differ in length: each question's
     answer, confidence, option scores and probe state as when its prompt runs whole and alone."""
-    from backbone_swap.evaluate.runner import Evaluator, _image_sizes
+    from backbone_swap.evaluate.evaluator import Evaluator, _image_sizes
     from backbone_swap.evaluate.suite import load_suite
 
     suite = load_suite(str(suite_file))

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from backbone_swap.demo import scenes
-from backbone_swap.evaluate.runner import Evaluator, _image_sizes, _load_image, probe_states
+from backbone_swap.evaluate.evaluator import Evaluator, _image_sizes
+from backbone_swap.evaluate.runner import _load_image, probe_states
 from backbone_swap.evaluate.suite import load_suite, read_items
 
 WORDINGS = ("what colour is the shape?", "colour?", "name the colour of the shape in the picture",

@@ -120,7 +120,7 @@ def test_qwen3_trains_on_multi_turn_samples(qwen3, colour_data, tmp_path):
 
 def test_evaluation_reads_the_answer_after_the_think_block(qwen3, kit):
     from backbone_swap.checkpoints.templates import reply_prefix
-    from backbone_swap.evaluate.runner import answer_text
+    from backbone_swap.evaluate.evaluator import answer_text
 
     tok = AutoTokenizer.from_pretrained(qwen3["vlm"])
     prefix = reply_prefix(tok)

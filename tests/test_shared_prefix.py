@@ -9,7 +9,8 @@ import json
 import pytest
 
 from backbone_swap.demo import scenes
-from backbone_swap.evaluate.runner import Evaluator, _load_image, evaluate_task
+from backbone_swap.evaluate.evaluator import Evaluator
+from backbone_swap.evaluate.runner import _load_image, evaluate_task
 from backbone_swap.evaluate.suite import load_suite, read_items, without_image
 
 WORDINGS = ("what colour is the shape?", "colour?", "name the colour of the shape in the picture",

@@ -39,6 +39,7 @@ class Shapes:
     projector_out: int
     lora_params: int  # sum of r x (in + out) over the adapted Linear layers
     llm_params: int  # every LLM weight (embeddings included), for memory
+    intermediate: int = 0  # the inner width of a decoder layer's gated MLP (0: not known)
 
     @property
     def projector_params(self) -> int:
@@ -79,7 +80,8 @@ def llm_shapes(config: dict[str, Any], weights, lora_targets: tuple[str, ...], l
     vocab = rows or int(config.get("vocab_size") or 0)
     return {"layer_linear": layer_linear, "head_linear": vocab * hidden,
             "layers": int(config.get("num_hidden_layers") or 0), "attention_width": heads * head_dim,
-            "hidden": hidden, "vocab": vocab, "lora_params": lora}
+            "hidden": hidden, "vocab": vocab, "lora_params": lora,
+            "intermediate": int(config.get("intermediate_size") or 0)}
 
 
 def shapes_of(old, new, new_checkpoint, compat, lora_targets: tuple[str, ...], lora_r: int) -> Shapes:
@@ -252,15 +254,22 @@ def peak_memory(shapes: Shapes, data: DataSize, recipe, *, trainable: int) -> di
     micro = max(s.micro_batch for s in recipe.stages)
     length = min(data.longest, recipe.max_length)
     tokens = micro * length
-    layer_bytes = 34 * shapes.hidden * width // 2  # per token and layer, flash attention (Korthikanti et al.)
+    hidden, inner = shapes.hidden, shapes.intermediate
+    # kept for the backward per token and layer, in 16-bit bytes, with flash attention (Korthikanti et al.):
+    # attention 11h and two norms 4h, and the MLP: a gated one (Llama's) keeps its input 2h and four tensors of
+    # its inner width (gate, up, activation, product); GPT's 4h one makes the paper's 34h in all
+    layer_bytes = ((17 * hidden + 8 * inner) if inner else 34 * hidden) * width // 2
+    # the backward of one layer holds a few gradients of the inner width at a time
+    backward = 3 * (inner or 4 * hidden) * width
     if recipe.gradient_checkpointing:  # each layer's input kept, one layer's activations live at a time
-        activations = tokens * shapes.hidden * width * shapes.layers + tokens * layer_bytes
+        activations = tokens * hidden * width * shapes.layers + tokens * (layer_bytes + backward)
     else:
-        activations = tokens * layer_bytes * shapes.layers
+        activations = tokens * (layer_bytes * shapes.layers + backward)
     weights = (shapes.vision_params + shapes.llm_params) * width
     return {
         "weights": int(weights),
-        "trainable_state": int(trainable * 16),  # fp32 weight, gradient and two Adam moments
+        # fp32 weight, gradient and two Adam moments, and the temporary the optimizer step makes of each
+        "trainable_state": int(trainable * 20),
         "activations": int(activations),
         # the logits of the supervised positions, their fp32 copy for the loss and its gradient (training makes
         # them LOSS_CHUNK_ROWS rows at a time beyond that many)

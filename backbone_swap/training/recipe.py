@@ -192,6 +192,11 @@ class Recipe(schemas.Closed):
         """The stages in training order (stage 1 aligns, stage 2 tunes), whatever the file's order."""
         return self.stages_by_name.in_order()
 
+    def length_for(self, positions: Any) -> int:
+        """The longest sample trained on an LLM with ``positions`` positions (None when its config gives none):
+        a max_length beyond them would train on positions it never learned."""
+        return min(self.max_length, positions) if isinstance(positions, int) and positions > 0 else self.max_length
+
 
 def recipe_from_dict(data: Mapping[str, Any], source: str) -> Recipe:
     """Validate a parsed recipe (as from YAML) into a ``Recipe``; ``source`` names it in errors.

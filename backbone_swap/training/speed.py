@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 
-DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 # bf16 slower than a quarter of float32's speed is worth a word: fp32 then trains faster despite twice the bytes
 SLOW_FACTOR = 4.0
 
@@ -19,11 +18,15 @@ def matmul_rate(precision: str, device: str = "cpu", *, seconds: float = 0.1) ->
     """Floating-point operations per second of square matrix products in ``precision`` on ``device``."""
     import torch
 
+    from backbone_swap.training.model import precision_dtype
+
     size = 256 if device == "cpu" else 4096  # a GPU needs large products to be busy
-    dtype = getattr(torch, DTYPES[precision])
+    dtype = precision_dtype(precision)
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
     a @ b  # the first product pays for kernel selection
+    if device != "cpu":
+        torch.cuda.synchronize()  # not timed: it may still run when the clock starts
     count, started = 0, time.perf_counter()
     while count < 3 or time.perf_counter() - started < seconds:
         a @ b
@@ -37,9 +40,11 @@ def slow_precision_warning(precision: str, rate: float, fp32_rate: float, device
     """The warning for a device that multiplies in ``precision`` far slower than in float32, or None."""
     if precision == "fp32" or rate * SLOW_FACTOR >= fp32_rate:
         return None
+    from backbone_swap.training.model import precision_dtype
     from backbone_swap.units import fmt_flop
 
-    return (f"warning: this {device.upper()} multiplies {DTYPES[precision]} matrices at {fmt_flop(rate)}/s against "
+    name = str(precision_dtype(precision)).removeprefix("torch.")
+    return (f"warning: this {device.upper()} multiplies {name} matrices at {fmt_flop(rate)}/s against "
             f"{fmt_flop(fp32_rate)}/s in float32, so the recipe's {precision} would train about "
             f"{fp32_rate / rate:.0f} times slower here; pass --set precision=fp32 to train in float32")
 

@@ -123,9 +123,7 @@ def train(
     processor = load_processor(model_dir)
     eot = _end_of_turn(processor.tokenizer, model_dir)
     positions = (ckpt.config.get("text_config") or {}).get("max_position_embeddings")
-    # a recipe's max_length beyond the LLM's positions would train on positions it never learned
-    max_length = min(recipe.max_length, positions) if isinstance(positions, int) and positions > 0 \
-        else recipe.max_length
+    max_length = recipe.length_for(positions)
     dataset = build_dataset(data, processor.tokenizer, image_root=image_root,
                             image_token=anatomy.image_token or "<image>", image_tokens=anatomy.vision.image_tokens,
                             max_length=max_length, end_of_turn=eot, on_bad_sample=on_bad_sample)
