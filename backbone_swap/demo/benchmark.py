@@ -61,7 +61,7 @@ class Size:
 
 
 FULL = Size()
-QUICK = Size(pretrain_steps_old=400, pretrain_steps_new=500, train_images=128, text_only=48, eval_items=24)
+QUICK = Size(pretrain_steps_old=400, pretrain_steps_new=500, train_images=160, text_only=48, eval_items=24)
 
 GENERATIONS = {
     # the newer generation is larger, reads more text for longer, and reads kinds of text the older did not
