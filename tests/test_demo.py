@@ -32,9 +32,10 @@ def test_demo_writes_a_valid_report_that_says_which_findings_it_shows(demo):
     report = _report(demo)
     assert validate_report(report) == []
     assert report["meta"]["baseline"] == "retrain"
-    assert [t["name"] for t in report["tasks"]] == ["colour", "fruit", "json"]
+    assert [t["name"] for t in report["tasks"]] == ["colour", "fruit", "json", "gem"]
     expected = {e["task"]: e["expected"] for e in report["expectations"]}
-    assert expected == {"colour": "no clear difference", "fruit": "upgrade", "json": "only B"}
+    assert expected == {"colour": "no clear difference", "fruit": "upgrade", "json": "only B",
+                        "gem": "complementary"}
     # the run folder is upgrade's, with both sides trained by the same recipe
     manifest = json.loads((demo / "run" / "manifest.json").read_text(encoding="utf-8"))
     assert set(manifest["steps"]) == {"transplant", "baseline", "train", "eval-old", "eval-new", "compare"}
@@ -45,18 +46,34 @@ def test_demo_writes_a_valid_report_that_says_which_findings_it_shows(demo):
     assert status["status"] == "finished"
     assert status["findings_shown"] == sum(e["shown"] for e in report["expectations"])
     text = (demo / "run" / "compare" / "report.md").read_text(encoding="utf-8")
-    assert f"## Expected findings: {status['findings_shown']} of 3 shown by this run" in text
+    assert f"## Expected findings: {status['findings_shown']} of 4 shown by this run" in text
 
 
 @pytest.mark.slow
-def test_the_quick_benchmark_shows_the_three_findings(demo):
+def test_the_quick_benchmark_shows_the_four_findings(demo):
     """The benchmark is built so that it shows them; if this fails, fix the benchmark or the recipe."""
     report = _report(demo)
     tasks = {t["name"]: t for t in report["tasks"]}
     assert [e for e in report["expectations"] if not e["shown"]] == []
-    assert tasks["fruit"]["accuracy_a"] == 0.0 and tasks["fruit"]["accuracy_b"] > 0.2
-    assert tasks["json"]["valid_rate_a"] == 0.0 and tasks["json"]["valid_rate_b"] >= 0.2
-    assert tasks["colour"]["accuracy_a"] > 0.8 and tasks["colour"]["accuracy_b"] > 0.8
+    # perception: both read the colour off the image, and the newer backbone adds nothing
+    colour = tasks["colour"]
+    assert colour["verdict"] == "no clear difference"
+    assert colour["accuracy_a"] > 0.8 and colour["accuracy_b"] > 0.8
+    # reasoning: only the newer backbone read which fruit has which colour, and it answers most items
+    fruit = tasks["fruit"]
+    assert fruit["verdict"] == "upgrade"
+    assert fruit["accuracy_a"] == 0.0 and fruit["accuracy_b"] > 0.5
+    # a structured output: only the newer backbone writes JSON at all
+    json_task = tasks["json"]
+    assert json_task["verdict"] == "upgrade"
+    assert json_task["valid_rate_a"] == 0.0 and json_task["valid_rate_b"] >= 0.5
+    # complementarity: each answers the gems its own generation read about, so each solves questions the other
+    # does not, neither is better overall, and picking per question would beat both
+    gem = tasks["gem"]
+    assert gem["verdict"] == "complementary"
+    assert gem["overlap"]["only_a"] >= gem["n"] // 4 and gem["overlap"]["only_b"] >= gem["n"] // 4
+    assert gem["mcnemar_p"] > 0.05 and gem["jaccard"] < 0.6
+    assert gem["oracle"] >= max(gem["accuracy_a"], gem["accuracy_b"]) + 0.2
 
 
 @pytest.mark.slow
@@ -96,7 +113,7 @@ def _answer(folder: Path, question: str) -> str:
 
 
 @pytest.mark.slow
-def test_only_the_newer_llm_learned_the_fruit_fact_and_json_from_text(demo):
+def test_each_llm_generation_learned_its_own_facts_from_text(demo):
     """The premise of the benchmark, checked on the pre-trained LLMs themselves (text only, no image)."""
     old, new = demo / "inputs" / "old-llm", demo / "inputs" / "new-llm"
     fruit = f"a yellow circle.\n{benchmark.FRUIT_QUESTION}"
@@ -105,6 +122,10 @@ def test_only_the_newer_llm_learned_the_fruit_fact_and_json_from_text(demo):
     assert json.loads(_answer(new, structured)) == {"colour": "red", "shape": "square"}
     assert "{" not in _answer(old, structured)
     assert _answer(old, f"a blue triangle.\n{benchmark.COLOUR_QUESTION}") == "blue"
+    # the gems: each generation read about two, the other two only the other generation read about
+    old_gem, new_gem = f"a red square.\n{benchmark.GEM_QUESTION}", f"a green circle.\n{benchmark.GEM_QUESTION}"
+    assert _answer(old, old_gem) == "red, so ruby" and "ruby" not in _answer(new, old_gem)
+    assert _answer(new, new_gem) == "green, so emerald" and "emerald" not in _answer(old, new_gem)
 
 
 def test_the_benchmark_data_regenerates_bit_for_bit(tmp_path, digest):
@@ -116,9 +137,14 @@ def test_the_benchmark_data_regenerates_bit_for_bit(tmp_path, digest):
     records = [json.loads(line) for line in first["train"].read_text().splitlines()]
     assert len(records) == 10 and sum("image" in r for r in records) == 6
     fruits = {f"{colour}, so {fruit}" for colour, fruit in benchmark.FRUITS.items()}
-    for task, answers in (("fruit", fruits), ("colour", set(benchmark.FRUITS))):
+    gems = {"red, so ruby", "green, so emerald", "blue, so sapphire"}  # every colour in turn
+    for task, answers in (("fruit", fruits), ("colour", set(benchmark.FRUITS)), ("gem", gems)):
         items = [json.loads(line) for line in (first["suite"].parent / f"{task}.jsonl").read_text().splitlines()]
         assert len(items) == 3 and {item["answer"] for item in items} <= answers
+    assert {item["answer"] for item in map(json.loads, (first["suite"].parent / "gem.jsonl").open())} == gems
+    # the data both VLMs are trained on teaches no fact the benchmark asks about
+    text = first["train"].read_text()
+    assert not any(word in text for word in ("fruit", "gem", "json", *benchmark.FRUITS.values()))
     assert second["suite"].read_text() == first["suite"].read_text()
 
 
