@@ -69,7 +69,7 @@ def test_different_questions_without_significance_are_complementary():
     assert verdict == "complementary"
     routed = next(r for r in reasons if "different questions" in r)
     assert "only A 40, only B 45" in routed
-    assert "72.5% vs 52.5%" in routed and "route per task" in routed
+    assert "72.5% vs 52.5%" in routed and "neither replaces the other here (route per question" in routed
 
 
 def test_same_questions_without_significance_is_no_clear_difference():

@@ -12,7 +12,8 @@ produce some output formats at all. So the verdict is made task by task, in this
    ``min_gain`` is not worth a swap: "no clear difference".
 3. **Otherwise**, if the two models solve clearly different questions (an oracle router would gain at least
    ``complementary_gain`` over the better model, and the solved sets overlap by less than
-   ``complementary_jaccard``), the verdict is "complementary": route per task. Else "no clear difference".
+   ``complementary_jaccard``), the verdict is "complementary": neither replaces the other on that task.
+   Else "no clear difference".
 
 Calibration (ECE, Brier) and stability (CKA) are reported as reasons: they are evidence for the reader, and
 do not change the verdict; where the inputs cannot give them (logs of other tools hold no confidences and no
@@ -346,7 +347,8 @@ def task_verdict(task: Mapping[str, Any], t: Thresholds | None = None) -> tuple[
             reasons.append(
                 f"They solve different questions rather than more: only A {only_a}, only B {only_b} (solved-set "
                 f"overlap {fmt_num(jac, 2)}); picking the right model per question would solve {fmt_pct(oracle)} vs "
-                f"{fmt_pct(best)} for the better one alone: route per task."
+                f"{fmt_pct(best)} for the better one alone: neither replaces the other here (route per question, "
+                "or keep both)."
             )
             overlap_said = True
         else:
