@@ -107,6 +107,63 @@ def _embedding_name(names: list[str]) -> str | None:
     return candidates[0] if candidates else None
 
 
+def _embedding_shape(ckpt: Checkpoint, text: dict[str, Any], language: list[str]) -> tuple[int, int, int]:
+    """Rows and width of the token embedding, checked against the config: a config that does not belong to its
+    weights would make every later step build the wrong shapes."""
+    embed = _embedding_name(language)
+    if embed is None:
+        raise BackboneSwapError(
+            f"{ckpt.path} has no token embedding (embed_tokens) in its weights",
+            "Pass a checkpoint of a decoder LLM such as Llama, Mistral, Qwen2 or Gemma",
+        )
+    rows, hidden = ckpt.weights.shape(embed)
+    config_hidden = text.get("hidden_size", hidden)
+    if config_hidden != hidden:
+        raise BackboneSwapError(
+            f"{ckpt.path}: config.json says hidden_size {config_hidden} but the embedding weights have {hidden}",
+            "The config does not belong to these weights; restore the original config.json",
+        )
+    vocab_size = text.get("vocab_size", rows)
+    if vocab_size != rows:
+        raise BackboneSwapError(
+            f"{ckpt.path}: config.json says vocab_size {vocab_size} but the embedding has {rows} rows",
+            "The config does not belong to these weights; restore the original config.json",
+        )
+    return rows, hidden, vocab_size
+
+
+def _check_projector(ckpt: Checkpoint, vision: VisionTower | None, projector: Projector | None,
+                     vision_tower: Checkpoint | None) -> None:
+    """The projector must read what the tower gives; with ``--vision-tower`` the usual cause is the wrong tower."""
+    if projector is None or vision is None or projector.in_features == vision.feature_dim:
+        return
+    if vision_tower is not None:
+        raise BackboneSwapError(
+            f"the projector of {ckpt.path} takes {projector.in_features} features but the vision tower "
+            f"{vision_tower.path} gives {vision.feature_dim}",
+            "Pass the local folder of the vision tower named in mm_vision_tower",
+        )
+    raise BackboneSwapError(
+        f"{ckpt.path}: the projector takes {projector.in_features} features but the vision tower gives "
+        f"{vision.feature_dim}",
+        "The config does not belong to these weights; restore the original config.json",
+    )
+
+
+def _notes(ckpt: Checkpoint, kind: str, family: str, vocab, pad: str | None) -> list[str]:
+    """What a user should know before transplanting onto or from this checkpoint."""
+    notes = []
+    if family not in FAMILIES:
+        notes.append(f"{family} is not in the family registry: LoRA targets are found from the module names")
+    elif FAMILIES[family].notes_for(vocab):
+        notes.append(FAMILIES[family].notes_for(vocab))
+    if ckpt.chat_template is None and kind == "llm":
+        notes.append("no chat template: pass --chat-template FILE when transplanting onto it")
+    if pad is None:
+        notes.append("no pad token: a dedicated one is added (never the end-of-turn token)")
+    return notes
+
+
 def read_anatomy(ckpt: Checkpoint, vision_tower: Checkpoint | None = None) -> Anatomy:
     """Name the parts of ``ckpt`` and check that config and weights agree; loads no tensor.
 
@@ -128,25 +185,7 @@ def read_anatomy(ckpt: Checkpoint, vision_tower: Checkpoint | None = None) -> An
     if fmt:
         fmt.check_parts(ckpt, by_part)
     language = by_part.get("language_model", [])
-    embed = _embedding_name(language)
-    if embed is None:
-        raise BackboneSwapError(
-            f"{ckpt.path} has no token embedding (embed_tokens) in its weights",
-            "Pass a checkpoint of a decoder LLM such as Llama, Mistral, Qwen2 or Gemma",
-        )
-    rows, hidden = ckpt.weights.shape(embed)
-    config_hidden = text.get("hidden_size", hidden)
-    if config_hidden != hidden:
-        raise BackboneSwapError(
-            f"{ckpt.path}: config.json says hidden_size {config_hidden} but the embedding weights have {hidden}",
-            "The config does not belong to these weights; restore the original config.json",
-        )
-    vocab_size = text.get("vocab_size", rows)
-    if vocab_size != rows:
-        raise BackboneSwapError(
-            f"{ckpt.path}: config.json says vocab_size {vocab_size} but the embedding has {rows} rows",
-            "The config does not belong to these weights; restore the original config.json",
-        )
+    rows, hidden, vocab_size = _embedding_shape(ckpt, text, language)
     tie = bool(text.get("tie_word_embeddings", config.get("tie_word_embeddings", False)))
     if not any(n.endswith("lm_head.weight") for n in language):
         tie = True  # no output matrix on disk: transformers ties it to the input embedding
@@ -156,30 +195,11 @@ def read_anatomy(ckpt: Checkpoint, vision_tower: Checkpoint | None = None) -> An
         vision = fmt.vision(ckpt, vision_tower, by_part.get("vision_tower", []))
         projector = fmt.projector(ckpt, by_part.get("projector", []))
         image_token, image_token_id = fmt.image_token(ckpt)
-    if projector is not None and vision is not None and projector.in_features != vision.feature_dim:
-        if vision_tower is not None:
-            raise BackboneSwapError(
-                f"the projector of {ckpt.path} takes {projector.in_features} features but the vision tower "
-                f"{vision_tower.path} gives {vision.feature_dim}",
-                "Pass the local folder of the vision tower named in mm_vision_tower",
-            )
-        raise BackboneSwapError(
-            f"{ckpt.path}: the projector takes {projector.in_features} features but the vision tower gives "
-            f"{vision.feature_dim}",
-            "The config does not belong to these weights; restore the original config.json",
-        )
+    _check_projector(ckpt, vision, projector, vision_tower)
     known = family in FAMILIES
     vocab = vocabulary(ckpt)
-    notes = []
-    if not known:
-        notes.append(f"{family} is not in the family registry: LoRA targets are found from the module names")
-    elif FAMILIES[family].notes_for(vocab):
-        notes.append(FAMILIES[family].notes_for(vocab))
-    if ckpt.chat_template is None and kind == "llm":
-        notes.append("no chat template: pass --chat-template FILE when transplanting onto it")
     pad = _token_text(ckpt.tokenizer_config.get("pad_token"))
-    if pad is None:
-        notes.append("no pad token: a dedicated one is added (never the end-of-turn token)")
+    notes = _notes(ckpt, kind, family, vocab, pad)
     parameters = {}
     dtypes = {}
     for part, part_names in by_part.items():
