@@ -108,7 +108,8 @@ def plot_overlap(comparison: Mapping[str, Any]) -> bytes:
     """Per task, the share of questions solved by both, only A, only B and neither (stacked to 100%)."""
     tasks = comparison["tasks"]
     k = len(tasks)
-    fig = _new_figure(8.0, max(2.2, 0.45 * k + 1.3))
+    legend_height = 0.45  # inches kept below the axis label for the legend
+    fig = _new_figure(8.0, max(2.2, 0.45 * k + 1.3) + legend_height)
     ax = fig.subplots()
     y = np.arange(k)
     parts = (("both", "#8c8c8c"), ("only_a", _COLOR_A), ("only_b", _COLOR_B), ("neither", "#e0e0e0"))
@@ -131,10 +132,9 @@ def plot_overlap(comparison: Mapping[str, Any]) -> bytes:
     ax.set_xlim(0, 100)
     ax.set_ylim(k - 0.5, -0.9)  # room above the first bar for the numbers of its narrow segments
     ax.set_xlabel("share of questions (%), counts on the segments", fontsize=_FONT)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25 if k < 4 else -0.12), ncol=4, fontsize=_FONT,
-              frameon=False)
+    fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=4, fontsize=_FONT, frameon=False)
     ax.set_title("Which questions each model solves", fontsize=_FONT + 1)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, legend_height / fig.get_figheight(), 1, 1))
     return _png(fig)
 
 
@@ -154,7 +154,8 @@ def plot_reliability(comparison: Mapping[str, Any]) -> bytes:
     k = len(tasks)
     cols = max(1, min(k, 4))
     rows = max(1, math.ceil(k / cols))
-    fig = _new_figure(2.6 * cols + 0.3, 2.7 * rows + 0.4)
+    legend_height = 0.7  # inches kept below the plots for the legend of marker sizes and its title
+    fig = _new_figure(2.6 * cols + 0.3, 2.7 * rows + 0.4 + legend_height)
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     for ax, task in zip(axes[:k], tasks, strict=True):
         ax.plot([0, 1], [0, 1], linestyle="--", color="#999999", linewidth=0.8)
@@ -185,7 +186,7 @@ def plot_reliability(comparison: Mapping[str, Any]) -> bytes:
                              label=f"{share:.0%} of questions") for share in (0.05, 0.25, 0.5)]
     fig.legend(handles=sizes, loc="lower center", ncol=3, fontsize=_FONT - 1, frameon=False,
                title="marker area: the bin's share of questions", title_fontsize=_FONT - 1)
-    fig.tight_layout(rect=(0, 0.12 if rows == 1 else 0.06, 1, 1))
+    fig.tight_layout(rect=(0, legend_height / fig.get_figheight(), 1, 1))
     return _png(fig)
 
 
