@@ -226,6 +226,39 @@ def probe_states(evaluator: Evaluator, task: Task, count: int, seed: int,
     return {"clean": states[:n], "noise": states[n : 2 * n], "paraphrase": states[2 * n :]}
 
 
+def _refuse_other_run(folder: RunFolder, recorded: dict[str, Any], identity: dict[str, str]) -> None:
+    """A folder resumes only the evaluation that started it: same model, suite and dtype (answers computed in
+    two dtypes would be mixed in one file)."""
+    same_model = all(recorded.get(k) == identity[k] for k in ("model", "suite"))
+    dtype = identity["dtype"]
+    if recorded.get("dtype", dtype) != dtype and same_model:
+        raise BackboneSwapError(
+            f"{folder.path} holds answers computed in {recorded['dtype']}, and this run would compute in {dtype}",
+            f"Pass --dtype {recorded['dtype']} to resume, or choose another --output",
+        )
+    folder.refuse_changed(recorded, identity, "Choose another --output, or delete that folder")
+
+
+def _finished(output: Path, suite: Suite, items: dict[str, list[dict[str, Any]]], probes: bool) -> bool:
+    """Every item answered and every probe file written: a finished folder is returned without loading the model."""
+    return all(
+        {str(i["id"]) for i in items[t.name]} <= _done_ids(output / f"{t.name}.jsonl", repair=False)
+        and (not probes or not suite.probes or (output / "probes" / f"{t.name}.safetensors").is_file())
+        for t in suite.tasks
+    )
+
+
+def _save_probes(evaluator: Evaluator, suite: Suite, output: Path, seed: int,
+                 items: dict[str, list[dict[str, Any]]]) -> None:
+    """The probe states of each task not saved yet (one file per task, written whole)."""
+    (output / "probes").mkdir(exist_ok=True)
+    for task in suite.tasks:
+        target = output / "probes" / f"{task.name}.safetensors"
+        if not target.is_file():
+            states = probe_states(evaluator, task, suite.probes, seed, items[task.name])
+            write_safetensors(target, {k: v.contiguous() for k, v in states.items()})
+
+
 def evaluate(
     model_dir: str | Path,
     suite: Suite,
@@ -265,21 +298,10 @@ def evaluate(
     with folder.hold(state):
         recorded = folder.previous()
         if recorded is not None:
-            same_model = all(recorded.get(k) == identity[k] for k in ("model", "suite"))
-            if recorded.get("dtype", dtype) != dtype and same_model:
-                raise BackboneSwapError(
-                    f"{output} holds answers computed in {recorded['dtype']}, and this run would compute in {dtype}",
-                    f"Pass --dtype {recorded['dtype']} to resume, or choose another --output",
-                )
-            folder.refuse_changed(recorded, identity, "Choose another --output, or delete that folder")
+            _refuse_other_run(folder, recorded, identity)
         elif state.is_main_process:
             folder.write_json("evaluated.json", identity)
-        finished = all(
-            {str(i["id"]) for i in items[t.name]} <= _done_ids(output / f"{t.name}.jsonl", repair=False)
-            and (not probes or not suite.probes or (output / "probes" / f"{t.name}.safetensors").is_file())
-            for t in suite.tasks
-        )
-        if finished and (output / "manifest.json").is_file():
+        if _finished(output, suite, items, probes) and (output / "manifest.json").is_file():
             return EvalResult(output, json.loads((output / "manifest.json").read_text()))
         rank, world = state.process_index, state.num_processes
         evaluator = Evaluator(model_dir, batch_size=batch_size, device=device or str(state.device), dtype=dtype)
@@ -309,12 +331,7 @@ def evaluate(
             merge_parts(output, task)
             put_in_order(output / f"{task.name}.jsonl", items[task.name])
         if probes and suite.probes:
-            (output / "probes").mkdir(exist_ok=True)
-            for task in suite.tasks:
-                target = output / "probes" / f"{task.name}.safetensors"
-                if not target.is_file():
-                    states = probe_states(evaluator, task, suite.probes, seed, items[task.name])
-                    write_safetensors(target, {k: v.contiguous() for k, v in states.items()})
+            _save_probes(evaluator, suite, output, seed, items)
         manifest = step_record(
             "eval",
             model=resolved(model_dir),
