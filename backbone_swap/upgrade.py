@@ -115,13 +115,8 @@ class _Run:
             self.folder.write_json("manifest.json", self.data)
 
 
-def upgrade(options: UpgradeOptions, *, restart: str | None = None, dry_run: bool = False,
-            on_plan=None) -> dict[str, Any]:
-    """Run (or continue) the whole upgrade; returns the comparison, or the plan with ``dry_run`` (an empty dict in
-    the processes of a multi-process launch other than the main one)."""
-    from backbone_swap.training.train import train
-    from backbone_swap.verdict.compare import compare
-
+def _check_choices(options: UpgradeOptions, restart: str | None) -> None:
+    """The choices a library caller may get wrong (the CLI's enums refuse them earlier), checked before the plan."""
     check(options.baseline, BASELINES, "--baseline")
     if options.baseline == "retrain" and options.old_llm is None:
         raise BackboneSwapError("--baseline retrain needs the LLM the old VLM was built from",
@@ -130,6 +125,16 @@ def upgrade(options: UpgradeOptions, *, restart: str | None = None, dry_run: boo
         check(kind, LLM_KINDS, flag, "Say whether that LLM is a base or an instruction-tuned model")
     if restart is not None:
         check(restart, UPGRADE_STEPS, "--restart")
+
+
+def upgrade(options: UpgradeOptions, *, restart: str | None = None, dry_run: bool = False,
+            on_plan=None) -> dict[str, Any]:
+    """Run (or continue) the whole upgrade; returns the comparison, or the plan with ``dry_run`` (an empty dict in
+    the processes of a multi-process launch other than the main one)."""
+    from backbone_swap.training.train import train
+    from backbone_swap.verdict.compare import compare
+
+    _check_choices(options, restart)
     # under accelerate launch / torchrun: training and evaluation share the processes, and the main one writes
     # what is written once (transplants, the manifest, the report)
     state = _launch_state()
