@@ -35,9 +35,14 @@ import math
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the package is imported inside the phases, after the command line is read
+    from backbone_swap.evaluate.evaluator import Evaluator
+    from backbone_swap.evaluate.suite import Task
 
 
 @dataclass(frozen=True)
@@ -270,15 +275,18 @@ def eval_phase(model_dir: Path, items_file: Path, *, batch_sizes: list[int], dev
 PER_IMAGE = 6  # POPE asks six questions of each image
 
 
-def shared_prefix_rows(evaluator, images: list, questions: list[str], task, size: int, sync) -> dict[str, Any]:
+def shared_prefix_rows(evaluator: Evaluator, images: list, questions: list[str], task: Task, size: int,
+                       sync: Callable[[], None]) -> dict[str, Any]:
     """Six questions about each image, as POPE asks them: every prompt run whole against the conversation up
     to and including the image run once per image, its KV cache copied for each question."""
     shown = [images[i // PER_IMAGE] for i in range(len(images))]
+    kept = evaluator.batch_size, evaluator.share_prefixes
     evaluator.batch_size = size
     rows: dict[str, Any] = {}
     for label, share in (("alone", False), ("shared", True)):
         evaluator.share_prefixes = share
         evaluator.generate(shown[:size], questions[:size], task)  # warm-up of this path's shapes
+        evaluator._last_prefix = None  # the warm-up's image prefix is not the timed run's to reuse
         _peak_memory_reset(evaluator.device)
         sync()
         started = time.perf_counter()
@@ -288,7 +296,7 @@ def shared_prefix_rows(evaluator, images: list, questions: list[str], task, size
         sync()
         rows[label] = {"seconds": time.perf_counter() - started, "peak_gib": _peak_memory_gib(evaluator.device),
                        "answers": answers}
-    evaluator.share_prefixes = True
+    evaluator.batch_size, evaluator.share_prefixes = kept
     same = sum(a == b for a, b in zip(rows["alone"]["answers"], rows["shared"]["answers"], strict=True))
     return {"items": len(shown), "images": -(-len(shown) // PER_IMAGE), "batch": size, "identical": same,
             **{label: {k: v for k, v in row.items() if k != "answers"} for label, row in rows.items()}}

@@ -94,8 +94,9 @@ seconds = time.perf_counter() - started
 print(json.dumps({"base_kb": base, "built_kb": built, "peak_kb": peak_kb(), "seconds": seconds,
                   "loss": float(loss), "trainable": sum(p.numel() for p in trainable),
                   "vision_params": sum(p.numel() for p in vlm.model.vision_tower.parameters()),
-                  "llm_params": sum(p.numel() for p in vlm.model.language_model.parameters())
-                                + vlm.lm_head.weight.numel()}))
+                  # the LLM as its checkpoint holds it: LoRA's weights are counted with the trainable state
+                  "llm_params": sum(p.numel() for n, p in vlm.model.language_model.named_parameters()
+                                    if "lora_" not in n) + vlm.lm_head.weight.numel()}))
 """
 
 TINY_TOWER = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 2,

@@ -64,7 +64,6 @@ def test_cpu_smoke_run_prints_every_figure(gpu_bench, tmp_path, capsys):
     # six questions an image, the image prefix run once: the same answers as every prompt run whole (float32)
     shared = results["eval"]["shared_prefix"]
     assert (shared["items"], shared["images"], shared["identical"]) == (8, 2, 8)
-    assert shared["alone"]["seconds"] > 0 and shared["shared"]["seconds"] > 0
     for header in ("samples/s", "tokens/s", "peak memory", "MFU", "cached tower features", "tower on every batch",
                    "shared image prefix: 8 questions about 2 images (6 each)"):
         assert header in out

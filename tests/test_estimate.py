@@ -143,9 +143,41 @@ def test_activations_count_a_gated_mlp_by_its_inner_width(kit):
     tokens = 16 * 2048
     per_token = 32 * 2 * 4096 + 15 * 4096 + 2 * 4096 + 8 * 14336 + 3 * 2 * 14336
     assert estimate.peak_memory(llama3, data, recipe, trainable=0)["activations"] == tokens * per_token
-    unknown = dataclasses.replace(llama3, intermediate=0)  # the width not known: GPT's 4h MLP, 34h in all
+    unknown = dataclasses.replace(llama3, intermediate=0)  # no gated MLP: a GPT layer's 34h, its MLP 4h wide
     assert estimate.peak_memory(unknown, data, recipe, trainable=0)["activations"] == tokens * (
         32 * 2 * 4096 + 34 * 4096 + 3 * 2 * 4 * 4096)
+    # without checkpointing every layer keeps all it needs; the backward still holds one layer's gradients
+    plain = apply_overrides(recipe, ["gradient_checkpointing=false"])
+    assert estimate.peak_memory(llama3, data, plain, trainable=0)["activations"] == tokens * (
+        32 * (15 * 4096 + 2 * 4096 + 8 * 14336) + 3 * 2 * 14336)
+
+
+class _Listing:
+    """The tensor names and shapes of a checkpoint, as ``llm_shapes`` reads them from safetensors headers."""
+
+    def __init__(self, shapes: dict[str, tuple[int, int]]) -> None:
+        self.shapes = shapes
+
+    def names(self) -> list[str]:
+        return list(self.shapes)
+
+    def shape(self, name: str) -> tuple[int, int]:
+        return self.shapes[name]
+
+
+def test_only_a_gated_mlp_is_counted_by_its_inner_width():
+    config = {"hidden_size": 16, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 1,
+              "vocab_size": 100}
+    gpt = {"model.embed_tokens.weight": (100, 16), "model.layers.0.mlp.fc1.weight": (64, 16),
+           "model.layers.0.mlp.fc2.weight": (16, 64)}
+    llama = {"model.embed_tokens.weight": (100, 16), "model.layers.0.mlp.gate_proj.weight": (64, 16),
+             "model.layers.0.mlp.up_proj.weight": (64, 16), "model.layers.0.mlp.down_proj.weight": (16, 64)}
+    phi3 = {"model.embed_tokens.weight": (100, 16), "model.layers.0.mlp.gate_up_proj.weight": (128, 16),
+            "model.layers.0.mlp.down_proj.weight": (16, 64)}
+    found = {name: estimate.llm_shapes(config, _Listing(weights), (), 8) for name, weights in
+             (("gpt", gpt), ("llama", llama), ("phi3", phi3))}
+    assert {name: shapes["intermediate"] for name, shapes in found.items()} == {"gpt": 0, "llama": 64, "phi3": 64}
+    assert found["llama"]["layer_linear"] == 3 * 64 * 16 and found["gpt"]["layer_linear"] == 2 * 64 * 16
 
 
 def test_max_steps_caps_the_compute_of_a_stage(kit, colour_data):

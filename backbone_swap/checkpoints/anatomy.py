@@ -150,7 +150,7 @@ def _check_projector(ckpt: Checkpoint, vision: VisionTower | None, projector: Pr
     )
 
 
-def _notes(ckpt: Checkpoint, kind: str, family: str, vocab, pad: str | None) -> list[str]:
+def _notes(ckpt: Checkpoint, kind: str, family: str, vocab: dict[str, int], pad: str | None) -> list[str]:
     """What a user should know before transplanting onto or from this checkpoint."""
     notes = []
     if family not in FAMILIES:

@@ -12,8 +12,9 @@ Everything is generated from seeds on the CPU, so no download is needed:
 - a suite of four tasks that mirror the controlled study: perception (name the colour: the image is all
   it needs), reasoning (which fruit has the shape's colour: the image combined with a fact only the newer
   LLM's text teaches), a structured output (the shape's colour and kind as a JSON object: a format only
-  the newer LLM's text teaches) and knowledge (which gem has the shape's colour: each backbone knows half
-  the answers, different halves, so they solve different questions rather than more).
+  the newer LLM's text teaches) and reasoning over facts each read (which gem has the shape's colour:
+  each backbone knows half the answers, different halves, so they solve different questions rather than
+  more).
 
 In the visual data the image takes the place that a description takes in the pre-training text, so what
 a backbone learned from text can carry over to images.

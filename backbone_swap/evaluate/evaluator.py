@@ -28,7 +28,6 @@ def _messages(question: str, instruction: str, image: bool = True) -> list[dict[
     return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}] if image else text}]
 
 
-
 def run_dtype(model_dir: Path, dtype: str | None, device: str) -> str:
     """The dtype a model is evaluated in: the one asked for, float32 on CPU, else the checkpoint's own.
 
@@ -210,6 +209,7 @@ class Evaluator:
             ids[row, ids.shape[1] - len(rest) :] = torch.tensor(rest)
             mask[row, width - len(prefix.ids) : width] = 1
             mask[row, ids.shape[1] - len(rest) :] = 1
+
         def stacked(tensors: list[Any]):  # one row per question: its prefix's keys or values, left-padded
             out = tensors[0].new_zeros((len(rows), tensors[0].shape[1], width, tensors[0].shape[3]))
             for row, t in enumerate(tensors):

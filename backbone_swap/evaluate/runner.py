@@ -39,7 +39,6 @@ class EvalResult:
     manifest: dict[str, Any]
 
 
-
 def paraphrase(question: str) -> str:
     """A fixed rewording of a question, to see whether the model's representation moves with the wording."""
     q = question.strip()
@@ -55,8 +54,6 @@ def add_noise(image, seed: int, strength: float = 0.08):
     array = np.asarray(image, dtype=np.float32)
     noisy = np.clip(array + rng.normal(0, 255 * strength, array.shape), 0, 255).astype(np.uint8)
     return Image.fromarray(noisy)
-
-
 
 
 def _load_image(task: Task, item: dict[str, Any]):

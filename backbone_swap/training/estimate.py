@@ -61,16 +61,22 @@ class DataSize:
     most_supervised: int = 0  # the most of one record
 
 
+# the Linear layers that only a gated MLP has (Llama, Mistral, Qwen, Gemma: gate_proj; Phi-3: fused gate_up_proj)
+GATE_PROJECTIONS = ("gate_proj", "gate_up_proj")
+
+
 def llm_shapes(config: dict[str, Any], weights, lora_targets: tuple[str, ...], lora_r: int,
                rows: int | None = None) -> dict[str, int]:
     """The LLM's part of :class:`Shapes`: Linear weights by layer, attention width, LoRA size; ``rows`` is the
     vocabulary after the transplant adds its tokens."""
     layer_linear = lora = 0
+    gated = False
     for name in weights.names():
         parts = name.split(".")
         shape = weights.shape(name)
         if "layers" not in parts or parts[-1] != "weight" or len(shape) != 2:
             continue
+        gated = gated or parts[-2] in GATE_PROJECTIONS
         layer_linear += shape[0] * shape[1]
         if parts[-2] in lora_targets:
             lora += lora_r * (shape[0] + shape[1])
@@ -81,7 +87,8 @@ def llm_shapes(config: dict[str, Any], weights, lora_targets: tuple[str, ...], l
     return {"layer_linear": layer_linear, "head_linear": vocab * hidden,
             "layers": int(config.get("num_hidden_layers") or 0), "attention_width": heads * head_dim,
             "hidden": hidden, "vocab": vocab, "lora_params": lora,
-            "intermediate": int(config.get("intermediate_size") or 0)}
+            # the activation count of a gated MLP (Llama's); any other MLP is counted as GPT's
+            "intermediate": int(config.get("intermediate_size") or 0) if gated else 0}
 
 
 def shapes_of(old, new, new_checkpoint, compat, lora_targets: tuple[str, ...], lora_r: int) -> Shapes:
@@ -257,9 +264,9 @@ def peak_memory(shapes: Shapes, data: DataSize, recipe, *, trainable: int) -> di
     hidden, inner = shapes.hidden, shapes.intermediate
     # kept for the backward per token and layer, in 16-bit bytes, with flash attention (Korthikanti et al.):
     # attention 11h and two norms 4h, and the MLP: a gated one (Llama's) keeps its input 2h and four tensors of
-    # its inner width (gate, up, activation, product); GPT's 4h one makes the paper's 34h in all
+    # its inner width (gate, up, activation, product); a GPT layer with its 4h MLP makes the paper's 34h in all
     layer_bytes = ((17 * hidden + 8 * inner) if inner else 34 * hidden) * width // 2
-    # the backward of one layer holds a few gradients of the inner width at a time
+    # the backward of one layer holds gradients of the inner width at a time: three (gate, up, activation) counted
     backward = 3 * (inner or 4 * hidden) * width
     if recipe.gradient_checkpointing:  # each layer's input kept, one layer's activations live at a time
         activations = tokens * hidden * width * shapes.layers + tokens * (layer_bytes + backward)

@@ -465,7 +465,7 @@ def overall_verdict(
                     "route each task to its better model.")
         else:
             lead = (f"Mixed: on some tasks the two models solve different questions (score {score:+.2f}); "
-                    "route per task, or keep both.")
+                    "route those tasks per question, or keep both.")
     else:
         verdict = "no clear difference"
         lead = (f"No clear difference: the weighted score {score:+.2f} is short of +/-0.5 and no task calls for "
