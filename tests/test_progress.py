@@ -99,6 +99,8 @@ def test_ctrl_c_says_how_to_resume_shows_the_cursor_again_and_exits_130(tmp_path
         "from backbone_swap import cli\n"
         "from backbone_swap.checkpoints import folder\n"
         "from backbone_swap.progress import Ticker\n"
+        # Python's own Ctrl-C handler, as on a terminal: a shell starting the tests in the background ignores SIGINT
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "def slow(*args, **kwargs):\n"
         "    ticker = Ticker('eval x', 10)\n"
         "    ticker.update(3)\n"
