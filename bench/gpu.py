@@ -242,10 +242,7 @@ def eval_phase(model_dir: Path, items_file: Path, *, batch_sizes: list[int], dev
 
     def batched(size: int) -> list[str]:
         evaluator.batch_size = size
-        answers = []
-        for i in range(0, len(items), size):
-            answers += [text for text, _ in evaluator.generate(images[i:i + size], questions[i:i + size], task)]
-        return answers
+        return answers_in_batches(evaluator, images, questions, task, size)
 
     loop()  # warm-up (kernels, allocator)
     batched(batch_sizes[0])
@@ -275,6 +272,14 @@ def eval_phase(model_dir: Path, items_file: Path, *, batch_sizes: list[int], dev
 PER_IMAGE = 6  # POPE asks six questions of each image
 
 
+def answers_in_batches(evaluator: Evaluator, images: list, questions: list[str], task: Task, size: int) -> list[str]:
+    """The evaluator's answers, ``size`` questions a call, as the runner hands it a task's items."""
+    answers = []
+    for i in range(0, len(images), size):
+        answers += [text for text, _ in evaluator.generate(images[i:i + size], questions[i:i + size], task)]
+    return answers
+
+
 def shared_prefix_rows(evaluator: Evaluator, images: list, questions: list[str], task: Task, size: int,
                        sync: Callable[[], None]) -> dict[str, Any]:
     """Six questions about each image, as POPE asks them: every prompt run whole against the conversation up
@@ -290,9 +295,7 @@ def shared_prefix_rows(evaluator: Evaluator, images: list, questions: list[str],
         _peak_memory_reset(evaluator.device)
         sync()
         started = time.perf_counter()
-        answers = []
-        for i in range(0, len(shown), size):
-            answers += [text for text, _ in evaluator.generate(shown[i:i + size], questions[i:i + size], task)]
+        answers = answers_in_batches(evaluator, shown, questions, task, size)
         sync()
         rows[label] = {"seconds": time.perf_counter() - started, "peak_gib": _peak_memory_gib(evaluator.device),
                        "answers": answers}
