@@ -149,7 +149,7 @@ def shared_prefix_row(args: argparse.Namespace) -> None:
     print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
 
     def run(evaluator) -> list[tuple[str, float]]:
-        evaluator._last_prefix = None  # each pass starts cold, as a task does
+        evaluator.forget_prefix()  # each pass starts cold, as a task does
         answers = []
         for i in range(0, n, batch):
             answers += evaluator.generate(images[i : i + batch], questions[i : i + batch], task)

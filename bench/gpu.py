@@ -291,7 +291,7 @@ def shared_prefix_rows(evaluator: Evaluator, images: list, questions: list[str],
     for label, share in (("alone", False), ("shared", True)):
         evaluator.share_prefixes = share
         evaluator.generate(shown[:size], questions[:size], task)  # warm-up of this path's shapes
-        evaluator._last_prefix = None  # the warm-up's image prefix is not the timed run's to reuse
+        evaluator.forget_prefix()  # the warm-up's image prefix is not the timed run's to reuse
         _peak_memory_reset(evaluator.device)
         sync()
         started = time.perf_counter()

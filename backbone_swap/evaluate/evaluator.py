@@ -98,6 +98,11 @@ class Evaluator:
         self._last_prefix: _Prefix | None = None
         self.share_prefixes = share_prefixes
 
+    def forget_prefix(self) -> None:
+        """Drop the image prefix kept for the next call (its KV cache): the next questions are about other images,
+        and a kept prefix is only found again for the same image object."""
+        self._last_prefix = None
+
     def _inputs(self, images, prompts):
         """Model inputs for a batch of prompts with one image each, or all without one (images all None: the
         language model alone answers, as on the text-only samples it was trained on)."""

@@ -201,7 +201,7 @@ def evaluate_task(
                 if on_items:
                     on_items(len(batch))
     finally:
-        evaluator._last_prefix = None  # no later task asks about these image objects: free its cache
+        evaluator.forget_prefix()  # no later task asks about these image objects: free its cache
     if world == 1:
         put_in_order(path, items)
     return path
